@@ -1,0 +1,3 @@
+"""kdrun: a command-line experiment runner for knowledge distillation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,42 @@
+"""Loss functions as plain tensor functions; methods compose them.
+
+kdrun's convention (documented in the README):
+
+    loss = alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, y)
+
+with the KL summed over classes and averaged over the batch ("batchmean").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_targets(logits: torch.Tensor, T: float) -> torch.Tensor:
+    """Softmax at temperature T: q_i = exp(z_i / T) / sum_j exp(z_j / T)."""
+    return F.softmax(logits / T, dim=-1)
+
+
+def kl_soft(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """KL(p_teacher^T || p_student^T), summed over classes, averaged over samples (batchmean).
+
+    Computed in float32 from log-probabilities so that tiny teacher probabilities neither
+    underflow nor produce 0 * log 0 NaNs.
+    """
+    log_p_s = F.log_softmax(student_logits.float() / T, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    T: float,
+    alpha: float,
+) -> dict[str, torch.Tensor]:
+    """Hinton et al. (2015) soft-target loss, split into its weighted named parts."""
+    soft = alpha * T * T * kl_soft(student_logits, teacher_logits, T)
+    hard = (1.0 - alpha) * F.cross_entropy(student_logits.float(), targets)
+    return {"soft": soft, "hard": hard}

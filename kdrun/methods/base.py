@@ -1,0 +1,127 @@
+"""The Distiller interface shared by every method, and the method registry.
+
+A Distiller wraps the student and whatever it learns from (teachers, adapters, memory
+banks). ``forward`` returns the student's logits and a dict of *named, already weighted*
+losses; the training loop sums them and logs each part. Teachers are frozen: kept in eval
+mode and excluded from the optimiser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from kdrun.errors import ConfigError
+
+METHODS: dict[str, type[Distiller]] = {}
+
+
+def register_method(name: str):
+    def deco(cls: type[Distiller]) -> type[Distiller]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+@dataclass
+class MethodOptions:
+    """Knobs shared by every method; subclasses add their own fields."""
+
+    name: str = "kd"
+
+
+class BuildContext(Protocol):
+    """What the pipeline offers a method while it is being built."""
+
+    cfg: DictConfig
+
+    def new_student(self) -> nn.Module:
+        """The student with the run's shared initial weights (same as the baseline's)."""
+
+    def teacher(self) -> nn.Module:
+        """The run's teacher, trained once (or loaded from the store / a checkpoint), frozen."""
+
+    def model(self, model_cfg: Any, role: str, teacher: nn.Module | None = None) -> nn.Module:
+        """Any other model (an assistant, an extra teacher), trained once through the store:
+        on hard labels, or distilled from ``teacher`` with the run's KD loss when given."""
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Distiller(nn.Module):
+    name: ClassVar[str] = "?"
+    Options: ClassVar[type] = MethodOptions
+    # True when everything the method needs from the teacher is ``teacher_outputs(x)`` per
+    # sample: then the pipeline may compute it once for the whole transfer set and replay it.
+    cacheable: ClassVar[bool] = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a frozen teacher keeps its BN statistics and no dropout
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        frozen = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
+
+    @torch.no_grad()
+    def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None if self.teacher is None else self.teacher(x)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, teacher_out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    # ---- configuration -------------------------------------------------------------
+    @classmethod
+    def options(cls, method_cfg: DictConfig) -> Any:
+        """Merge the method's YAML onto its typed options: unknown keys and bad types fail."""
+        try:
+            given = OmegaConf.to_container(method_cfg, resolve=True)
+            merged = OmegaConf.merge(OmegaConf.structured(cls.Options), given)
+        except OmegaConfBaseException as e:
+            known = ", ".join(f.name for f in fields(cls.Options))
+            key = getattr(e, "full_key", None) or "?"
+            raise ConfigError(
+                f"bad option method.{key} for method '{cls.name}' ({str(e).splitlines()[0]}); "
+                f"its options are: {known}"
+            ) from None
+        return OmegaConf.to_object(merged)
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        cls.options(cfg.method)
+
+    @classmethod
+    def build(cls, cfg: DictConfig, ctx: BuildContext) -> Distiller:
+        raise NotImplementedError
+
+
+class HardLabels(Distiller):
+    """Plain cross-entropy on the ground truth: how teachers and baselines are trained."""
+
+    name = "ce"
+
+    def forward(self, x, y, idx, teacher_out):
+        logits = self.student(x)
+        return logits, {"hard": F.cross_entropy(logits.float(), y)}

@@ -1,0 +1,407 @@
+"""The pipeline of one job: teacher -> from-scratch baseline -> distilled student -> report.
+
+Teacher and baseline are artifacts of the content-addressed store, so a sweep trains each
+once; the distilled student is the job's own. The baseline and the distilled student start
+from the same initial weights and see the same batch order: their difference is the KD gain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kdrun.config import to_container
+from kdrun.data import DataBundle, load_data
+from kdrun.errors import CheckpointError, ConfigError
+from kdrun.methods import METHODS, HardLabels
+from kdrun.methods.base import Distiller
+from kdrun.models import build_model, count_params
+from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save
+from kdrun.train import FitResult, accuracy, fit, predict
+
+log = logging.getLogger("kdrun")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but MPS is not available here; use device=cpu or auto")
+    return dev
+
+
+def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
+    spec = to_container(model_cfg)
+    spec.pop("checkpoint", None)
+    return spec
+
+
+def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
+    """The data set fields that change what a model trained on it learns."""
+    ds = cfg.dataset
+    spec = {
+        "name": ds.name, "val_size": ds.val_size, "split_seed": ds.split_seed,
+        "augment": ds.augment, "crop_padding": ds.crop_padding, "hflip": ds.hflip,
+    }  # fmt: skip
+    if student:
+        spec.update(
+            train_fraction=ds.train_fraction,
+            omit_classes=list(ds.omit_classes),
+            keep_classes=list(ds.keep_classes),
+        )
+    return spec
+
+
+def _check_state(model: nn.Module):
+    def check(state: Any) -> None:
+        if not isinstance(state, dict):
+            raise CorruptArtifact("payload is not a state dict")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CorruptArtifact(str(e).splitlines()[0]) from None
+
+    return check
+
+
+@dataclass
+class StageReport:
+    """What the report shows about one trained model."""
+
+    model: str
+    params: int
+    test_acc: float
+    val_acc: float
+    last_test_acc: float
+    best_epoch: int
+    train_seconds: float
+    from_cache: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class Pipeline:
+    """Builds and trains the models of one job; the BuildContext handed to methods."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, reporter) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = device
+        self.reporter = reporter
+        self.store = ArtifactStore(cfg.store_dir)
+        self.data: DataBundle = load_data(cfg.dataset, device)
+        self.history: list[dict[str, Any]] = []
+        self.reports: dict[str, StageReport] = {}
+        self.teacher_keys: list[str] = []
+        self._teacher: nn.Module | None = None
+        self._student_init: dict[str, torch.Tensor] | None = None
+        self.should_stop = lambda: False
+
+    # ---- helpers -------------------------------------------------------------------
+    def _build(self, model_cfg: DictConfig) -> nn.Module:
+        d = self.data
+        return build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
+
+    def _fit(self, distiller: Distiller, recipe, stage: str, student: bool, **kw) -> FitResult:
+        d = self.data
+        rt = self.cfg.runtime
+        n = len(d.student_idx if student else d.teacher_idx)
+        steps = recipe.epochs * -(-n // recipe.batch_size)
+        with self.reporter.stage(stage, steps) as hooks:
+            return fit(
+                distiller, d, recipe, stage=stage, seed=self.cfg.seed,
+                train_idx=d.student_idx if student else d.teacher_idx,
+                val_idx=d.student_val_idx if student else d.teacher_val_idx,
+                amp=rt.amp, eval_batch_size=rt.eval_batch_size,
+                should_stop=self.should_stop, **hooks, **kw,
+            )  # fmt: skip
+
+    def evaluate(self, model: nn.Module) -> torch.Tensor:
+        return predict(
+            model, self.data.x_test, self.cfg.runtime.eval_batch_size, self.cfg.runtime.amp
+        )
+
+    def _test_acc(self, model: nn.Module, state: dict[str, torch.Tensor]) -> float:
+        model.load_state_dict(state)
+        return accuracy(self.evaluate(model), self.data.y_test)
+
+    def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
+        last = self._test_acc(model, res.last_state)
+        best = self._test_acc(model, res.best_state)  # leaves the best weights loaded
+        return {
+            "model": cfg_m.name, "params": count_params(model), "test_acc": best,
+            "val_acc": res.best_val_acc, "last_test_acc": last, "best_epoch": res.best_epoch,
+            "train_seconds": res.train_seconds, "history": res.history,
+        }  # fmt: skip
+
+    def _stored_model(
+        self, kind: str, spec: dict[str, Any], model: nn.Module, train: Callable[..., FitResult]
+    ) -> tuple[nn.Module, StageReport]:
+        """Train ``model`` once through the store (or load it); return it with its report."""
+
+        def build(workdir: Path):
+            res = train(workdir / "partial.pt", content_fingerprint(spec))
+            meta = self._stage_meta(model, cfg_m, res)
+            (workdir / "partial.pt").unlink(missing_ok=True)
+            return res.best_state, meta
+
+        cfg_m = spec["model_cfg"]
+        spec = {k: v for k, v in spec.items() if k != "model_cfg"}
+        art = self.store.get_or_build(
+            kind, spec, build, check=_check_state(model),
+            on_wait=lambda: log.info("waiting for another process building %s", kind),
+        )  # fmt: skip
+        model.load_state_dict(art.payload)
+        meta = art.meta
+        # Stored stages contribute their (stored) history rows too, so history.csv is whole.
+        self.history.extend({**r, "from_store": art.from_cache} for r in meta["history"])
+        rep = StageReport(
+            meta["model"], meta["params"], meta["test_acc"], meta["val_acc"],
+            meta["last_test_acc"], meta["best_epoch"], meta["train_seconds"], art.from_cache,
+        )  # fmt: skip
+        return model, rep
+
+    # ---- BuildContext ----------------------------------------------------------------
+    def teacher(self) -> nn.Module:
+        if self._teacher is None:
+            self._teacher = self._make_teacher()
+        return self._teacher
+
+    def _make_teacher(self) -> nn.Module:
+        cfg = self.cfg
+        tcfg = cfg.teacher
+        if tcfg.checkpoint:
+            model = self._build(tcfg)
+            path = Path(tcfg.checkpoint).expanduser()
+            if not path.is_file():
+                raise CheckpointError(
+                    f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt "
+                    f"from a kdrun run directory"
+                )
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(
+                    f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
+                    f"{cfg.dataset.name} ({first}); check the teacher model and data set"
+                ) from None
+            logits = self.evaluate(model)
+            self.reports["teacher"] = StageReport(
+                tcfg.name, count_params(model), accuracy(logits, self.data.y_test), float("nan"),
+                float("nan"), 0, 0.0, True,
+            )  # fmt: skip
+            self.teacher_keys.append(f"file:{path.resolve()}")
+            return model
+        return self.model(tcfg, "teacher")
+
+    def model(
+        self, model_cfg: DictConfig, role: str, teacher: nn.Module | None = None
+    ) -> nn.Module:
+        """Train (once, through the store) a model on hard labels or distilled from a teacher.
+
+        Its report lands in ``self.reports[role]``; its key joins ``teacher_keys`` so that
+        caches derived from it are keyed by it."""
+        cfg = self.cfg
+        spec = {
+            "role": "teacher" if teacher is None else "distilled",
+            "model": _model_spec(model_cfg), "data": data_spec(cfg, student=False),
+            "seed": cfg.seed,
+        }  # fmt: skip
+        if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
+            spec.update(teacher_keys=list(self.teacher_keys), T=cfg.T, alpha=cfg.alpha)
+        torch.manual_seed(cfg.seed)
+        model = self._build(model_cfg)
+
+        def train(ckpt: Path, fp: str) -> FitResult:
+            if teacher is None:
+                dist: Distiller = HardLabels(model)
+            else:
+                from kdrun.methods.kd import KD
+
+                dist = KD(model, teacher, cfg.T, cfg.alpha)
+            return self._fit(dist, model_cfg.train, role, student=False, checkpoint=ckpt,
+                             fingerprint=fp)  # fmt: skip
+
+        model, self.reports[role] = self._stored_model(
+            role, {**spec, "model_cfg": model_cfg}, model, train
+        )
+        self.teacher_keys.append(f"{role}:{content_fingerprint(spec)}")
+        return model
+
+    def new_student(self) -> nn.Module:
+        """The student with this run's shared initial weights (the baseline starts from them)."""
+        if self._student_init is None:
+            torch.manual_seed(self.cfg.seed + 1)  # differs from the teacher's init seed
+            m = self._build(self.cfg.student)
+            self._student_init = {k: v.detach().clone() for k, v in m.state_dict().items()}
+            return m
+        m = self._build(self.cfg.student)
+        m.load_state_dict(self._student_init)
+        return m
+
+    # ---- the stages ----------------------------------------------------------------
+    def baseline(self) -> nn.Module:
+        cfg = self.cfg
+        model = self.new_student()
+        spec = {
+            "role": "baseline", "model": _model_spec(cfg.student),
+            "data": data_spec(cfg, student=True), "seed": cfg.seed,
+        }  # fmt: skip
+
+        def train(ckpt: Path, fp: str) -> FitResult:
+            return self._fit(HardLabels(model), cfg.student.train, "baseline", student=True,
+                             checkpoint=ckpt, fingerprint=fp)  # fmt: skip
+
+        model, rep = self._stored_model(
+            "baseline", {**spec, "model_cfg": cfg.student}, model, train
+        )
+        self.reports["baseline"] = rep
+        return model
+
+    def teacher_cache(self, distiller: Distiller) -> torch.Tensor | None:
+        """Teacher outputs for the whole training split, computed once and stored."""
+        cfg = self.cfg
+        if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
+            return None
+        if distiller.teacher is None:
+            return None
+        spec = {
+            "teachers": list(self.teacher_keys), "method": to_container(cfg.method),
+            "data": data_spec(cfg, student=False),
+        }  # fmt: skip
+        n = len(self.data.y_train)
+
+        def build(_workdir: Path):
+            x = self.data.x_train
+            bs = cfg.runtime.eval_batch_size
+            outs = [distiller.teacher_outputs(x[i : i + bs]).float() for i in range(0, n, bs)]
+            return torch.cat(outs).cpu(), {"rows": n}
+
+        def check(t: Any) -> None:
+            if not isinstance(t, torch.Tensor) or t.shape[0] != n:
+                raise CorruptArtifact("teacher logits do not match the training split")
+
+        art = self.store.get_or_build("teacher_logits", spec, build, check=check)
+        return art.payload.to(self.device)
+
+    def distill(self) -> tuple[Distiller, FitResult]:
+        cfg = self.cfg
+        method = METHODS[cfg.method.name]
+        distiller = method.build(cfg, self).to(self.device)
+        cache = self.teacher_cache(distiller)
+        ckpt_dir = self.run_dir / "checkpoints"
+        fp = content_fingerprint(
+            {"cfg": to_container(cfg), "teachers": self.teacher_keys, "init": "student"}
+        )
+        res = self._fit(distiller, cfg.student.train, "student", student=True,
+                        teacher_cache=cache, checkpoint=ckpt_dir / "student.partial.pt",
+                        fingerprint=fp)  # fmt: skip
+        self.history.extend(res.history)
+        return distiller, res
+
+
+def content_fingerprint(spec: Any) -> str:
+    from kdrun.store import content_key
+
+    return content_key(spec)
+
+
+def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
+    out = []
+    for c in range(num_classes):
+        m = y == c
+        out.append(float((pred[m] == c).float().mean()) if m.any() else float("nan"))
+    return out
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
+    """Train everything one job needs and return its metrics (without run bookkeeping)."""
+    device = resolve_device(cfg.device)
+    if cfg.runtime.num_threads > 0:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    p = Pipeline(cfg, run_dir, device, reporter)
+    if should_stop is not None:
+        p.should_stop = should_stop
+    teacher = p.teacher()
+    baseline = p.baseline() if cfg.baseline else None
+    distiller, res = p.distill()
+    student = distiller.student
+    ckpt_dir = run_dir / "checkpoints"
+
+    # Test-set numbers, computed once here; model selection used validation only.
+    student.load_state_dict(res.last_state)
+    last_test = accuracy(p.evaluate(student), p.data.y_test)
+    student.load_state_dict(res.best_state)
+    s_logits = p.evaluate(student)
+    t_logits = p.evaluate(teacher)
+    y = p.data.y_test
+    s_pred = s_logits.argmax(1)
+    student_rep = {
+        "model": cfg.student.name, "params": count_params(student),
+        "test_acc": accuracy(s_logits, y), "val_acc": res.best_val_acc,
+        "last_test_acc": last_test, "last_val_acc": res.last_val_acc,
+        "best_epoch": res.best_epoch, "train_seconds": res.train_seconds,
+        "agreement": float((s_pred == t_logits.argmax(1)).float().mean()),
+        "kl_to_teacher": float(F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1),
+                                        reduction="batchmean", log_target=True)),
+        "per_class_acc": per_class_accuracy(s_pred, y, p.data.num_classes),
+        "resumed_from_epoch": res.resumed_from_epoch,
+    }  # fmt: skip
+    metrics: dict[str, Any] = {
+        "teacher": p.reports["teacher"].as_dict(),
+        "baseline": None,
+        "student": student_rep,
+        "kd_gain": None,
+        "data": {
+            "train_size": len(p.data.y_train),
+            "student_train_size": len(p.data.student_idx),
+            "val_size": len(p.data.y_val),
+            "test_size": len(y),
+            "num_classes": p.data.num_classes,
+        },  # fmt: skip
+    }
+    if baseline is not None:
+        b_logits = p.evaluate(baseline)
+        metrics["baseline"] = {
+            **p.reports["baseline"].as_dict(),
+            "agreement": float((b_logits.argmax(1) == t_logits.argmax(1)).float().mean()),
+            "per_class_acc": per_class_accuracy(b_logits.argmax(1), y, p.data.num_classes),
+        }
+        metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
+
+    atomic_torch_save(
+        {k: v.cpu() for k, v in teacher.state_dict().items()}, ckpt_dir / "teacher.pt"
+    )
+    atomic_torch_save(res.best_state, ckpt_dir / "student.pt")
+    atomic_torch_save(res.last_state, ckpt_dir / "student_last.pt")
+    if baseline is not None:
+        atomic_torch_save({k: v.cpu() for k, v in baseline.state_dict().items()},
+                          ckpt_dir / "baseline.pt")  # fmt: skip
+    (ckpt_dir / "student.partial.pt").unlink(missing_ok=True)
+    extra = getattr(distiller, "extra_metrics", None)
+    if extra is not None:
+        metrics.update(extra(p))
+    metrics["_history"] = p.history
+    metrics["_config"] = OmegaConf.to_container(cfg, resolve=True)
+    return metrics

@@ -1,0 +1,265 @@
+"""The one training loop, shared by teacher, baseline and distilled student.
+
+It trains a ``Distiller`` (whose forward returns named losses), selects the epoch with the
+best validation accuracy, checkpoints atomically at every epoch end so a killed run resumes
+exactly, and refuses to continue on a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdrun.data import DataBundle, augment_batch, batch_indices
+from kdrun.errors import CheckpointError, Interrupted, TrainingError
+from kdrun.store import atomic_torch_save
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    last_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_acc: float
+    last_val_acc: float
+    train_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def make_optimizer(params, recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+        )  # fmt: skip
+    cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe, epoch: int) -> float:
+    """Multiplier of the base lr for a 0-based epoch: linear warm-up, then the schedule."""
+    if epoch < recipe.warmup_epochs:
+        return (epoch + 1) / (recipe.warmup_epochs + 1)
+    if recipe.schedule == "cosine":
+        span = max(1, recipe.epochs - recipe.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - recipe.warmup_epochs) / span))
+    if recipe.schedule == "step":
+        return recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+    return 1.0
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16 autocast on CUDA by default ('auto'); opt-in bf16 on CPU; fp16 only on CUDA."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: str = "off"
+) -> torch.Tensor:
+    """Logits for every row of x (float32), in eval mode, in batches."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    with autocast_context(x.device, amp):
+        for start in range(0, len(x), batch_size):
+            outs.append(model(x[start : start + batch_size]).float())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {
+        "gen": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        # numpy's state as plain types + a tensor, so weights_only=True can load it
+        "numpy": [
+            (torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v)
+            for v in np.random.get_state()
+        ],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        tuple(
+            v.numpy().astype(np.uint32) if isinstance(v, torch.Tensor) else v
+            for v in state["numpy"]
+        )
+    )
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def fit(
+    distiller: nn.Module,
+    data: DataBundle,
+    recipe,
+    *,
+    stage: str,
+    seed: int,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    teacher_cache: torch.Tensor | None = None,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    amp: str = "off",
+    eval_batch_size: int = 1024,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train ``distiller``'s trainable parameters; select ``distiller.student`` on validation.
+
+    ``teacher_cache`` holds per-sample teacher outputs indexed like ``data.x_train``; it is
+    used only when the batch is not augmented (an augmented batch needs a fresh teacher pass,
+    which the distiller does itself when given ``teacher_out=None``).
+    ``checkpoint``: resume from it if it exists with the same ``fingerprint``; rewritten
+    atomically at each epoch end.
+    """
+    device = data.x_train.device
+    student = distiller.student
+    gen = seed_everything(seed)
+    params = distiller.trainable_parameters()
+    opt = make_optimizer(params, recipe)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(recipe, e))
+    start_epoch, best_val, best_epoch, best_state = 0, -1.0, 0, None
+    history: list[dict[str, Any]] = []
+    elapsed = 0.0
+
+    if checkpoint is not None and checkpoint.is_file():
+        try:
+            ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # a torn file cannot happen (atomic writes), but disks lie
+            raise CheckpointError(
+                f"checkpoint {checkpoint} is unreadable ({e}); delete it to restart the stage"
+            ) from e
+        if ck.get("fingerprint") == fingerprint and ck.get("version") == CHECKPOINT_VERSION:
+            distiller.load_state_dict(ck["distiller"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            _set_rng_state(gen, ck["rng"])
+            start_epoch, best_val, best_epoch = ck["epoch"], ck["best_val"], ck["best_epoch"]
+            best_state, history, elapsed = ck["best_state"], ck["history"], ck["elapsed"]
+
+    use_cache = teacher_cache is not None and not data.augment
+    for epoch in range(start_epoch, recipe.epochs):
+        t0 = time.perf_counter()
+        distiller.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for idx in batch_indices(train_idx, recipe.batch_size, gen):
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"{stage} stopped at epoch {epoch + 1}")
+            x, y = data.x_train[idx], data.y_train[idx]
+            if data.augment:
+                x = augment_batch(x, data.crop_padding, data.hflip, gen)
+            t_out = teacher_cache[idx] if use_cache else None
+            with autocast_context(device, amp):
+                logits, losses = distiller(x, y, idx, t_out)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0) + v.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(idx)
+            if on_step is not None:
+                on_step()
+        parts = {k: float(v) / seen for k, v in sums.items()}
+        total = sum(parts.values())
+        if not math.isfinite(total):
+            raise TrainingError(
+                f"{stage}: loss became {total} in epoch {epoch + 1}; lower the learning rate "
+                f"({stage}.train.lr) or T; the last good checkpoint is kept"
+            )
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        val_acc = accuracy(
+            predict(student, data.x_val[val_idx], eval_batch_size, amp), data.y_val[val_idx]
+        )
+        elapsed += time.perf_counter() - t0
+        if val_acc > best_val:
+            best_val, best_epoch, best_state = val_acc, epoch + 1, _cpu_state(student)
+        row = {
+            "stage": stage, "epoch": epoch + 1, "loss": total,
+            "loss_soft": parts.get("soft"), "loss_hard": parts.get("hard"),
+            **{f"loss_{k}": v for k, v in parts.items() if k not in ("soft", "hard")},
+            "train_acc": float(correct) / seen, "val_acc": val_acc, "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
+        history.append(row)
+        if checkpoint is not None:
+            atomic_torch_save(
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "distiller": distiller.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": _rng_state(gen),
+                    "best_val": best_val,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "history": history,
+                    "elapsed": elapsed,
+                },  # fmt: skip
+                checkpoint,
+            )
+        if on_epoch is not None:
+            on_epoch(row)
+
+    if best_state is None:  # zero epochs left to run and nothing stored: cannot happen
+        best_state = _cpu_state(student)
+    return FitResult(
+        best_state=copy.deepcopy(best_state),
+        last_state=_cpu_state(student),
+        best_epoch=best_epoch,
+        best_val_acc=best_val,
+        last_val_acc=history[-1]["val_acc"] if history else best_val,
+        train_seconds=elapsed,
+        history=history,
+        resumed_from_epoch=start_epoch,
+    )
