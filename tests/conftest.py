@@ -1,0 +1,53 @@
+"""Shared fixtures: run the CLI in a subprocess against *this* checkout's code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="apt-get install dataset-fashion-mnist",
+)
+
+
+def kdrun_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_kdrun(tmp_path):
+    """run_kdrun(*overrides, run_dir=None) -> CompletedProcess; store and outputs in tmp_path."""
+
+    def run(*args: str, run_dir: Path | None = None, cwd: Path | None = None, timeout: int = 600,
+            store: Path | None = None, env: dict[str, str] | None = None):  # fmt: skip
+        argv = list(args)
+        is_sub = bool(argv) and not argv[0].startswith("-") and "=" not in argv[0]
+        if not is_sub:
+            if not any(a.startswith("store_dir=") for a in argv):
+                argv.append(f"store_dir={store or tmp_path / 'store'}")
+            if run_dir is not None:
+                argv.append(f"hydra.run.dir={run_dir}")
+        return subprocess.run(
+            [sys.executable, "-m", "kdrun", *argv], cwd=cwd or tmp_path, env=kdrun_env(**(env or {})),
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    return run
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
