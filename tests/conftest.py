@@ -41,8 +41,9 @@ def run_kdrun(tmp_path):
                 argv.append(f"store_dir={store or tmp_path / 'store'}")
             if run_dir is not None:
                 argv.append(f"hydra.run.dir={run_dir}")
+        cmd = [sys.executable, "-m", "kdrun", *argv]
         return subprocess.run(
-            [sys.executable, "-m", "kdrun", *argv], cwd=cwd or tmp_path, env=kdrun_env(**(env or {})),
+            cmd, cwd=cwd or tmp_path, env=kdrun_env(**(env or {})),
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
