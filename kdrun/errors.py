@@ -29,3 +29,9 @@ class Interrupted(KdrunError):
     """SIGINT/SIGTERM: the run stopped cleanly at a batch boundary."""
 
     exit_code = 130
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text squeezed onto one line (third-party messages span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
