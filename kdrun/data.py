@@ -230,8 +230,8 @@ def _load_cifar(cfg, tv_name: str, folder: str) -> RawData:
                 tv_cls(str(root), train=True, download=True)
         except Exception as e:
             raise DataError(
-                f"downloading {tv_name} into {root} failed ({one_line(e)}); check the network or set "
-                f"dataset.mirror=URL, or place '{folder}' in dataset.root"
+                f"downloading {tv_name} into {root} failed ({one_line(e)}); check the network "
+                f"or set dataset.mirror=URL, or place '{folder}' in dataset.root"
             ) from e
     if root is None:
         raise DataError(

@@ -160,7 +160,7 @@ def test_download_through_torchvision_from_loopback(tmp_path, monkeypatch, loopb
     monkeypatch.setenv("KDRUN_DATA", str(tmp_path / "cache"))
     root = tmp_path / "data"
     with pytest.raises(DataError, match="dataset.download=true"):
-        load_data(ds(name="fashion_mnist", root=str(root), val_size=5000))
+        load_data(ds(name="fashion_mnist", root=str(root)))
     d = load_data(
         ds(
             name="fashion_mnist",
@@ -173,7 +173,7 @@ def test_download_through_torchvision_from_loopback(tmp_path, monkeypatch, loopb
     assert (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert len(d.y_train) + len(d.y_val) == 60000 and len(d.y_test) == 10000
     # the second time the files are found locally: no server needed
-    d2 = load_data(ds(name="fashion_mnist", root=str(root), val_size=5000))
+    d2 = load_data(ds(name="fashion_mnist", root=str(root)))
     assert torch.equal(d2.y_test, d.y_test)
 
 
