@@ -162,6 +162,13 @@ def validate(cfg: DictConfig) -> None:
         0 < ds.train_fraction <= 1,
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
     )
+    n_cls = DATASETS[ds.name].num_classes
+    bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
+    _check(not bad, f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}")
+    _check(
+        len(set(ds.omit_classes)) < n_cls,
+        "dataset.omit_classes omits every class; the student would have no data",
+    )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
     _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
     _check(
