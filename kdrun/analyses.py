@@ -235,6 +235,10 @@ def omitted(ctx: Context) -> dict[str, Any]:
         l_bias = float(manual) if manual is not None else auto_bias(
             l_val, t_val, classes, cfg.analysis.bias_prior)[0]  # fmt: skip
         l_adj = adjust(l_test, classes, l_bias)
+        curve["last_epoch_test_acc"] = [_acc(adjust(l_test, classes, b), y) for b in grid]
+        curve["last_epoch_acc_on_omitted"] = [
+            _acc(adjust(l_test, classes, b), y, sel) for b in grid
+        ]
         out["last_epoch"] = {
             "bias": l_bias, "student_test_acc": _acc(l_test, y),
             "student_acc_on_omitted": _acc(l_test, y, sel),
@@ -262,7 +266,7 @@ def _last_student(ctx: Context) -> nn.Module | None:
 def _plot_bias(o: dict[str, Any], dataset: str, path: Path) -> None:
     plt = _plt()
     c = o["curve"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
     names = ", ".join(o["class_names"])
     label_om = names if len(o["classes"]) <= 3 else f"{len(o['classes'])} unseen classes"
     ax.plot(c["bias"], c["student_acc_on_omitted"], c="C0", label=f"distilled: acc on {label_om}")
@@ -271,12 +275,18 @@ def _plot_bias(o: dict[str, Any], dataset: str, path: Path) -> None:
         ax.plot(c["bias"], c["baseline_acc_on_omitted"], c="C0", ls=":",
                 label=f"scratch: acc on {label_om}")  # fmt: skip
         ax.plot(c["bias"], c["baseline_test_acc"], c="C1", ls=":", label="scratch: overall acc")
+    if "last_epoch_test_acc" in c:
+        ax.plot(c["bias"], c["last_epoch_acc_on_omitted"], c="C2",
+                label=f"distilled, last epoch: acc on {label_om}")  # fmt: skip
+        ax.plot(c["bias"], c["last_epoch_test_acc"], c="C3", label="distilled, last epoch: overall")
+        b_last = o["last_epoch"]["bias"]
+        ax.axvline(b_last, c="C2", ls=":", lw=1, label=f"chosen bias, last epoch {b_last:.2f}")
     ax.axvline(o["bias"], c="gray", ls="--", lw=1, label=f"chosen bias {o['bias']:.2f}")
     ax.set_xlabel(f"bias added to the logit(s) of {label_om}")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"{dataset}: classes never seen by the student ({names})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
