@@ -222,6 +222,12 @@ def dark_knowledge(
 # --------------------------------------------------------------------------- subcommands
 
 
+def _console() -> Console:
+    """Full-width tables even when the output is piped to a file."""
+    c = Console()
+    return c if c.is_terminal else Console(width=max(c.width, 160))
+
+
 def _parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace | int:
     try:
         return parser.parse_args(args)
@@ -263,7 +269,7 @@ def softmax_command(args: list[str]) -> int:
     title = "softmax(z / T) of logits " + ", ".join(
         f"{n} {z:g}" for n, z in zip(names, ns.logits, strict=True)
     )
-    Console().print(render_softmax_table(rows, names, title))
+    _console().print(render_softmax_table(rows, names, title))
     return 0
 
 
@@ -342,7 +348,7 @@ def dark_knowledge_command(args: list[str]) -> int:
         if out is None:
             raise ConfigError("a store artifact is read-only: add --out DIR for the figures")
         logits = predict(model, data.x_test)
-        console = Console()
+        console = _console()
         m = dark_knowledge(data, {ns.role: logits}, ns.temperatures, ns.examples, out, console)
     except KdrunError as e:
         print(f"kdrun dark-knowledge: error: {e}", file=sys.stderr)

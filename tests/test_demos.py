@@ -199,6 +199,11 @@ def test_soft_targets_and_dark_knowledge(run_kdrun, tmp_path, store):
     doc = read_json(run / "dark_knowledge" / "dark_knowledge.json")
     # Same teacher, same test set: the same entropy at T=1 as the run itself measured.
     assert doc["teacher"]["mean_entropy"][0] == pytest.approx(ent[0], rel=1e-5)
+    # ... or from the teacher's store artifact (read-only: figures go to --out).
+    art = next(d for d in (store / "teacher").iterdir() if (d / "meta.json").is_file())
+    d = run_kdrun("dark-knowledge", str(art), "-n", "1", "--out", str(tmp_path / "dk"))
+    assert d.returncode == 0, d.stderr
+    assert (tmp_path / "dk" / "teacher_soft_targets.png").is_file()
     bad = run_kdrun("dark-knowledge", str(tmp_path))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
 
