@@ -341,12 +341,12 @@ def dark_knowledge_command(args: list[str]) -> int:
             raise ConfigError(f"temperatures must be > 0 (got {ns.temperatures})")
         if not ns.path.is_dir():
             raise CheckpointError(f"{ns.path} is not a directory; give a kdrun run directory")
-        data, model = load_trained(ns.path, ns.role)
         out = ns.out or (
             ns.path / "dark_knowledge" if not (ns.path / "meta.json").is_file() else None
         )
         if out is None:
             raise ConfigError("a store artifact is read-only: add --out DIR for the figures")
+        data, model = load_trained(ns.path, ns.role)
         logits = predict(model, data.x_test)
         console = _console()
         m = dark_knowledge(data, {ns.role: logits}, ns.temperatures, ns.examples, out, console)
