@@ -239,8 +239,9 @@ def omitted(ctx: Context) -> dict[str, Any]:
         curve["last_epoch_acc_on_omitted"] = [
             _acc(adjust(l_test, classes, b), y, sel) for b in grid
         ]
+        same = ctx.metrics["student"]["best_epoch"] == cfg.student.train.epochs
         out["last_epoch"] = {
-            "bias": l_bias, "student_test_acc": _acc(l_test, y),
+            "same_as_selected": same, "bias": l_bias, "student_test_acc": _acc(l_test, y),
             "student_acc_on_omitted": _acc(l_test, y, sel),
             "student_test_acc_adjusted": _acc(l_adj, y),
             "student_acc_on_omitted_adjusted": _acc(l_adj, y, sel),
@@ -275,7 +276,7 @@ def _plot_bias(o: dict[str, Any], dataset: str, path: Path) -> None:
         ax.plot(c["bias"], c["baseline_acc_on_omitted"], c="C0", ls=":",
                 label=f"scratch: acc on {label_om}")  # fmt: skip
         ax.plot(c["bias"], c["baseline_test_acc"], c="C1", ls=":", label="scratch: overall acc")
-    if "last_epoch_test_acc" in c:
+    if "last_epoch_test_acc" in c and not o["last_epoch"].get("same_as_selected"):
         ax.plot(c["bias"], c["last_epoch_acc_on_omitted"], c="C2",
                 label=f"distilled, last epoch: acc on {label_om}")  # fmt: skip
         ax.plot(c["bias"], c["last_epoch_test_acc"], c="C3", label="distilled, last epoch: overall")
