@@ -19,3 +19,6 @@ def list_registries(args: list[str]) -> int:
     c.print("[bold]models:[/]  ", ", ".join(sorted(MODELS)))
     c.print("[bold]methods:[/] ", ", ".join(sorted(METHODS)))
     return 0
+
+
+from kdrun import soft_targets  # noqa: E402,F401  (registers softmax, dark-knowledge)

@@ -84,6 +84,19 @@ class RuntimeConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Post-training analyses (kdrun.analyses); they read the trained models, train nothing new
+    except the full-data baseline of the small-data comparison (through the store)."""
+
+    dark_knowledge: bool = False  # soft targets of the teacher at several T (soft_targets)
+    temperatures: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0, 10.0, 20.0])
+    examples: int = 6  # test images shown with their soft targets
+    bias: float | None = None  # added to never-seen classes' logits; null = chosen automatically
+    bias_prior: str = "teacher"  # automatic bias target: teacher | uniform
+    full_data_epochs: int = 0  # the small-data comparison's full-data student; 0 = student's
+
+
+@dataclass
 class KdrunConfig:
     T: float = 4.0
     alpha: float = 0.9
@@ -99,6 +112,7 @@ class KdrunConfig:
     # Each method has its own typed options (kdrun.methods.*.Options), checked by validate().
     method: dict[str, Any] = field(default_factory=lambda: {"name": "kd"})
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: str | None = None  # name of the recipe, set by experiment/*.yaml
 
 
@@ -183,6 +197,17 @@ def validate(cfg: DictConfig) -> None:
         cfg.runtime.progress in ("auto", "on", "off"),
         f"unknown runtime.progress '{cfg.runtime.progress}'; choose one of: auto, on, off",
     )
+    an = cfg.analysis
+    _check(
+        an.bias_prior in ("teacher", "uniform"),
+        f"unknown analysis.bias_prior '{an.bias_prior}'; choose one of: teacher, uniform",
+    )
+    _check(
+        len(an.temperatures) > 0 and all(t > 0 for t in an.temperatures),
+        f"analysis.temperatures must be positive numbers (got {list(an.temperatures)})",
+    )
+    _check(an.examples >= 0, f"analysis.examples must be >= 0 (got {an.examples})")
+    _check(an.full_data_epochs >= 0, "analysis.full_data_epochs must be >= 0 (0 = student's)")
     METHODS[cfg.method.name].check_config(cfg)
 
 

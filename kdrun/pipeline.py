@@ -261,22 +261,33 @@ class Pipeline:
         return m
 
     # ---- the stages ----------------------------------------------------------------
-    def baseline(self) -> nn.Module:
+    def baseline(self, full_data: bool = False, epochs: int = 0) -> nn.Module:
+        """The student trained from scratch on its transfer set; with ``full_data``, on the
+        whole training split instead (the reference of the small-data experiments; its store
+        key is that of an unrestricted run's baseline, so the two are shared). ``epochs`` > 0
+        replaces the student recipe's epoch count."""
         cfg = self.cfg
         model = self.new_student()
+        s_cfg = cfg.student
+        if epochs:
+            s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
+        data = data_spec(cfg, student=True)
+        if full_data:
+            data.update(train_fraction=1.0, omit_classes=[], keep_classes=[])
         spec = {
-            "role": "baseline", "model": _model_spec(cfg.student),
-            "data": data_spec(cfg, student=True), "seed": cfg.seed,
+            "role": "baseline", "model": _model_spec(s_cfg), "data": data, "seed": cfg.seed,
         }  # fmt: skip
+        stage = "full_baseline" if full_data else "baseline"
 
         def train(ckpt: Path, fp: str) -> FitResult:
-            return self._fit(HardLabels(model), cfg.student.train, "baseline", student=True,
+            return self._fit(HardLabels(model), s_cfg.train, stage, student=not full_data,
                              checkpoint=ckpt, fingerprint=fp)  # fmt: skip
 
-        model, rep = self._stored_model(
-            "baseline", {**spec, "model_cfg": cfg.student}, model, train
-        )
-        self.reports["baseline"] = rep
+        n_rows = len(self.history)
+        model, rep = self._stored_model("baseline", {**spec, "model_cfg": s_cfg}, model, train)
+        for row in self.history[n_rows:]:  # stored rows may carry the other stage name
+            row["stage"] = stage
+        self.reports[stage] = rep
         return model
 
     def teacher_cache(self, distiller: Distiller) -> torch.Tensor | None:
@@ -402,6 +413,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:
         metrics.update(extra(p))
+    from kdrun.analyses import run_analyses  # omitted class, small data, soft targets
+
+    metrics.update(run_analyses(p, teacher, student, baseline, metrics))
     metrics["_history"] = p.history
     metrics["_config"] = OmegaConf.to_container(cfg, resolve=True)
     return metrics
