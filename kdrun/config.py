@@ -133,12 +133,35 @@ def _check_train(prefix: str, t: Any) -> None:
     _check(t.warmup_epochs >= 0, f"{prefix}.warmup_epochs must be >= 0 (got {t.warmup_epochs})")
 
 
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys absent from the schema: ``+key=value`` can add them past OmegaConf's struct check."""
+    ref = OmegaConf.to_container(OmegaConf.structured(KdrunConfig))
+    given = OmegaConf.to_container(cfg, resolve=False)
+    out: list[str] = []
+
+    def walk(node: dict, schema: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if k not in schema:
+                out.append(prefix + str(k))
+            elif isinstance(v, dict) and isinstance(schema[k], dict) and prefix + k != "method":
+                walk(v, schema[k], f"{prefix}{k}.")  # method.* is checked by its own Options
+
+    walk(given, ref, "")
+    return out
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks that must pass before anything is trained or written."""
     from kdrun.data import DATASETS
     from kdrun.methods import METHODS
     from kdrun.models import MODELS
 
+    extra = unknown_keys(cfg)
+    _check(
+        not extra,
+        f"unknown config key '{extra[0] if extra else ''}'; remove it (`kdrun --cfg job` lists "
+        f"every key)",
+    )
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
     _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
     ds = cfg.dataset
@@ -167,6 +190,19 @@ def validate(cfg: DictConfig) -> None:
     _check(
         not (ds.omit_classes and ds.keep_classes),
         "set either dataset.omit_classes or dataset.keep_classes, not both",
+    )
+    n_cls = DATASETS[ds.name].num_classes
+    for key in ("omit_classes", "keep_classes"):
+        bad = [c for c in ds[key] if not 0 <= c < n_cls]
+        _check(
+            not bad,
+            f"dataset.{key} has class {bad[0] if bad else ''}, out of range for {ds.name}; "
+            f"use class indices 0..{n_cls - 1}",
+        )
+    _check(
+        len(set(ds.omit_classes)) < n_cls,
+        f"dataset.omit_classes omits all {n_cls} classes of {ds.name}: the student would have no "
+        f"training data; omit fewer classes",
     )
     _check(
         cfg.runtime.amp in AMP_MODES,

@@ -57,11 +57,13 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(path)  # name the file the user knows, not the temp file
         raise
 
 
@@ -111,8 +113,13 @@ class ArtifactStore:
         return self.root / kind / key
 
     def _try_load(
-        self, d: Path, check: Callable[[Any], None] | None
+        self, d: Path, check: Callable[[Any], None] | None, repair: bool = False
     ) -> tuple[Any, dict[str, Any]] | None:
+        """The artifact in ``d`` if it is complete and sound, else None.
+
+        Only the lock holder repairs (``repair=True``: reports and deletes a corrupt artifact),
+        so a reader never deletes what a concurrent builder has just written.
+        """
         meta_p, payload_p = d / "meta.json", d / "payload.pt"
         if not meta_p.is_file():
             return None
@@ -126,9 +133,10 @@ class ArtifactStore:
             if check is not None:
                 check(payload)
         except (CorruptArtifact, OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
-            log.warning("artifact %s is corrupt (%s); rebuilding it", d, e)
-            for p in (meta_p, payload_p):
-                p.unlink(missing_ok=True)
+            if repair:
+                log.warning("stored %s %s is corrupt (%s); rebuilding it", d.parent.name, d, e)
+                for p in (meta_p, payload_p):
+                    p.unlink(missing_ok=True)
             return None
         return payload, meta
 
@@ -159,7 +167,7 @@ class ArtifactStore:
                 on_wait()
             lock.acquire()
         try:
-            hit = self._try_load(d, check)  # built by another process while we waited
+            hit = self._try_load(d, check, repair=True)  # maybe built while we waited
             if hit is not None:
                 return Artifact(hit[0], hit[1], True, d)
             payload, meta = build(d)
