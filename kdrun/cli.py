@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 
@@ -196,6 +197,9 @@ def run(args: list[str]) -> int:
     # create, a config it cannot compose) unless HYDRA_FULL_ERROR is set, in which case it
     # re-raises them: set it, and turn them into one line here.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # SIGTERM (Slurm, kill) outside a job's training loop acts like Ctrl-C instead of killing
+    # the process mid-write; inside the loop, job.StopFlag turns both into a clean stop.
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         _hydra_job()
     except KeyboardInterrupt:  # SweepInterrupted, or Ctrl-C outside a job
@@ -213,6 +217,7 @@ def run(args: list[str]) -> int:
         print(f"kdrun: error: {msg or explain(e)}", file=sys.stderr)
         return 2
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     if _SWEEP["dir"] and _EXIT["code"] != 0:

@@ -201,8 +201,8 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> int:
     except (Interrupted, KeyboardInterrupt) as e:
         msg = str(e) if isinstance(e, Interrupted) else "stopped by a second Ctrl-C"
         finish("interrupted", error=msg)
-        print(f"kdrun: interrupted: {msg}; resume with: {resume_hint(run_dir)}", file=sys.stderr,
-              flush=True)  # fmt: skip
+        hint = "" if multirun else f"; resume with: {resume_hint(run_dir)}"  # sweeps: cli.py
+        print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
         return Interrupted.exit_code
     except KdrunError as e:
         finish("failed", error=str(e), error_type=type(e).__name__)

@@ -24,7 +24,7 @@ from kdrun.errors import CheckpointError, ConfigError
 from kdrun.methods import METHODS, HardLabels
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, count_params
-from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save
+from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save, load_weights
 from kdrun.train import FitResult, accuracy, fit, predict
 
 log = logging.getLogger("kdrun")
@@ -216,8 +216,15 @@ class Pipeline:
                     f"from a kdrun run directory"
                 )
             try:
-                # weights_only: a checkpoint is data; a pickle that would run code is refused
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_weights(path)
+            except (CorruptArtifact, OSError, EOFError) as e:
+                raise CheckpointError(
+                    f"teacher.checkpoint={path} cannot be loaded: {e}; give a teacher.pt from a "
+                    f"kdrun run directory (or a file saved with torch.save(model.state_dict()))"
+                ) from None
+            try:
+                if not isinstance(state, dict):
+                    raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
                 model.load_state_dict(state)
             except Exception as e:
                 first = _first_reason(e)

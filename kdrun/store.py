@@ -14,8 +14,10 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,35 @@ class CorruptArtifact(Exception):
     """Raised by a store check when a payload does not fit what it should be."""
 
 
+class UnsafeFile(CorruptArtifact):
+    """The file holds pickled objects beyond plain tensors/containers: loading would run code."""
+
+
+def load_weights(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    Raises UnsafeFile for a pickle that would need to run code, CorruptArtifact for anything
+    unreadable (truncated, not a torch file).
+    """
+    try:
+        with warnings.catch_warnings():  # e.g. a protocol notice: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise UnsafeFile(
+                "it holds pickled Python objects, not plain weights (kdrun never runs code "
+                "from a file)"
+            ) from None
+        raise CorruptArtifact(f"not a readable torch file ({str(e).splitlines()[0]})") from None
+    except OSError:  # an I/O error, not a bad file: the caller decides
+        raise
+    except Exception as e:
+        text = str(e).strip() if not isinstance(e, (KeyError, IndexError)) else ""
+        reason = text.splitlines()[0].split(". ")[0][:120] if text else "invalid data"
+        raise CorruptArtifact(f"not a readable torch file ({reason})") from None
+
+
 @dataclass
 class Artifact:
     payload: Any
@@ -129,10 +160,10 @@ class ArtifactStore:
                 raise CorruptArtifact("payload missing")
             if sha256_file(payload_p) != meta.get("sha256"):
                 raise CorruptArtifact("checksum mismatch")
-            payload = torch.load(payload_p, map_location="cpu", weights_only=True)
+            payload = load_weights(payload_p)
             if check is not None:
                 check(payload)
-        except (CorruptArtifact, OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
+        except Exception as e:  # whatever is wrong with it, it is rebuilt, never loaded
             if repair:
                 log.warning("stored %s %s is corrupt (%s); rebuilding it", d.parent.name, d, e)
                 for p in (meta_p, payload_p):

@@ -26,7 +26,7 @@ from torch import nn
 
 from kdrun.data import DataBundle, augment_batch, batch_indices
 from kdrun.errors import CheckpointError, Interrupted, TrainingError
-from kdrun.store import atomic_torch_save
+from kdrun.store import atomic_torch_save, load_weights
 
 CHECKPOINT_VERSION = 1
 log = logging.getLogger("kdrun")
@@ -194,11 +194,11 @@ def fit(
 
     if resume and checkpoint is not None and checkpoint.is_file():
         try:
-            ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            ck = load_weights(checkpoint)
         except Exception as e:  # a torn file cannot happen (atomic writes), but disks lie
             raise CheckpointError(
                 f"checkpoint {checkpoint} is unreadable ({e}); delete it to restart the stage"
-            ) from e
+            ) from None
         if ck.get("fingerprint") == fingerprint and ck.get("version") == CHECKPOINT_VERSION:
             distiller.load_state_dict(ck["distiller"])
             opt.load_state_dict(ck["optimizer"])
