@@ -18,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.config import config_dir, register_configs
+from kdrun.config import check_values, config_dir, register_configs
+from kdrun.errors import KdrunError
 
 register_configs()
 
@@ -57,7 +58,11 @@ def _hydra_job(cfg: DictConfig) -> int:
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         _SWEEP["dir"] = os.path.abspath(hc.sweep.dir)
-    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun)
+    # The command that made this job, kept in its metrics.json: `kdrun resume` uses it (Hydra
+    # rewrites .hydra/ whenever any command runs in the directory, even one that is refused).
+    command = {"overrides": list(hc.overrides.task), "hydra_overrides": list(hc.overrides.hydra),
+               "cwd": hc.runtime.cwd}  # fmt: skip
+    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
     set_exit_code(code)
     if multirun and code == 130:
         raise SweepInterrupted
@@ -69,6 +74,10 @@ _KEY_MISSING = re.compile(r"Could not override '([^']+)'")
 _BAD_VALUE = re.compile(
     r"Error merging override ([^=\s]+)=(.*?); Value '.*' of type '\w+' could not be converted to "
     r"(\w+)"
+)
+
+_NOT_A_LIST = re.compile(
+    r"Error merging override ([^=\s]+)=(.*?); Invalid value assigned: \w+ is not a ListConfig"
 )
 
 
@@ -113,6 +122,10 @@ def explain(e: BaseException) -> str:
         close = difflib.get_close_matches(key, _schema_keys(), n=1, cutoff=0.75)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return f"unknown config key '{key}'; {hint}`kdrun --cfg job` lists every key"
+    m = _NOT_A_LIST.search(text)
+    if m:
+        key, value = m.groups()
+        return f"{key}={value}: '{value}' is not a list; write it as {key}=[3,5]"
     m = _BAD_VALUE.search(text)
     if m:
         key, value, typ = m.groups()
@@ -141,8 +154,9 @@ def _one_line(e: BaseException) -> str:
 def precheck(args: list[str]) -> str | None:
     """Compose the config once per override value, so a typo fails fast with one line.
 
-    Only composition is checked here (unknown keys/options, wrong types); semantic checks
-    (T > 0, ...) run inside each job, so one bad cell of a sweep fails only that job.
+    Composition is checked here (unknown keys/options, wrong types), and for a single run the
+    value checks that need no torch (T > 0, ...); in a sweep those run inside each job, so one
+    bad cell fails only that job.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -171,9 +185,14 @@ def precheck(args: list[str]) -> str | None:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             for ov in candidates:
                 try:
-                    compose(config_name="config", overrides=ov)
+                    cfg = compose(config_name="config", overrides=ov)
                 except Exception as e:
                     return explain(e)
+                if not sweeps:  # a single run: value checks too (a sweep checks per job)
+                    try:
+                        check_values(cfg)
+                    except KdrunError as e:
+                        return str(e)
     finally:
         GlobalHydra.instance().clear()
     return None
@@ -221,9 +240,11 @@ def run(args: list[str]) -> int:
         if user_full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     if _SWEEP["dir"] and _EXIT["code"] != 0:
-        print(f"kdrun: some jobs of the sweep did not complete (see their metrics.json); after "
-              f"fixing the cause, finish it with: kdrun resume {_quote(_SWEEP['dir'])}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"kdrun: some jobs of the sweep did not complete (their metrics.json says why); "
+            f"`kdrun resume {_quote(_SWEEP['dir'])}` reruns only those",
+            file=sys.stderr,
+        )
     return _EXIT["code"]
 
 

@@ -44,22 +44,26 @@ def resume(args: list[str]) -> int:
     if not args or args[0].startswith("-"):
         print("usage: kdrun resume RUN_OR_SWEEP_DIR [overrides...]", file=sys.stderr)
         return 2
+    from kdrun.job import read_metrics
+
     d = Path(args[0]).expanduser().resolve()
+    recorded = (read_metrics(d / "metrics.json") or {}).get("command")
     if (d / "multirun.yaml").is_file():
-        hydra_cfg = OmegaConf.load(d / "multirun.yaml").hydra
-        argv = ["-m", *hydra_cfg.overrides.task]
+        h = OmegaConf.load(d / "multirun.yaml").hydra
+        task, hydra_ov, cwd = ["-m", *h.overrides.task], h.overrides.hydra, h.runtime.cwd
         where = f"hydra.sweep.dir={d}"
+    elif recorded:  # what the run itself recorded: .hydra/ may have been rewritten since
+        task, hydra_ov, cwd = recorded["overrides"], recorded["hydra_overrides"], recorded["cwd"]
+        where = f"hydra.run.dir={d}"
     elif (d / ".hydra" / "hydra.yaml").is_file():
-        hydra_cfg = OmegaConf.load(d / ".hydra" / "hydra.yaml").hydra
-        argv = list(hydra_cfg.overrides.task)
+        h = OmegaConf.load(d / ".hydra" / "hydra.yaml").hydra
+        task, hydra_ov, cwd = h.overrides.task, h.overrides.hydra, h.runtime.cwd
         where = f"hydra.run.dir={d}"
     else:
         print(f"kdrun: error: {d} is not a kdrun run or sweep directory (no .hydra/hydra.yaml "
               f"or multirun.yaml); give the directory a run printed", file=sys.stderr)  # fmt: skip
         return 2
-    argv += [o for o in hydra_cfg.overrides.hydra if not o.startswith(_PLACEMENT)]
-    argv += [where, *args[1:]]
-    cwd = hydra_cfg.runtime.get("cwd")
+    argv = [*task, *(o for o in hydra_ov if not o.startswith(_PLACEMENT)), where, *args[1:]]
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)
     return run(argv)

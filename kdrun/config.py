@@ -150,12 +150,9 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     return out
 
 
-def validate(cfg: DictConfig) -> None:
-    """Semantic checks that must pass before anything is trained or written."""
-    from kdrun.data import DATASETS
-    from kdrun.methods import METHODS
-    from kdrun.models import MODELS
-
+def check_values(cfg: DictConfig) -> None:
+    """The checks that need no registry (so no torch import): cli.precheck runs them before
+    Hydra starts a single run, so a typo costs a fraction of a second and writes nothing."""
     extra = unknown_keys(cfg)
     _check(
         not extra,
@@ -164,6 +161,38 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
     _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
+    ds = cfg.dataset
+    for role in ("teacher", "student"):
+        m = cfg[role]
+        _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
+        _check_train(f"{role}.train", m.train)
+    _check(
+        0 < ds.train_fraction <= 1,
+        f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
+    )
+    _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
+    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
+    _check(
+        not (ds.omit_classes and ds.keep_classes),
+        "set either dataset.omit_classes or dataset.keep_classes, not both",
+    )
+    _check(
+        cfg.runtime.amp in AMP_MODES,
+        f"unknown runtime.amp '{cfg.runtime.amp}'; choose one of: {', '.join(AMP_MODES)}",
+    )
+    _check(
+        cfg.runtime.progress in ("auto", "on", "off"),
+        f"unknown runtime.progress '{cfg.runtime.progress}'; choose one of: auto, on, off",
+    )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks that must pass before anything is trained or written."""
+    from kdrun.data import DATASETS
+    from kdrun.methods import METHODS
+    from kdrun.models import MODELS
+
+    check_values(cfg)
     ds = cfg.dataset
     _check(
         ds.name in DATASETS,
@@ -175,21 +204,9 @@ def validate(cfg: DictConfig) -> None:
             m.name in MODELS,
             f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
         )
-        _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
-        _check_train(f"{role}.train", m.train)
     _check(
         cfg.method.name in METHODS,
         f"unknown method '{cfg.method.name}'; choose one of: {', '.join(sorted(METHODS))}",
-    )
-    _check(
-        0 < ds.train_fraction <= 1,
-        f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
-    )
-    _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
-    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
-    _check(
-        not (ds.omit_classes and ds.keep_classes),
-        "set either dataset.omit_classes or dataset.keep_classes, not both",
     )
     n_cls = DATASETS[ds.name].num_classes
     for key in ("omit_classes", "keep_classes"):
@@ -203,14 +220,6 @@ def validate(cfg: DictConfig) -> None:
         len(set(ds.omit_classes)) < n_cls,
         f"dataset.omit_classes omits all {n_cls} classes of {ds.name}: the student would have no "
         f"training data; omit fewer classes",
-    )
-    _check(
-        cfg.runtime.amp in AMP_MODES,
-        f"unknown runtime.amp '{cfg.runtime.amp}'; choose one of: {', '.join(AMP_MODES)}",
-    )
-    _check(
-        cfg.runtime.progress in ("auto", "on", "off"),
-        f"unknown runtime.progress '{cfg.runtime.progress}'; choose one of: auto, on, off",
     )
     METHODS[cfg.method.name].check_config(cfg)
 

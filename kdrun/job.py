@@ -106,9 +106,12 @@ def resume_hint(run_dir: Path) -> str:
     return f"kdrun resume {shlex.quote(str(run_dir))}"
 
 
-def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> int:
+def run_job(
+    cfg: DictConfig, run_dir: Path, multirun: bool = False, command: dict | None = None
+) -> int:
     """Run one job in ``run_dir``; return its exit code. Never raises for a KdrunError.
 
+    ``command`` (the overrides that made it) is recorded for ``kdrun resume``.
     Exit codes: 0 completed (or already completed), 1 unexpected error, 2 bad input or
     environment, 3 training diverged, 130 stopped by SIGINT/SIGTERM.
     """
@@ -122,12 +125,12 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> int:
              f"hydra.run.dir")  # fmt: skip
         return 2
     try:
-        return _run_job(cfg, run_dir, multirun)
+        return _run_job(cfg, run_dir, multirun, command)
     finally:
         lock.release()
 
 
-def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> int:
+def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | None) -> int:
     from kdrun.pipeline import run_pipeline
 
     console = make_console()
@@ -163,7 +166,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> int:
         "dataset": cfg.dataset.name, "method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha,
         "seed": cfg.seed, "experiment": cfg.get("experiment"), "run_dir": str(run_dir),
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "versions": versions(), "config": result_cfg,
+        "versions": versions(), "config": result_cfg, "command": command,
     }  # fmt: skip
     t0 = time.perf_counter()
 
