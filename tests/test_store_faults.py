@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import read_json
 from filelock import FileLock
-from reliability_util import cli, start, wait_for
+from reliability_util import start, wait_for
 
 from kdrun.models import MLP
 from kdrun.pipeline import _check_state
@@ -135,16 +135,6 @@ def test_racing_processes_train_the_teacher_once(tmp_path):
     assert [t["from_cache"] for t in teachers] == [False, True, True]
     assert len({t["test_acc"] for t in teachers}) == 1
     assert len(list(store.glob("teacher/*/meta.json"))) == 1
-
-    # The stored teacher is then damaged: the next run says so and trains it again.
-    payload = next(store.glob("teacher/*/payload.pt"))
-    payload.write_bytes(payload.read_bytes()[:1000])
-    r = cli(*common, f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "is corrupt" in r.stdout and "rebuilding it" in r.stdout
-    m = read_json(tmp_path / "run3" / "metrics.json")
-    assert m["teacher"]["from_cache"] is False
-    assert m["teacher"]["test_acc"] == teachers[0]["test_acc"]
 
 
 if __name__ == "__main__":
