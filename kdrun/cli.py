@@ -55,6 +55,7 @@ def _hydra_job(cfg: DictConfig) -> int:
     from kdrun.job import run_job
 
     hc = HydraConfig.get()
+    _EXIT["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep the traceback
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         _SWEEP["dir"] = os.path.abspath(hc.sweep.dir)
@@ -210,7 +211,7 @@ def run(args: list[str]) -> int:
             print(f"kdrun: error: {err}", file=sys.stderr)
             return 2
     sys.argv = [sys.argv[0], *args]
-    _EXIT["code"] = 0
+    _EXIT["code"], _EXIT["debug"] = 0, 0
     _SWEEP["dir"] = None
     # Hydra prints a traceback for errors outside the job (an output directory it cannot
     # create, a config it cannot compose) unless HYDRA_FULL_ERROR is set, in which case it
@@ -227,7 +228,7 @@ def run(args: list[str]) -> int:
               f"{where}", file=sys.stderr)  # fmt: skip
         return 130
     except Exception as e:
-        if user_full_error:
+        if user_full_error or _EXIT.get("debug"):
             raise
         from kdrun.errors import find_os_error, os_error_message
 

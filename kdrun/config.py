@@ -184,6 +184,11 @@ def check_values(cfg: DictConfig) -> None:
         cfg.runtime.progress in ("auto", "on", "off"),
         f"unknown runtime.progress '{cfg.runtime.progress}'; choose one of: auto, on, off",
     )
+    rt = cfg.runtime
+    _check(
+        rt.eval_batch_size >= 1, f"runtime.eval_batch_size must be >= 1 (got {rt.eval_batch_size})"
+    )
+    _check(rt.num_threads >= 0, f"runtime.num_threads must be >= 0 (got {rt.num_threads})")
 
 
 def validate(cfg: DictConfig) -> None:
