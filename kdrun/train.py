@@ -207,7 +207,8 @@ def fit(
             start_epoch, best_val, best_epoch = ck["epoch"], ck["best_val"], ck["best_epoch"]
             best_state, history, elapsed = ck["best_state"], ck["history"], ck["elapsed"]
             mid = ck.get("mid")
-            where = f"epoch {start_epoch}" + (f", batch {mid['batch']}" if mid else "")
+            where = (f"epoch {start_epoch + 1}, batch {mid['batch']}" if mid
+                     else f"end of epoch {start_epoch}")  # fmt: skip
             log.info("%s: resuming from %s (%s)", stage, checkpoint, where)
 
     def save(epoch_done: int, mid_state: dict[str, Any] | None) -> None:
