@@ -214,17 +214,15 @@ def validate(cfg: DictConfig) -> None:
         f"unknown method '{cfg.method.name}'; choose one of: {', '.join(sorted(METHODS))}",
     )
     n_cls = DATASETS[ds.name].num_classes
-    for key in ("omit_classes", "keep_classes"):
-        bad = [c for c in ds[key] if not 0 <= c < n_cls]
-        _check(
-            not bad,
-            f"dataset.{key} has class {bad[0] if bad else ''}, out of range for {ds.name}; "
-            f"use class indices 0..{n_cls - 1}",
-        )
+    bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
+    _check(
+        not bad,
+        f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}; fix "
+        f"dataset.omit_classes / dataset.keep_classes",
+    )
     _check(
         len(set(ds.omit_classes)) < n_cls,
-        f"dataset.omit_classes omits all {n_cls} classes of {ds.name}: the student would have no "
-        f"training data; omit fewer classes",
+        "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     METHODS[cfg.method.name].check_config(cfg)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdrun.errors import DataError
+from kdrun.errors import DataError, one_line
 
 
 @dataclass
@@ -50,7 +50,13 @@ def register_dataset(name: str, num_classes: int, class_names: list[str]):
 
 
 def default_data_root() -> Path:
+    """Where downloads go when dataset.root is unset ($KDRUN_DATA overrides)."""
     return Path(os.environ.get("KDRUN_DATA", Path.home() / ".cache" / "kdrun" / "data"))
+
+
+def system_data_root() -> Path:
+    """Distribution-installed data sets, e.g. Debian's dataset-fashion-mnist."""
+    return Path(os.environ.get("KDRUN_SYSTEM_DATASETS", "/usr/share/datasets"))
 
 
 # --------------------------------------------------------------------------- digits
@@ -90,7 +96,7 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}; delete it and fetch the file again") from e
+        raise DataError(f"cannot read {path}: {one_line(e)}; delete it and fetch it again") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file; delete it and fetch it again")
     ndim = data[3]
@@ -141,7 +147,7 @@ def _load_idx_dataset(cfg, tv_name: str, slugs: list[str], pretty: str) -> RawDa
     candidates: list[Path] = []
     for r in roots:
         candidates += [r, *(r / s for s in slugs), r / tv_name / "raw"]
-    candidates += [Path("/usr/share/datasets") / s for s in slugs]
+    candidates += [system_data_root() / s for s in slugs]
     found = _find_idx_dir(candidates)
     if found is None and cfg.download:
         import torchvision
@@ -153,7 +159,7 @@ def _load_idx_dataset(cfg, tv_name: str, slugs: list[str], pretty: str) -> RawDa
                 tv_cls(str(target), train=True, download=True)
         except Exception as e:  # network errors come in many types
             raise DataError(
-                f"downloading {pretty} into {target} failed ({e}); check the network or "
+                f"downloading {pretty} into {target} failed ({one_line(e)}); check the network or "
                 f"set dataset.mirror=URL, or place the IDX files in dataset.root"
             ) from e
         found = _find_idx_dir([target / tv_name / "raw"])
@@ -215,7 +221,7 @@ def _load_cifar(cfg, tv_name: str, folder: str) -> RawData:
 
     tv_cls = getattr(torchvision.datasets, tv_name)
     roots = [Path(cfg.root).expanduser()] if cfg.root else []
-    roots += [default_data_root(), Path("/usr/share/datasets") / tv_name.lower()]
+    roots += [default_data_root(), system_data_root() / tv_name.lower()]
     root = next((r for r in roots if (r / folder).is_dir()), None)
     if root is None and cfg.download:
         root = roots[0]
@@ -224,8 +230,8 @@ def _load_cifar(cfg, tv_name: str, folder: str) -> RawData:
                 tv_cls(str(root), train=True, download=True)
         except Exception as e:
             raise DataError(
-                f"downloading {tv_name} into {root} failed ({e}); check the network or set "
-                f"dataset.mirror=URL, or place '{folder}' in dataset.root"
+                f"downloading {tv_name} into {root} failed ({one_line(e)}); check the network "
+                f"or set dataset.mirror=URL, or place '{folder}' in dataset.root"
             ) from e
     if root is None:
         raise DataError(
@@ -235,7 +241,9 @@ def _load_cifar(cfg, tv_name: str, folder: str) -> RawData:
     try:
         tr, te = tv_cls(str(root), train=True), tv_cls(str(root), train=False)
     except Exception as e:
-        raise DataError(f"cannot read {tv_name} from {root}: {e}; delete it and fetch again") from e
+        raise DataError(
+            f"cannot read {tv_name} from {root}: {one_line(e)}; delete it and fetch again"
+        ) from e
 
     def imgs(a: np.ndarray) -> np.ndarray:
         return a.astype(np.float32).transpose(0, 3, 1, 2) / 255.0

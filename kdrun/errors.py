@@ -64,3 +64,9 @@ def find_os_error(e: BaseException | None) -> OSError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text squeezed onto one line (third-party messages span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -293,7 +293,7 @@ def fit(
             predict(student, data.x_val[val_idx], eval_batch_size, amp), data.y_val[val_idx]
         )
         elapsed += time.perf_counter() - t0
-        if val_acc > best_val:
+        if val_acc >= best_val:  # ties go to the later (usually better-converged) epoch
             best_val, best_epoch, best_state = val_acc, epoch + 1, _cpu_state(student)
         row = {
             "stage": stage, "epoch": epoch + 1, "loss": total,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import kdrun_env, read_json
+from tests.conftest import kdrun_env, read_json
 
 # The smoke recipe with epochs long enough to be stopped part-way (~1 s of training).
 RECIPE = ("experiment=smoke", "student.train.epochs=4", "student.train.batch_size=16",

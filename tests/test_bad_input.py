@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json
-from reliability_util import RECIPE, digest, reference_run
+
+from tests.conftest import read_json
+from tests.reliability_util import RECIPE, digest, reference_run
 
 pytestmark = pytest.mark.slow
 
@@ -121,29 +122,29 @@ CASES: dict[str, Case] = {
     "batch size < 1": Case(["teacher.train.batch_size=0"], ["teacher.train.batch_size", ">= 1"]),
     "train_fraction > 1": Case(["dataset.train_fraction=1.5"], ["train_fraction", "(0, 1]"]),
     "omitted class out of range": Case(
-        ["dataset.omit_classes=[3,10]"], ["class 10", "out of range", "0..9"]
+        ["dataset.omit_classes=[3,10]"], ["class(es) [10] out of range", "0..9"]
     ),
     "every class omitted": Case(
-        ["dataset.omit_classes=[0,1,2,3,4,5,6,7,8,9]"], ["omits all 10 classes", "omit fewer"]
+        ["dataset.omit_classes=[0,1,2,3,4,5,6,7,8,9]"], ["omits every class", "omit fewer"]
     ),
     "device not available": Case(["device=cuda"], ["CUDA is not available", "device=cpu"]),
     # ---- files
     "data files missing": Case(
         ["dataset=mnist", "dataset.root={tmp}/nothing"],
         ["MNIST files not found", "dataset.root", "dataset.download=true"],
-        env={"KDRUN_DATA": "{tmp}/nothing"},
+        env={"KDRUN_DATA": "{tmp}/nothing", "KDRUN_SYSTEM_DATASETS": "{tmp}/nothing"},
     ),
     "data file truncated": Case(
         ["dataset=mnist", "dataset.root={tmp}/mnist"],
         ["truncated", "fetch the file again"],
         setup=lambda t: fake_mnist(t / "mnist", "cut"),
-        env={"KDRUN_DATA": "{tmp}/nothing"},
+        env={"KDRUN_DATA": "{tmp}/nothing", "KDRUN_SYSTEM_DATASETS": "{tmp}/nothing"},
     ),
     "data file unreadable": Case(
         ["dataset=mnist", "dataset.root={tmp}/mnist"],
         ["cannot read", "fetch the file again"],
         setup=lambda t: fake_mnist(t / "mnist", "garbled"),
-        env={"KDRUN_DATA": "{tmp}/nothing"},
+        env={"KDRUN_DATA": "{tmp}/nothing", "KDRUN_SYSTEM_DATASETS": "{tmp}/nothing"},
     ),
     "teacher checkpoint missing": Case(
         ["teacher.checkpoint={tmp}/nope.pt"], ["does not exist", "teacher.pt"]

@@ -6,8 +6,9 @@ import importlib.metadata
 
 import pytest
 import torch
-from conftest import read_json
-from reliability_util import RECIPE, cli, numbers, reference_run
+
+from tests.conftest import read_json
+from tests.reliability_util import RECIPE, cli, numbers, reference_run
 
 pytestmark = pytest.mark.slow
 

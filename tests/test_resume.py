@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json
-from reliability_util import RECIPE, cli, digest, numbers, reference_run, start, wait_for
 
 from kdrun.config import DatasetConfig, TrainConfig
 from kdrun.data import load_data
@@ -17,6 +15,8 @@ from kdrun.errors import Interrupted
 from kdrun.methods import HardLabels
 from kdrun.models import MLP
 from kdrun.train import fit
+from tests.conftest import read_json
+from tests.reliability_util import RECIPE, cli, digest, numbers, reference_run, start, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json
 from filelock import FileLock
-from reliability_util import start, wait_for
 
 from kdrun.models import MLP
 from kdrun.pipeline import _check_state
 from kdrun.store import ArtifactStore, content_key, sha256_file
+from tests.conftest import read_json
+from tests.reliability_util import start, wait_for
 
 SPEC = {"role": "teacher", "what": "a test model"}
 

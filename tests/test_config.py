@@ -1,0 +1,127 @@
+"""Every YAML composes onto the typed schema; typos and bad values are rejected up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import kdrun.cli  # noqa: F401  (registers the schema)
+from kdrun.cli import precheck
+from kdrun.config import config_dir, validate
+from kdrun.errors import ConfigError
+
+CONF = Path(config_dir())
+GROUPS = ["dataset", "teacher", "student", "method", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_config_dir_is_the_checkout_conf():
+    assert (CONF / "config.yaml").is_file()
+
+
+def test_defaults():
+    cfg = compose_cfg()
+    assert cfg.T == 4 and cfg.alpha == 0.9 and cfg.device == "auto"
+    assert cfg.dataset.name == "digits" and cfg.method.name == "kd"
+    assert cfg.teacher.train.epochs >= 1 and cfg.student.train.epochs >= 1
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda x: str(x)
+)
+def test_every_yaml_composes_and_validates(group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    validate(cfg)
+    if group in ("dataset", "method"):
+        assert cfg[group].name == option
+    if group in ("teacher", "student"):
+        assert cfg[group].name in option  # e.g. teacher/resnet32x4.yaml names resnet32x4
+
+
+def test_teacher_and_student_recipes_are_separate():
+    cfg = compose_cfg("teacher.train.lr=0.5", "student.train.epochs=3")
+    assert cfg.teacher.train.lr == 0.5 and cfg.student.train.lr != 0.5
+    assert cfg.student.train.epochs == 3 and cfg.teacher.train.epochs != 3
+
+
+def test_smoke_combines_with_other_groups():
+    cfg = compose_cfg("experiment=smoke", "dataset=fashion_mnist", "teacher=resnet18")
+    assert cfg.dataset.name == "fashion_mnist" and cfg.teacher.name == "resnet18"
+    assert cfg.teacher.train.epochs <= 2 and cfg.student.train.epochs <= 2
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("tacher.train.epochs=1", ["tacher"]),
+        ("student.train.epoch=1", ["epoch"]),
+        ("T=hot", ["hot", "T"]),
+        ("student.train.epochs=1.5", ["epochs"]),
+        ("dataset=imagenet", ["dataset/imagenet", "digits"]),
+        ("teacher=vit", ["teacher/vit", "cnn"]),
+        ("method=magic", ["method/magic", "kd"]),
+    ],
+)
+def test_composition_errors_are_one_line_and_name_the_key(override, words):
+    err = precheck([override])
+    assert err is not None and "\n" not in err
+    for w in words:
+        assert w in err
+
+
+def test_precheck_checks_each_value_of_a_sweep():
+    assert precheck(["-m", "T=1,2,4", "alpha=0.1,0.9"]) is None
+    err = precheck(["-m", "T=1,two,4"])
+    assert err is not None and "two" in err
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("T=0", "T must be > 0"),
+        ("T=-2", "T must be > 0"),
+        ("alpha=1.5", r"alpha must be in \[0, 1\]"),
+        ("alpha=-0.1", r"alpha must be in \[0, 1\]"),
+        ("teacher.train.epochs=0", "teacher.train.epochs must be >= 1"),
+        ("student.train.batch_size=0", "student.train.batch_size must be >= 1"),
+        ("student.train.lr=0", "student.train.lr must be > 0"),
+        ("teacher.train.optimizer=lion", "choose one of: sgd, adam, adamw"),
+        ("student.train.schedule=linear", "choose one of: constant, cosine, step"),
+        ("teacher.name=vit", "unknown teacher model 'vit'; choose one of:.*mlp"),
+        ("dataset.name=imagenet", "unknown dataset 'imagenet'; choose one of:.*digits"),
+        ("method.name=magic", "unknown method 'magic'; choose one of:.*kd"),
+        ("dataset.train_fraction=0", r"train_fraction must be in \(0, 1\]"),
+        ("dataset.train_fraction=1.5", r"train_fraction must be in \(0, 1\]"),
+        ("dataset.omit_classes=[3,10]", r"class\(es\) \[10\] out of range for digits"),
+        ("dataset.omit_classes=[0,1,2,3,4,5,6,7,8,9]", "omits every class"),
+        ("runtime.amp=fp8", "choose one of: auto, bf16, fp16, off"),
+    ],
+)
+def test_semantic_validation(override, match):
+    cfg = compose_cfg(override)
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
+
+
+def test_structured_schema_rejects_wrong_types_in_yaml(tmp_path):
+    from kdrun.config import KdrunConfig
+
+    schema = OmegaConf.structured(KdrunConfig)
+    with pytest.raises(Exception, match="epochs"):
+        OmegaConf.merge(schema, {"student": {"train": {"epochs": "many"}}})
+    with pytest.raises(Exception, match="unknown_key"):
+        OmegaConf.merge(schema, {"unknown_key": 1})
