@@ -18,8 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.config import check_values, config_dir, register_configs
-from kdrun.errors import KdrunError
+from kdrun.config import config_dir, register_configs
 
 register_configs()
 
@@ -155,9 +154,8 @@ def _one_line(e: BaseException) -> str:
 def precheck(args: list[str]) -> str | None:
     """Compose the config once per override value, so a typo fails fast with one line.
 
-    Composition is checked here (unknown keys/options, wrong types), and for a single run the
-    value checks that need no torch (T > 0, ...); in a sweep those run inside each job, so one
-    bad cell fails only that job.
+    Only composition is checked here (unknown keys/options, wrong types); semantic checks
+    (T > 0, ...) run inside each job, so one bad cell of a sweep fails only that job.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -186,14 +184,9 @@ def precheck(args: list[str]) -> str | None:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             for ov in candidates:
                 try:
-                    cfg = compose(config_name="config", overrides=ov)
+                    compose(config_name="config", overrides=ov)
                 except Exception as e:
                     return explain(e)
-                if not sweeps:  # a single run: value checks too (a sweep checks per job)
-                    try:
-                        check_values(cfg)
-                    except KdrunError as e:
-                        return str(e)
     finally:
         GlobalHydra.instance().clear()
     return None

@@ -151,8 +151,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """The checks that need no registry (so no torch import): cli.precheck runs them before
-    Hydra starts a single run, so a typo costs a fraction of a second and writes nothing."""
+    """The checks that need no registry (no torch import), e.g. for a quick pre-flight."""
     extra = unknown_keys(cfg)
     _check(
         not extra,
