@@ -150,8 +150,12 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     return out
 
 
-def check_values(cfg: DictConfig) -> None:
-    """The checks that need no registry (no torch import), e.g. for a quick pre-flight."""
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks that must pass before anything is trained or written."""
+    from kdrun.data import DATASETS
+    from kdrun.methods import METHODS
+    from kdrun.models import MODELS
+
     extra = unknown_keys(cfg)
     _check(
         not extra,
@@ -161,13 +165,36 @@ def check_values(cfg: DictConfig) -> None:
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
     _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
     ds = cfg.dataset
+    _check(
+        ds.name in DATASETS,
+        f"unknown dataset '{ds.name}'; choose one of: {', '.join(sorted(DATASETS))}",
+    )
     for role in ("teacher", "student"):
         m = cfg[role]
+        _check(
+            m.name in MODELS,
+            f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
+        )
         _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
         _check_train(f"{role}.train", m.train)
     _check(
+        cfg.method.name in METHODS,
+        f"unknown method '{cfg.method.name}'; choose one of: {', '.join(sorted(METHODS))}",
+    )
+    _check(
         0 < ds.train_fraction <= 1,
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
+    )
+    n_cls = DATASETS[ds.name].num_classes
+    bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
+    _check(
+        not bad,
+        f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}; fix "
+        f"dataset.omit_classes / dataset.keep_classes",
+    )
+    _check(
+        len(set(ds.omit_classes)) < n_cls,
+        "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
     _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
@@ -188,41 +215,6 @@ def check_values(cfg: DictConfig) -> None:
         rt.eval_batch_size >= 1, f"runtime.eval_batch_size must be >= 1 (got {rt.eval_batch_size})"
     )
     _check(rt.num_threads >= 0, f"runtime.num_threads must be >= 0 (got {rt.num_threads})")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Semantic checks that must pass before anything is trained or written."""
-    from kdrun.data import DATASETS
-    from kdrun.methods import METHODS
-    from kdrun.models import MODELS
-
-    check_values(cfg)
-    ds = cfg.dataset
-    _check(
-        ds.name in DATASETS,
-        f"unknown dataset '{ds.name}'; choose one of: {', '.join(sorted(DATASETS))}",
-    )
-    for role in ("teacher", "student"):
-        m = cfg[role]
-        _check(
-            m.name in MODELS,
-            f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
-        )
-    _check(
-        cfg.method.name in METHODS,
-        f"unknown method '{cfg.method.name}'; choose one of: {', '.join(sorted(METHODS))}",
-    )
-    n_cls = DATASETS[ds.name].num_classes
-    bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
-    _check(
-        not bad,
-        f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}; fix "
-        f"dataset.omit_classes / dataset.keep_classes",
-    )
-    _check(
-        len(set(ds.omit_classes)) < n_cls,
-        "dataset.omit_classes omits every class; the student would have no data; omit fewer",
-    )
     METHODS[cfg.method.name].check_config(cfg)
 
 
