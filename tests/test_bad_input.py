@@ -142,7 +142,7 @@ CASES: dict[str, Case] = {
     ),
     "data file unreadable": Case(
         ["dataset=mnist", "dataset.root={tmp}/mnist"],
-        ["cannot read", "fetch the file again"],
+        ["cannot read", "delete it and fetch it again"],
         setup=lambda t: fake_mnist(t / "mnist", "garbled"),
         env={"KDRUN_DATA": "{tmp}/nothing", "KDRUN_SYSTEM_DATASETS": "{tmp}/nothing"},
     ),
