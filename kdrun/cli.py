@@ -8,6 +8,8 @@ kdrun <subcommand> ...         see SUBCOMMANDS
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
 from collections.abc import Callable
 
@@ -22,6 +24,13 @@ register_configs()
 
 # Exit status of the whole command: the worst of its jobs (Hydra returns none of its own).
 _EXIT = {"code": 0}
+_SWEEP: dict[str, str | None] = {"dir": None}
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Raised after a job of a sweep was stopped: a BaseException, so that Hydra's launcher
+    (which records ordinary exceptions and goes on) does not start the next job."""
+
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
 
@@ -45,9 +54,83 @@ def _hydra_job(cfg: DictConfig) -> int:
     from kdrun.job import run_job
 
     hc = HydraConfig.get()
-    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=hc.mode == RunMode.MULTIRUN)
+    _EXIT["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep the traceback
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _SWEEP["dir"] = os.path.abspath(hc.sweep.dir)
+    # The command that made this job, kept in its metrics.json: `kdrun resume` uses it (Hydra
+    # rewrites .hydra/ whenever any command runs in the directory, even one that is refused).
+    command = {"overrides": list(hc.overrides.task), "hydra_overrides": list(hc.overrides.hydra),
+               "cwd": hc.runtime.cwd}  # fmt: skip
+    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
     set_exit_code(code)
+    if multirun and code == 130:
+        raise SweepInterrupted
     return code
+
+
+_GROUP_MISSING = re.compile(r"Could not find '([\w-]+)/([^']+)'")
+_KEY_MISSING = re.compile(r"Could not override '([^']+)'")
+_BAD_VALUE = re.compile(
+    r"Error merging override ([^=\s]+)=(.*?); Value '.*' of type '\w+' could not be converted to "
+    r"(\w+)"
+)
+
+_NOT_A_LIST = re.compile(
+    r"Error merging override ([^=\s]+)=(.*?); Invalid value assigned: \w+ is not a ListConfig"
+)
+
+
+def _schema_keys() -> list[str]:
+    from omegaconf import OmegaConf
+
+    from kdrun.config import KdrunConfig
+
+    out: list[str] = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            out.append(prefix + k)
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(OmegaConf.to_container(OmegaConf.structured(KdrunConfig)), "")
+    return out
+
+
+def explain(e: BaseException) -> str:
+    """One line naming the problem and the fix, for the composition errors people hit most."""
+    import difflib
+
+    text = _one_line(e)
+    m = _GROUP_MISSING.search(text)
+    if m:
+        group, name = m.groups()
+        choices, listing = [], False
+        for line in str(e).splitlines():  # Hydra lists the options one per indented line
+            if line.startswith("Available options in"):
+                listing = True
+            elif listing and line[:1] in ("\t", " ") and line.strip():
+                choices.append(line.strip())
+            elif listing:
+                break
+        hint = f"; choose one of: {', '.join(choices)}" if choices else ""
+        return f"unknown {group} '{name}' (no conf/{group}/{name}.yaml){hint}"
+    m = _KEY_MISSING.search(text)
+    if m and "not in" in text:
+        key = m.group(1).lstrip("+~")
+        close = difflib.get_close_matches(key, _schema_keys(), n=1, cutoff=0.75)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown config key '{key}'; {hint}`kdrun --cfg job` lists every key"
+    m = _NOT_A_LIST.search(text)
+    if m:
+        key, value = m.groups()
+        return f"{key}={value}: '{value}' is not a list; write it as {key}=[3,5]"
+    m = _BAD_VALUE.search(text)
+    if m:
+        key, value, typ = m.groups()
+        return f"{key}={value}: '{value}' is not a valid {typ.lower()}; give {key} a {typ.lower()}"
+    return text
 
 
 def _one_line(e: BaseException) -> str:
@@ -57,7 +140,8 @@ def _one_line(e: BaseException) -> str:
         for line in str(e).splitlines():
             line = line.strip()
             if line and not line.startswith(("full_key", "object_type", "reference_type",
-                                             "Set the environment")):  # fmt: skip
+                                             "Set the environment", "Config search path",
+                                             "provider=")):  # fmt: skip
                 parts.append(line.rstrip("."))
         e = e.__cause__
     seen: list[str] = []
@@ -81,7 +165,7 @@ def precheck(args: list[str]) -> str | None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
-        return _one_line(e)
+        return explain(e)
     fixed, sweeps = [], []
     for o, text in zip(parsed, overrides, strict=True):
         if o.is_hydra_override():
@@ -102,26 +186,70 @@ def precheck(args: list[str]) -> str | None:
                 try:
                     compose(config_name="config", overrides=ov)
                 except Exception as e:
-                    return _one_line(e)
+                    return explain(e)
     finally:
         GlobalHydra.instance().clear()
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+def run(args: list[str]) -> int:
+    """Run kdrun with these arguments; return the exit status of the whole command."""
     if args and args[0] in SUBCOMMANDS:
-        sys.exit(SUBCOMMANDS[args[0]](args[1:]))
+        return SUBCOMMANDS[args[0]](args[1:])
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     passthrough = any(a.startswith("-") and a not in ("-m", "--multirun") for a in args)
-    if not passthrough and not os.environ.get("HYDRA_FULL_ERROR"):
+    if not passthrough and not user_full_error:
         err = precheck(args)
         if err is not None:
             print(f"kdrun: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            return 2
     sys.argv = [sys.argv[0], *args]
-    _EXIT["code"] = 0
-    _hydra_job()
-    sys.exit(_EXIT["code"])
+    _EXIT["code"], _EXIT["debug"] = 0, 0
+    _SWEEP["dir"] = None
+    # Hydra prints a traceback for errors outside the job (an output directory it cannot
+    # create, a config it cannot compose) unless HYDRA_FULL_ERROR is set, in which case it
+    # re-raises them: set it, and turn them into one line here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # SIGTERM (Slurm, kill) outside a job's training loop acts like Ctrl-C instead of killing
+    # the process mid-write; inside the loop, job.StopFlag turns both into a clean stop.
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _hydra_job()
+    except KeyboardInterrupt:  # SweepInterrupted, or Ctrl-C outside a job
+        where = f"finish it with: kdrun resume {_quote(_SWEEP['dir'])}" if _SWEEP["dir"] else ""
+        print(f"kdrun: interrupted; results written so far are intact{'; ' if where else ''}"
+              f"{where}", file=sys.stderr)  # fmt: skip
+        return 130
+    except Exception as e:
+        if user_full_error or _EXIT.get("debug"):
+            raise
+        from kdrun.errors import find_os_error, os_error_message
+
+        os_err = find_os_error(e)
+        msg = os_error_message(os_err) if os_err is not None else None
+        print(f"kdrun: error: {msg or explain(e)}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        if user_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    if _SWEEP["dir"] and _EXIT["code"] != 0:
+        print(
+            f"kdrun: some jobs of the sweep did not complete (their metrics.json says why); "
+            f"`kdrun resume {_quote(_SWEEP['dir'])}` reruns only those",
+            file=sys.stderr,
+        )
+    return _EXIT["code"]
+
+
+def _quote(path: str | None) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 
 
 # Subcommands register themselves on import.

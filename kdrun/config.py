@@ -147,12 +147,35 @@ def _check_train(prefix: str, t: Any) -> None:
     _check(t.warmup_epochs >= 0, f"{prefix}.warmup_epochs must be >= 0 (got {t.warmup_epochs})")
 
 
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys absent from the schema: ``+key=value`` can add them past OmegaConf's struct check."""
+    ref = OmegaConf.to_container(OmegaConf.structured(KdrunConfig))
+    given = OmegaConf.to_container(cfg, resolve=False)
+    out: list[str] = []
+
+    def walk(node: dict, schema: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if k not in schema:
+                out.append(prefix + str(k))
+            elif isinstance(v, dict) and isinstance(schema[k], dict) and prefix + k != "method":
+                walk(v, schema[k], f"{prefix}{k}.")  # method.* is checked by its own Options
+
+    walk(given, ref, "")
+    return out
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks that must pass before anything is trained or written."""
     from kdrun.data import DATASETS
     from kdrun.methods import METHODS
     from kdrun.models import MODELS
 
+    extra = unknown_keys(cfg)
+    _check(
+        not extra,
+        f"unknown config key '{extra[0] if extra else ''}'; remove it (`kdrun --cfg job` lists "
+        f"every key)",
+    )
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
     _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
     ds = cfg.dataset
@@ -178,10 +201,14 @@ def validate(cfg: DictConfig) -> None:
     )
     n_cls = DATASETS[ds.name].num_classes
     bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
-    _check(not bad, f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}")
+    _check(
+        not bad,
+        f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}; fix "
+        f"dataset.omit_classes / dataset.keep_classes",
+    )
     _check(
         len(set(ds.omit_classes)) < n_cls,
-        "dataset.omit_classes omits every class; the student would have no data",
+        "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
     _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
@@ -208,6 +235,11 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(an.examples >= 0, f"analysis.examples must be >= 0 (got {an.examples})")
     _check(an.full_data_epochs >= 0, "analysis.full_data_epochs must be >= 0 (0 = student's)")
+    rt = cfg.runtime
+    _check(
+        rt.eval_batch_size >= 1, f"runtime.eval_batch_size must be >= 1 (got {rt.eval_batch_size})"
+    )
+    _check(rt.num_threads >= 0, f"runtime.num_threads must be >= 0 (got {rt.num_threads})")
     METHODS[cfg.method.name].check_config(cfg)
 
 

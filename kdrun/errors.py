@@ -31,6 +31,41 @@ class Interrupted(KdrunError):
     exit_code = 130
 
 
+def os_error_message(e: OSError) -> str | None:
+    """One actionable line for the file-system failures a long sweep meets; None if unknown."""
+    import errno
+
+    where = e.filename if e.filename is not None else "a file"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on device while writing {where}; free some space (or point "
+            f"store_dir / hydra.run.dir elsewhere) and rerun the same command to resume: "
+            f"results written before are intact"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"cannot write {where} ({e.strerror}); choose a writable location "
+            f"(hydra.run.dir=DIR, hydra.sweep.dir=DIR, store_dir=DIR)"
+        )
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename is not None:
+        return (
+            f"cannot create directory {where}: a part of that path is a file; choose another "
+            f"location (hydra.run.dir=DIR, hydra.sweep.dir=DIR, store_dir=DIR)"
+        )
+    return None
+
+
+def find_os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e`` (logging and Hydra wrap it in other exceptions)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """An exception's text squeezed onto one line (third-party messages span several)."""
     text = " ".join(str(e).split()) or type(e).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import logging
 import platform
@@ -13,11 +14,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from kdrun.config import validate
-from kdrun.errors import Interrupted, KdrunError
+from kdrun.errors import Interrupted, KdrunError, find_os_error, os_error_message
 from kdrun.report import Reporter, results_table, write_history
 from kdrun.store import atomic_write_json
 
@@ -31,12 +33,15 @@ def versions() -> dict[str, str]:
     import hydra
     import numpy
     import torch
-    import torchvision
 
     from kdrun import __version__
 
+    try:  # from the metadata: importing torchvision just for its version costs seconds
+        tv = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        tv = "absent"
     return {
-        "kdrun": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "kdrun": __version__, "torch": torch.__version__, "torchvision": tv,
         "hydra": hydra.__version__, "numpy": numpy.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
     }  # fmt: skip
@@ -90,71 +95,134 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> int:
-    """Run one job in ``run_dir``; return its exit code. Never raises for a KdrunError."""
+def _err(msg: str) -> None:
+    """The one line a failed job leaves on stderr (a table or a log may precede it on stdout)."""
+    print(f"kdrun: error: {msg}", file=sys.stderr, flush=True)
+
+
+def resume_hint(run_dir: Path) -> str:
+    import shlex
+
+    return f"kdrun resume {shlex.quote(str(run_dir))}"
+
+
+def run_job(
+    cfg: DictConfig, run_dir: Path, multirun: bool = False, command: dict | None = None
+) -> int:
+    """Run one job in ``run_dir``; return its exit code. Never raises for a KdrunError.
+
+    ``command`` (the overrides that made it) is recorded for ``kdrun resume``.
+    Exit codes: 0 completed (or already completed), 1 unexpected error, 2 bad input or
+    environment, 3 training diverged, 130 stopped by SIGINT/SIGTERM.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # One process per run directory: a second one would interleave checkpoints and metrics.
+    lock = FileLock(str(run_dir / ".kdrun.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _err(f"another kdrun process is running in {run_dir}; wait for it or choose another "
+             f"hydra.run.dir")  # fmt: skip
+        return 2
+    try:
+        return _run_job(cfg, run_dir, multirun, command)
+    finally:
+        lock.release()
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | None) -> int:
     from kdrun.pipeline import run_pipeline
 
     console = make_console()
-    run_dir.mkdir(parents=True, exist_ok=True)
     mpath = run_dir / "metrics.json"
+    partial = run_dir / "checkpoints" / "student.partial.pt"
     result_cfg = _result_config(cfg)
     previous = read_metrics(mpath)
-    if previous and previous.get("config") not in (None, result_cfg):
-        if previous.get("status") == "completed":
-            console.print(
-                f"[red]kdrun: error:[/] {run_dir} already holds a completed run of another "
-                f"config; choose a new hydra.run.dir (nothing was changed)"
-            )
+    prev_status = previous.get("status") if previous else None
+    same = previous is not None and previous.get("config") in (None, result_cfg)
+    if prev_status == "completed":
+        if not same:
+            _err(f"{run_dir} already holds a completed run of another config; choose a new "
+                 f"hydra.run.dir (nothing was changed)")  # fmt: skip
             return 2
-    if previous and previous.get("status") == "completed" and cfg.resume:
-        console.print(f"kdrun: {run_dir} is already completed; showing its results (resume=false "
-                      f"in a new directory reruns it)")  # fmt: skip
-        console.print(results_table(previous))
+        if not cfg.resume:
+            _err(f"{run_dir} already holds this completed run and resume=false would overwrite "
+                 f"it; choose a new hydra.run.dir (nothing was changed)")  # fmt: skip
+            return 2
+        if multirun:
+            console.print(f"kdrun: {run_dir} is already completed; skipped")
+        else:
+            console.print(f"kdrun: {run_dir} is already completed; showing its results")
+            console.print(results_table(previous))
         return 0
+    if prev_status in ("interrupted", "running") and not same and partial.is_file() and cfg.resume:
+        _err(f"{run_dir} holds an unfinished run ({prev_status}) of another config; resume it "
+             f"with `{resume_hint(run_dir)}`, discard it with resume=false, or choose a new "
+             f"hydra.run.dir")  # fmt: skip
+        return 2
 
     base: dict[str, Any] = {
         "status": "running",
         "dataset": cfg.dataset.name, "method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha,
         "seed": cfg.seed, "experiment": cfg.get("experiment"), "run_dir": str(run_dir),
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "versions": versions(), "config": result_cfg,
+        "versions": versions(), "config": result_cfg, "command": command,
     }  # fmt: skip
     t0 = time.perf_counter()
 
     def finish(status: str, **extra: Any) -> None:
         doc = {**base, **extra, "status": status, "wall_seconds": time.perf_counter() - t0,
                "finished_at": _dt.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
-        atomic_write_json(doc, mpath)
+        try:
+            atomic_write_json(doc, mpath)
+        except OSError as e:  # e.g. the disk is full: say so, but do not hide the first error
+            log.warning("could not record status %s in %s: %s", status, mpath, e)
 
+    stop = StopFlag()
     try:
         validate(cfg)
         atomic_write_json(base, mpath)
         progress = {"on": True, "off": False}.get(cfg.runtime.progress)
         if progress is None:
             progress = console.is_terminal and not multirun
-        with StopFlag() as stop:
+        with stop:
             m = run_pipeline(cfg, run_dir, Reporter(console, progress), should_stop=stop)
         history = m.pop("_history")
         m.pop("_config")
         write_history(history, run_dir / "history.csv")
-        finish("completed", **m)
+        atomic_write_json({**base, **m, "status": "completed",
+                           "wall_seconds": time.perf_counter() - t0,
+                           "finished_at": _dt.datetime.now().isoformat(timespec="seconds")},
+                          mpath)  # fmt: skip
+        partial.unlink(missing_ok=True)  # only now: until metrics.json is whole, it resumes
         console.print(results_table({**base, **m}))
         console.print(f"[dim]results: {mpath}[/]")
+        if stop():  # the stop came after the last batch: the run is whole, the command stops
+            _err("stopped by a signal after the run completed; its results are recorded")
+            return Interrupted.exit_code
         return 0
-    except Interrupted as e:
-        finish("interrupted", error=str(e))
-        console.print(f"[yellow]kdrun: interrupted:[/] {e}; rerun the same command to resume")
-        return e.exit_code
+    except (Interrupted, KeyboardInterrupt) as e:
+        msg = str(e) if isinstance(e, Interrupted) else "stopped by a second Ctrl-C"
+        finish("interrupted", error=msg)
+        hint = "" if multirun else f"; resume with: {resume_hint(run_dir)}"  # sweeps: cli.py
+        print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
+        return Interrupted.exit_code
     except KdrunError as e:
         finish("failed", error=str(e), error_type=type(e).__name__)
-        print(f"kdrun: error: {e}", file=sys.stderr)
+        _err(str(e))
         return e.exit_code
     except Exception as e:  # a bug or an unforeseen failure: still one line, still recorded
+        os_err = find_os_error(e)
+        known = os_error_message(os_err) if os_err is not None else None
+        if known is not None:  # disk full, read-only, ...: the environment, not a bug
+            finish("failed", error=known, error_type=type(os_err).__name__)
+            _err(known)
+            return 2
         finish("failed", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__,
                traceback=traceback.format_exc())  # fmt: skip
         if cfg.get("debug"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"kdrun: error: {type(e).__name__}: {first} (debug=true shows the traceback; it is "
-              f"also in {mpath})", file=sys.stderr)  # fmt: skip
+        _err(f"{type(e).__name__}: {first} (debug=true shows the traceback; it is also in "
+             f"{mpath})")  # fmt: skip
         return 1

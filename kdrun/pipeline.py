@@ -24,7 +24,7 @@ from kdrun.errors import CheckpointError, ConfigError
 from kdrun.methods import METHODS, HardLabels
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, count_params
-from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save
+from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save, load_weights
 from kdrun.train import FitResult, accuracy, fit, predict
 
 log = logging.getLogger("kdrun")
@@ -70,6 +70,15 @@ def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
     return spec
 
 
+def _first_reason(e: BaseException) -> str:
+    """The informative line of an error: load_state_dict puts the reason on its second line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def _check_state(model: nn.Module):
     def check(state: Any) -> None:
         if not isinstance(state, dict):
@@ -77,9 +86,18 @@ def _check_state(model: nn.Module):
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise CorruptArtifact(str(e).splitlines()[0]) from None
+            raise CorruptArtifact(_first_reason(e)) from None
 
     return check
+
+
+def resumable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config a checkpoint must match to be resumed: without switches that change no result."""
+    c = to_container(cfg)
+    for k in ("resume", "debug"):
+        c.pop(k, None)
+    c.get("runtime", {}).pop("progress", None)
+    return c
 
 
 @dataclass
@@ -132,7 +150,7 @@ class Pipeline:
                 train_idx=d.student_idx if student else d.teacher_idx,
                 val_idx=d.student_val_idx if student else d.teacher_val_idx,
                 amp=rt.amp, eval_batch_size=rt.eval_batch_size,
-                should_stop=self.should_stop, **hooks, **kw,
+                should_stop=self.should_stop, resume=self.cfg.resume, **hooks, **kw,
             )  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
@@ -198,10 +216,18 @@ class Pipeline:
                     f"from a kdrun run directory"
                 )
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_weights(path)
+            except (CorruptArtifact, OSError, EOFError) as e:
+                raise CheckpointError(
+                    f"teacher.checkpoint={path} cannot be loaded: {e}; give a teacher.pt from a "
+                    f"kdrun run directory (or a file saved with torch.save(model.state_dict()))"
+                ) from None
+            try:
+                if not isinstance(state, dict):
+                    raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
                 model.load_state_dict(state)
             except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = _first_reason(e)
                 raise CheckpointError(
                     f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
                     f"{cfg.dataset.name} ({first}); check the teacher model and data set"
@@ -310,8 +336,16 @@ class Pipeline:
             return torch.cat(outs).cpu(), {"rows": n}
 
         def check(t: Any) -> None:
-            if not isinstance(t, torch.Tensor) or t.shape[0] != n:
-                raise CorruptArtifact("teacher logits do not match the training split")
+            if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != n:
+                raise CorruptArtifact("teacher outputs do not match the training split")
+            probe = distiller.teacher_outputs(self.data.x_train[:2])
+            if isinstance(probe, torch.Tensor) and t.shape[1:] != probe.shape[1:]:
+                raise CorruptArtifact(
+                    f"teacher outputs have shape {tuple(t.shape[1:])} per sample, the teacher "
+                    f"gives {tuple(probe.shape[1:])}"
+                )
+            if not torch.isfinite(t).all():
+                raise CorruptArtifact("teacher outputs contain NaN/inf")
 
         art = self.store.get_or_build("teacher_logits", spec, build, check=check)
         return art.payload.to(self.device)
@@ -323,7 +357,7 @@ class Pipeline:
         cache = self.teacher_cache(distiller)
         ckpt_dir = self.run_dir / "checkpoints"
         fp = content_fingerprint(
-            {"cfg": to_container(cfg), "teachers": self.teacher_keys, "init": "student"}
+            {"cfg": resumable_config(cfg), "teachers": self.teacher_keys, "init": "student"}
         )
         res = self._fit(distiller, cfg.student.train, "student", student=True,
                         teacher_cache=cache, checkpoint=ckpt_dir / "student.partial.pt",
@@ -409,7 +443,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     if baseline is not None:
         atomic_torch_save({k: v.cpu() for k, v in baseline.state_dict().items()},
                           ckpt_dir / "baseline.pt")  # fmt: skip
-    (ckpt_dir / "student.partial.pt").unlink(missing_ok=True)
+    # student.partial.pt stays until metrics.json says completed (job.py removes it then), so a
+    # kill before that point still resumes instead of retraining the student.
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:
         metrics.update(extra(p))

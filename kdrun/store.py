@@ -14,8 +14,10 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +59,13 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(path)  # name the file the user knows, not the temp file
         raise
 
 
@@ -95,6 +99,35 @@ class CorruptArtifact(Exception):
     """Raised by a store check when a payload does not fit what it should be."""
 
 
+class UnsafeFile(CorruptArtifact):
+    """The file holds pickled objects beyond plain tensors/containers: loading would run code."""
+
+
+def load_weights(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    Raises UnsafeFile for a pickle that would need to run code, CorruptArtifact for anything
+    unreadable (truncated, not a torch file).
+    """
+    try:
+        with warnings.catch_warnings():  # e.g. a protocol notice: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise UnsafeFile(
+                "it holds pickled Python objects, not plain weights (kdrun never runs code "
+                "from a file)"
+            ) from None
+        raise CorruptArtifact(f"not a readable torch file ({str(e).splitlines()[0]})") from None
+    except OSError:  # an I/O error, not a bad file: the caller decides
+        raise
+    except Exception as e:
+        text = str(e).strip() if not isinstance(e, (KeyError, IndexError)) else ""
+        reason = text.splitlines()[0].split(". ")[0][:120] if text else "invalid data"
+        raise CorruptArtifact(f"not a readable torch file ({reason})") from None
+
+
 @dataclass
 class Artifact:
     payload: Any
@@ -111,8 +144,13 @@ class ArtifactStore:
         return self.root / kind / key
 
     def _try_load(
-        self, d: Path, check: Callable[[Any], None] | None
+        self, d: Path, check: Callable[[Any], None] | None, repair: bool = False
     ) -> tuple[Any, dict[str, Any]] | None:
+        """The artifact in ``d`` if it is complete and sound, else None.
+
+        Only the lock holder repairs (``repair=True``: reports and deletes a corrupt artifact),
+        so a reader never deletes what a concurrent builder has just written.
+        """
         meta_p, payload_p = d / "meta.json", d / "payload.pt"
         if not meta_p.is_file():
             return None
@@ -122,13 +160,14 @@ class ArtifactStore:
                 raise CorruptArtifact("payload missing")
             if sha256_file(payload_p) != meta.get("sha256"):
                 raise CorruptArtifact("checksum mismatch")
-            payload = torch.load(payload_p, map_location="cpu", weights_only=True)
+            payload = load_weights(payload_p)
             if check is not None:
                 check(payload)
-        except (CorruptArtifact, OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
-            log.warning("artifact %s is corrupt (%s); rebuilding it", d, e)
-            for p in (meta_p, payload_p):
-                p.unlink(missing_ok=True)
+        except Exception as e:  # whatever is wrong with it, it is rebuilt, never loaded
+            if repair:
+                log.warning("stored %s %s is corrupt (%s); rebuilding it", d.parent.name, d, e)
+                for p in (meta_p, payload_p):
+                    p.unlink(missing_ok=True)
             return None
         return payload, meta
 
@@ -159,7 +198,7 @@ class ArtifactStore:
                 on_wait()
             lock.acquire()
         try:
-            hit = self._try_load(d, check)  # built by another process while we waited
+            hit = self._try_load(d, check, repair=True)  # maybe built while we waited
             if hit is not None:
                 return Artifact(hit[0], hit[1], True, d)
             payload, meta = build(d)

@@ -2,12 +2,15 @@
 
 It trains a ``Distiller`` (whose forward returns named losses), selects the epoch with the
 best validation accuracy, checkpoints atomically at every epoch end so a killed run resumes
-exactly, and refuses to continue on a NaN/inf loss.
+exactly, and refuses to continue on a NaN/inf loss. A stop request (SIGINT/SIGTERM) is honoured
+at the next batch boundary with a mid-epoch checkpoint that resumes exactly, too: it carries the
+epoch's batch order, the batches done, the running sums and every RNG state at that point.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -23,9 +26,10 @@ from torch import nn
 
 from kdrun.data import DataBundle, augment_batch, batch_indices
 from kdrun.errors import CheckpointError, Interrupted, TrainingError
-from kdrun.store import atomic_torch_save
+from kdrun.store import atomic_torch_save, load_weights
 
 CHECKPOINT_VERSION = 1
+log = logging.getLogger("kdrun")
 
 
 @dataclass
@@ -130,6 +134,26 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def _check_finite(
+    sums: dict[str, torch.Tensor], seen: int, stage: str, epoch: int, checkpoint: Path | None
+) -> dict[str, float]:
+    """Mean loss parts of the epoch so far; a NaN/inf one stops the stage before it is saved."""
+    parts = {k: float(v) / max(seen, 1) for k, v in sums.items()}
+    total = sum(parts.values())
+    if not math.isfinite(total):
+        key = {"baseline": "student"}.get(stage, stage)  # the baseline uses the student recipe
+        kept = (
+            f"the last good checkpoint is kept ({checkpoint})"
+            if checkpoint is not None and checkpoint.is_file()
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingError(
+            f"{stage}: loss became {total} in epoch {epoch + 1}; lower {key}.train.lr"
+            f"{' (or T)' if stage == 'student' else ''} and rerun; {kept}"
+        )
+    return parts
+
+
 def fit(
     distiller: nn.Module,
     data: DataBundle,
@@ -147,14 +171,15 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
 ) -> FitResult:
     """Train ``distiller``'s trainable parameters; select ``distiller.student`` on validation.
 
     ``teacher_cache`` holds per-sample teacher outputs indexed like ``data.x_train``; it is
     used only when the batch is not augmented (an augmented batch needs a fresh teacher pass,
     which the distiller does itself when given ``teacher_out=None``).
-    ``checkpoint``: resume from it if it exists with the same ``fingerprint``; rewritten
-    atomically at each epoch end.
+    ``checkpoint``: resume from it (unless ``resume`` is False) if it exists with the same
+    ``fingerprint``; rewritten atomically at each epoch end and when a stop is requested.
     """
     device = data.x_train.device
     student = distiller.student
@@ -165,14 +190,15 @@ def fit(
     start_epoch, best_val, best_epoch, best_state = 0, -1.0, 0, None
     history: list[dict[str, Any]] = []
     elapsed = 0.0
+    mid: dict[str, Any] | None = None  # the state of an epoch stopped part-way
 
-    if checkpoint is not None and checkpoint.is_file():
+    if resume and checkpoint is not None and checkpoint.is_file():
         try:
-            ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            ck = load_weights(checkpoint)
         except Exception as e:  # a torn file cannot happen (atomic writes), but disks lie
             raise CheckpointError(
                 f"checkpoint {checkpoint} is unreadable ({e}); delete it to restart the stage"
-            ) from e
+            ) from None
         if ck.get("fingerprint") == fingerprint and ck.get("version") == CHECKPOINT_VERSION:
             distiller.load_state_dict(ck["distiller"])
             opt.load_state_dict(ck["optimizer"])
@@ -180,17 +206,69 @@ def fit(
             _set_rng_state(gen, ck["rng"])
             start_epoch, best_val, best_epoch = ck["epoch"], ck["best_val"], ck["best_epoch"]
             best_state, history, elapsed = ck["best_state"], ck["history"], ck["elapsed"]
+            mid = ck.get("mid")
+            where = (f"epoch {start_epoch + 1}, batch {mid['batch']}" if mid
+                     else f"end of epoch {start_epoch}")  # fmt: skip
+            log.info("%s: resuming from %s (%s)", stage, checkpoint, where)
+
+    def save(epoch_done: int, mid_state: dict[str, Any] | None) -> None:
+        if checkpoint is None:
+            return
+        atomic_torch_save(
+            {
+                "version": CHECKPOINT_VERSION,
+                "fingerprint": fingerprint,
+                "epoch": epoch_done,
+                "mid": mid_state,
+                "distiller": distiller.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": _rng_state(gen),
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "history": history,
+                "elapsed": elapsed,
+            },  # fmt: skip
+            checkpoint,
+        )
 
     use_cache = teacher_cache is not None and not data.augment
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.perf_counter()
         distiller.train()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for idx in batch_indices(train_idx, recipe.batch_size, gen):
+        if mid is not None:  # continue the stopped epoch: same batch order, same running sums
+            order, first, seen = mid["order"].to(device), mid["batch"], mid["seen"]
+            sums = {k: v.to(device) for k, v in mid["sums"].items()}
+            correct = mid["correct"].to(device)
+            t0 -= mid["seconds"]
+            mid = None
+        else:
+            # The whole epoch's order up front: the draws from gen happen in the same sequence
+            # as when batch_indices is iterated lazily, and the order can be checkpointed.
+            parts_idx = list(batch_indices(train_idx, recipe.batch_size, gen))
+            order = torch.cat(parts_idx) if parts_idx else train_idx
+            first, seen = 0, 0
+            sums = {}
+            correct = torch.zeros((), device=device)
+        batches = order.split(recipe.batch_size)
+        for b in range(first, len(batches)):
             if should_stop is not None and should_stop():
-                raise Interrupted(f"{stage} stopped at epoch {epoch + 1}")
+                note = "no progress to save since the last checkpoint"
+                if b > first and checkpoint is not None:
+                    _check_finite(sums, seen, stage, epoch, checkpoint)
+                    save(epoch, {
+                        "order": order.cpu(), "batch": b, "seen": seen,
+                        "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                        "correct": correct.cpu(), "seconds": time.perf_counter() - t0,
+                    })  # fmt: skip
+                    note = f"checkpoint saved in {checkpoint}"
+                elif checkpoint is None:
+                    note = "no checkpoint"
+                raise Interrupted(
+                    f"{stage} stopped at epoch {epoch + 1}, batch {b}/{len(batches)}; {note}"
+                )
+            idx = batches[b]
             x, y = data.x_train[idx], data.y_train[idx]
             if data.augment:
                 x = augment_batch(x, data.crop_padding, data.hflip, gen)
@@ -207,13 +285,8 @@ def fit(
             seen += len(idx)
             if on_step is not None:
                 on_step()
-        parts = {k: float(v) / seen for k, v in sums.items()}
+        parts = _check_finite(sums, seen, stage, epoch, checkpoint)
         total = sum(parts.values())
-        if not math.isfinite(total):
-            raise TrainingError(
-                f"{stage}: loss became {total} in epoch {epoch + 1}; lower the learning rate "
-                f"({stage}.train.lr) or T; the last good checkpoint is kept"
-            )
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_acc = accuracy(
@@ -230,24 +303,7 @@ def fit(
             "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         history.append(row)
-        if checkpoint is not None:
-            atomic_torch_save(
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "distiller": distiller.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": _rng_state(gen),
-                    "best_val": best_val,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                    "history": history,
-                    "elapsed": elapsed,
-                },  # fmt: skip
-                checkpoint,
-            )
+        save(epoch + 1, None)
         if on_epoch is not None:
             on_epoch(row)
 
