@@ -60,6 +60,8 @@ def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
     spec = {
         "name": ds.name, "val_size": ds.val_size, "split_seed": ds.split_seed,
         "augment": ds.augment, "crop_padding": ds.crop_padding, "hflip": ds.hflip,
+        # limit_train changes the training data; limit_test the test numbers kept in meta.
+        "limit_train": ds.limit_train, "limit_test": ds.limit_test,
     }  # fmt: skip
     if student:
         spec.update(
@@ -121,14 +123,18 @@ class Pipeline:
         d = self.data
         return build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
 
-    def _fit(self, distiller: Distiller, recipe, stage: str, student: bool, **kw) -> FitResult:
+    def _fit(
+        self, distiller: Distiller, recipe, stage: str, student: bool, seed: int | None = None,
+        **kw,
+    ) -> FitResult:
         d = self.data
         rt = self.cfg.runtime
         n = len(d.student_idx if student else d.teacher_idx)
         steps = recipe.epochs * -(-n // recipe.batch_size)
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
-                distiller, d, recipe, stage=stage, seed=self.cfg.seed,
+                distiller, d, recipe, stage=stage,
+                seed=self.cfg.seed if seed is None else seed,
                 train_idx=d.student_idx if student else d.teacher_idx,
                 val_idx=d.student_val_idx if student else d.teacher_val_idx,
                 amp=rt.amp, eval_batch_size=rt.eval_batch_size,
@@ -223,14 +229,16 @@ class Pipeline:
         Its report lands in ``self.reports[role]``; its key joins ``teacher_keys`` so that
         caches derived from it are keyed by it."""
         cfg = self.cfg
+        # The teacher has its own seed, so a sweep over `seed` shares one teacher.
+        seed = cfg.teacher_seed if role == "teacher" and teacher is None else cfg.seed
         spec = {
             "role": "teacher" if teacher is None else "distilled",
             "model": _model_spec(model_cfg), "data": data_spec(cfg, student=False),
-            "seed": cfg.seed,
+            "seed": seed,
         }  # fmt: skip
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
             spec.update(teacher_keys=list(self.teacher_keys), T=cfg.T, alpha=cfg.alpha)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model = self._build(model_cfg)
 
         def train(ckpt: Path, fp: str) -> FitResult:
@@ -240,8 +248,8 @@ class Pipeline:
                 from kdrun.methods.kd import KD
 
                 dist = KD(model, teacher, cfg.T, cfg.alpha)
-            return self._fit(dist, model_cfg.train, role, student=False, checkpoint=ckpt,
-                             fingerprint=fp)  # fmt: skip
+            return self._fit(dist, model_cfg.train, role, student=False, seed=seed,
+                             checkpoint=ckpt, fingerprint=fp)  # fmt: skip
 
         model, self.reports[role] = self._stored_model(
             role, {**spec, "model_cfg": model_cfg}, model, train
