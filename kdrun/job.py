@@ -27,6 +27,10 @@ log = logging.getLogger("kdrun")
 VOLATILE_KEYS = ("runtime", "resume", "debug")
 
 
+# Set when a job of a sweep is interrupted: the remaining jobs of this process do not start.
+_SWEEP = {"stopped": False}
+
+
 def versions() -> dict[str, str]:
     import hydra
     import numpy
@@ -112,6 +116,12 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> int:
         console.print(results_table(previous))
         return 0
 
+    if multirun and _SWEEP["stopped"]:  # Ctrl-C stops the sweep, not only the current job
+        atomic_write_json({"status": "interrupted", "T": cfg.T, "alpha": cfg.alpha,
+                           "seed": cfg.seed, "run_dir": str(run_dir),
+                           "error": "not run: the sweep was interrupted before this job"},
+                          mpath)  # fmt: skip
+        return Interrupted.exit_code
     base: dict[str, Any] = {
         "status": "running",
         "dataset": cfg.dataset.name, "method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha,
@@ -142,8 +152,11 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> int:
         console.print(f"[dim]results: {mpath}[/]")
         return 0
     except Interrupted as e:
+        _SWEEP["stopped"] = multirun
         finish("interrupted", error=str(e))
-        console.print(f"[yellow]kdrun: interrupted:[/] {e}; rerun the same command to resume")
+        again = f"with hydra.sweep.dir={run_dir.parent} " if multirun else ""
+        console.print(f"[yellow]kdrun: interrupted:[/] {e}; rerun the same command {again}to "
+                      f"resume")  # fmt: skip
         return e.exit_code
     except KdrunError as e:
         finish("failed", error=str(e), error_type=type(e).__name__)

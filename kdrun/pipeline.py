@@ -124,7 +124,12 @@ class Pipeline:
         return build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
 
     def _fit(
-        self, distiller: Distiller, recipe, stage: str, student: bool, seed: int | None = None,
+        self,
+        distiller: Distiller,
+        recipe,
+        stage: str,
+        student: bool,
+        seed: int | None = None,
         **kw,
     ) -> FitResult:
         d = self.data

@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ class Summary:
     @property
     def exit_code(self) -> int:
         """The worst exit code of the jobs, from the error class each failed job recorded."""
-        codes = [getattr(getattr(errors, j.get("error_type") or "", None), "exit_code", 1)
+        codes = [errors.Interrupted.exit_code if j["status"] == "interrupted" else
+                 getattr(getattr(errors, j.get("error_type") or "", None), "exit_code", 1)
                  for j in self.failed]  # fmt: skip
         return max([c if isinstance(c, int) else 1 for c in codes], default=0)
 
@@ -70,7 +72,9 @@ def _sort_key(rel: Path) -> tuple:
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
     """Job directories under a sweep: those holding .hydra/overrides.yaml or metrics.json."""
-    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    found = {
+        p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"
+    }
     found |= {p.parent for p in sweep_dir.rglob("metrics.json")}
     found = {d for d in found if ".submitit" not in d.relative_to(sweep_dir).parts}
     return sorted(found, key=lambda d: _sort_key(d.relative_to(sweep_dir)))
@@ -104,7 +108,7 @@ def _stage(m: dict[str, Any], stage: str, key: str) -> Any:
 
 def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> dict[str, Any]:
     m = read_metrics(job_dir / "metrics.json") or {}
-    row: dict[str, Any] = {"job": name, **{k: ov.get(k) for k in keys}}
+    row: dict[str, Any] = {"job": name, **dict.fromkeys(keys)}  # filled last, as swept
     for k, kind in (("T", float), ("alpha", float), ("seed", int)):
         row[k] = _num(m[k] if m.get(k) is not None else ov.get(k), kind)
     status = m.get("status", "missing")
@@ -129,6 +133,7 @@ def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> di
         student_seconds=_stage(m, "student", "train_seconds"),
         wall_seconds=m.get("wall_seconds"), run_dir=str(job_dir),
     )  # fmt: skip
+    row.update({k: ov.get(k) for k in keys})  # e.g. dataset=mnist, not the metadata
     return row
 
 
@@ -191,6 +196,7 @@ def _csv(keys: list[str], jobs: list[dict], aggs: list[dict]) -> str:
         cols += [c, f"{c}_std"]
     cols += ["teacher_from_cache", "baseline_from_cache", "dataset", "teacher", "student",
              "error", "run_dir"]  # fmt: skip
+    cols = list(dict.fromkeys(cols))  # a swept key may also be a column here (dataset)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -263,7 +269,7 @@ def _save(fig, path: Path) -> None:
 def plot_heatmap(s: Summary, path: Path) -> bool:
     """Student test accuracy over T × alpha; colours centred on the baseline's accuracy."""
     import matplotlib
-    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     panels = _panels(s)
@@ -282,15 +288,16 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
             if c["ok"] and _finite(c["acc"]):
                 grid[i][j] = 100 * c["acc"]
                 text[i][j] = f"{100 * c['acc']:.2f}" + (
-                    f"\n±{100 * c['std']:.2f}" if _finite(c["std"]) else "")
+                    f"\n±{100 * c['std']:.2f}" if _finite(c["std"]) else ""
+                )
             else:
                 text[i][j] = "failed"
         vals = [v for r in grid for v in r if math.isfinite(v)]
         base = _mean([c["b_acc"] for c in cells])
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 100.0)
-        if base is not None:
-            b = 100 * base
-            norm = TwoSlopeNorm(vcenter=b, vmin=min(lo, b - 0.01), vmax=max(hi, b + 0.01))
+        if base is not None:  # symmetric around the baseline: green = KD helped
+            d = max(abs(lo - 100 * base), abs(hi - 100 * base), 0.01)
+            norm = Normalize(vmin=100 * base - d, vmax=100 * base + d)
         else:
             norm = Normalize(vmin=lo - 0.01, vmax=hi + 0.01)
         cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#d0d0d0")
@@ -307,7 +314,9 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
         ax.set_ylabel("alpha (weight of the soft term)")
         ax.set_title("student test accuracy (%) · " + _title(cells, label, seeds), fontsize=10)
         cb = fig.colorbar(im, ax=ax)
-        cb.set_label("student test accuracy (%)" + (" · centre = baseline" if base else ""))
+        cb.set_label("student test accuracy (%)" + (" · yellow = baseline" if base else ""))
+        if base is not None:  # show only the range in use, not the symmetric padding
+            cb.ax.set_ylim(min(lo, 100 * base), max(hi, 100 * base))
     _save(fig, path)
     return True
 
@@ -341,7 +350,8 @@ def plot_lines(s: Summary, path: Path) -> bool:
         ax.set_ylabel("student test accuracy (%)")
         ax.set_title(_title(cells, label, seeds), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     _save(fig, path)
     return True
 
@@ -387,8 +397,9 @@ def summary_table(s: Summary) -> Table:
             fmt_acc(r.get(f"baseline_acc{sfx}")), f"{secs:.1f}s" if _finite(secs) else "-",
             status, style="bold green" if r is best else (None if _finite(acc(r)) else "red"),
         )  # fmt: skip
-    n, nf = len(s.jobs), len(s.failed)
-    t.caption = f"{n} job(s), {nf} failed" + (" · mean ± std over seeds" if agg else "")
+    counts = Counter(j["status"] for j in s.jobs)
+    t.caption = f"{len(s.jobs)} job(s): " + ", ".join(f"{n} {st}" for st, n in counts.items())
+    t.caption += " · mean ± std over seeds" if agg else ""
     t.caption_justify = "left"
     return t
 
@@ -398,7 +409,8 @@ def show(s: Summary, console: Console) -> None:
     for j in s.failed:
         where = ", ".join(f"{k}={j[k]:g}" if _finite(j[k]) else f"{k}={j[k]}"
                           for k in (*s.keys, *GRID) if j.get(k) is not None)  # fmt: skip
-        console.print(f"[red]failed[/] job {j['job']} ({where}): {j['error']}", highlight=False)
+        console.print(f"[red]{j['status']}[/] job {j['job']} ({where}): {j['error']}",
+                      highlight=False)  # fmt: skip
     console.print(f"[dim]summary: {', '.join(str(p) for p in s.files)}[/]", highlight=False)
 
 
