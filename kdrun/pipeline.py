@@ -24,7 +24,7 @@ from kdrun.errors import CheckpointError, ConfigError
 from kdrun.methods import METHODS, HardLabels
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, count_params
-from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save
+from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save, sha256_file
 from kdrun.train import FitResult, accuracy, fit, predict
 
 log = logging.getLogger("kdrun")
@@ -222,7 +222,8 @@ class Pipeline:
                 tcfg.name, count_params(model), accuracy(logits, self.data.y_test), float("nan"),
                 float("nan"), 0, 0.0, True,
             )  # fmt: skip
-            self.teacher_keys.append(f"file:{path.resolve()}")
+            # Keyed by content, so overwriting the file never reuses stale cached logits.
+            self.teacher_keys.append(f"file:{sha256_file(path)}")
             return model
         return self.model(tcfg, "teacher")
 
@@ -318,6 +319,21 @@ class Pipeline:
         art = self.store.get_or_build("teacher_logits", spec, build, check=check)
         return art.payload.to(self.device)
 
+    def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
+        """The teacher's test-set outputs, computed once per teacher and split (store)."""
+        n = len(self.data.y_test)
+        spec = {"teacher": self.teacher_keys[0], "data": data_spec(self.cfg, student=False)}
+
+        def check(t: Any) -> None:
+            if not isinstance(t, torch.Tensor) or t.shape[0] != n:
+                raise CorruptArtifact("teacher test logits do not match the test split")
+
+        art = self.store.get_or_build(
+            "teacher_test_logits", spec,
+            lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}), check=check,
+        )  # fmt: skip
+        return art.payload.to(self.device)
+
     def distill(self) -> tuple[Distiller, FitResult]:
         cfg = self.cfg
         method = METHODS[cfg.method.name]
@@ -367,7 +383,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     last_test = accuracy(p.evaluate(student), p.data.y_test)
     student.load_state_dict(res.best_state)
     s_logits = p.evaluate(student)
-    t_logits = p.evaluate(teacher)
+    t_logits = p.teacher_test_logits(teacher)
     y = p.data.y_test
     s_pred = s_logits.argmax(1)
     student_rep = {
