@@ -262,7 +262,7 @@ def _title(cells: list[dict[str, Any]], label: str, seeds: int) -> str:
 
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)  # constrained layout: no "tight" second pass
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
