@@ -114,6 +114,7 @@ class Pipeline:
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
         self.teacher_keys: list[str] = []
+        self.from_store: dict[str, bool] = {}  # artifact kind -> loaded (True) or built here
         self._teacher: nn.Module | None = None
         self._student_init: dict[str, torch.Tensor] | None = None
         self.should_stop = lambda: False
@@ -185,6 +186,7 @@ class Pipeline:
         meta = art.meta
         # Stored stages contribute their (stored) history rows too, so history.csv is whole.
         self.history.extend({**r, "from_store": art.from_cache} for r in meta["history"])
+        self.from_store[kind] = art.from_cache
         rep = StageReport(
             meta["model"], meta["params"], meta["test_acc"], meta["val_acc"],
             meta["last_test_acc"], meta["best_epoch"], meta["train_seconds"], art.from_cache,
@@ -317,6 +319,7 @@ class Pipeline:
                 raise CorruptArtifact("teacher logits do not match the training split")
 
         art = self.store.get_or_build("teacher_logits", spec, build, check=check)
+        self.from_store["teacher_logits"] = art.from_cache
         return art.payload.to(self.device)
 
     def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
@@ -332,6 +335,7 @@ class Pipeline:
             "teacher_test_logits", spec,
             lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}), check=check,
         )  # fmt: skip
+        self.from_store["teacher_test_logits"] = art.from_cache
         return art.payload.to(self.device)
 
     def distill(self) -> tuple[Distiller, FitResult]:
@@ -402,6 +406,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "baseline": None,
         "student": student_rep,
         "kd_gain": None,
+        "from_store": p.from_store,
         "data": {
             "train_size": len(p.data.y_train),
             "student_train_size": len(p.data.student_idx),

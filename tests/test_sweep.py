@@ -54,8 +54,10 @@ def test_smoke_sweep_trains_teacher_once_and_summarizes(smoke_sweep):
     assert doc["n_jobs"] == 4 and doc["n_failed"] == 0
     assert trained(doc, "teacher") == 1 and trained(doc, "baseline") == 1
     assert {(j["T"], j["alpha"]) for j in doc["jobs"]} == {(1, 0.5), (1, 0.9), (4, 0.5), (4, 0.9)}
-    for j in doc["jobs"]:  # the summary holds what each job recorded
-        m = read_json(Path(j["run_dir"]) / "metrics.json")
+    ms = [read_json(Path(j["run_dir"]) / "metrics.json") for j in doc["jobs"]]
+    for kind in ("teacher", "baseline", "teacher_logits", "teacher_test_logits"):
+        assert [m["from_store"][kind] for m in ms].count(False) == 1, kind  # built once
+    for j, m in zip(doc["jobs"], ms, strict=True):  # the summary holds what each job recorded
         assert j["student_acc"] == m["student"]["test_acc"]
         assert j["kd_gain"] == pytest.approx(m["student"]["test_acc"] - m["baseline"]["test_acc"])
         assert j["teacher_from_cache"] == m["teacher"]["from_cache"]
