@@ -299,3 +299,14 @@ def test_store_key_covers_the_data_limits():
             for ov in ([], ["dataset.limit_train=500"], ["dataset.limit_test=100"])
         ]
     assert specs[0] != specs[1] and specs[0] != specs[2] and specs[1] != specs[2]
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path):
+    import os
+
+    from kdrun.store import atomic_write_text
+
+    atomic_write_text("x", tmp_path / "f.txt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
