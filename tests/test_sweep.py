@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import kdrun_env, read_json
 
 from kdrun.cli import missing_launcher
 from kdrun.sweep import aggregate, collect, summarize
+from tests.conftest import kdrun_env, read_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMOKE = ["experiment=smoke", "runtime.num_threads=1"]
