@@ -133,6 +133,30 @@ def explain(e: BaseException) -> str:
     return text
 
 
+# Optional launchers: the Hydra plugin each needs and the kdrun extra that installs it.
+LAUNCHER_EXTRAS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+
+def missing_launcher(override: str) -> str | None:
+    """The one-line fix for ``hydra/launcher=NAME`` when NAME's plugin is not installed."""
+    import importlib.util
+
+    key, _, name = override.partition("=")
+    if key.lstrip("+") != "hydra/launcher" or name not in LAUNCHER_EXTRAS:
+        return None
+    module, extra = LAUNCHER_EXTRAS[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:
+        found = False
+    return None if found else f"hydra/launcher={name} needs an extra: pip install 'kdrun[{extra}]'"
+
+
 def _one_line(e: BaseException) -> str:
     """Hydra/OmegaConf composition errors span several lines; squeeze them into one."""
     parts = []
@@ -169,6 +193,8 @@ def precheck(args: list[str]) -> str | None:
     fixed, sweeps = [], []
     for o, text in zip(parsed, overrides, strict=True):
         if o.is_hydra_override():
+            if (hint := missing_launcher(text)) is not None:
+                return hint
             continue
         if o.is_sweep_override():
             key = text.split("=", 1)[0]

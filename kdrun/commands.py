@@ -70,3 +70,23 @@ def resume(args: list[str]) -> int:
 
 
 from kdrun import soft_targets  # noqa: E402,F401  (registers softmax, dark-knowledge)
+
+
+@subcommand("summarize")
+def summarize_sweep(args: list[str]) -> int:
+    """kdrun summarize DIR: rebuild the summary table, files and plots of a sweep directory."""
+    import sys
+
+    from kdrun.errors import KdrunError
+    from kdrun.sweep import summarize
+
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: kdrun summarize DIR   (a sweep directory, e.g. "
+              "outputs/multirun/<date>/<time>)", file=sys.stderr)  # fmt: skip
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    try:
+        s = summarize(args[0])
+    except KdrunError as e:
+        print(f"kdrun: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return s.exit_code

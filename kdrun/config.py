@@ -101,6 +101,7 @@ class KdrunConfig:
     T: float = 4.0
     alpha: float = 0.9
     seed: int = 0
+    teacher_seed: int = 0  # the teacher's own seed: a sweep over `seed` shares one teacher
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     baseline: bool = True
     store_dir: str = "outputs/store"

@@ -24,7 +24,13 @@ from kdrun.errors import CheckpointError, ConfigError
 from kdrun.methods import METHODS, HardLabels
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, count_params
-from kdrun.store import ArtifactStore, CorruptArtifact, atomic_torch_save, load_weights
+from kdrun.store import (
+    ArtifactStore,
+    CorruptArtifact,
+    atomic_torch_save,
+    load_weights,
+    sha256_file,
+)
 from kdrun.train import FitResult, accuracy, fit, predict
 
 log = logging.getLogger("kdrun")
@@ -60,6 +66,8 @@ def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
     spec = {
         "name": ds.name, "val_size": ds.val_size, "split_seed": ds.split_seed,
         "augment": ds.augment, "crop_padding": ds.crop_padding, "hflip": ds.hflip,
+        # limit_train changes the training data; limit_test the test numbers kept in meta.
+        "limit_train": ds.limit_train, "limit_test": ds.limit_test,
     }  # fmt: skip
     if student:
         spec.update(
@@ -130,6 +138,7 @@ class Pipeline:
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
         self.teacher_keys: list[str] = []
+        self.from_store: dict[str, bool] = {}  # artifact kind -> loaded (True) or built here
         self._teacher: nn.Module | None = None
         self._student_init: dict[str, torch.Tensor] | None = None
         self.should_stop = lambda: False
@@ -139,14 +148,23 @@ class Pipeline:
         d = self.data
         return build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
 
-    def _fit(self, distiller: Distiller, recipe, stage: str, student: bool, **kw) -> FitResult:
+    def _fit(
+        self,
+        distiller: Distiller,
+        recipe,
+        stage: str,
+        student: bool,
+        seed: int | None = None,
+        **kw,
+    ) -> FitResult:
         d = self.data
         rt = self.cfg.runtime
         n = len(d.student_idx if student else d.teacher_idx)
         steps = recipe.epochs * -(-n // recipe.batch_size)
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
-                distiller, d, recipe, stage=stage, seed=self.cfg.seed,
+                distiller, d, recipe, stage=stage,
+                seed=self.cfg.seed if seed is None else seed,
                 train_idx=d.student_idx if student else d.teacher_idx,
                 val_idx=d.student_val_idx if student else d.teacher_val_idx,
                 amp=rt.amp, eval_batch_size=rt.eval_batch_size,
@@ -192,6 +210,7 @@ class Pipeline:
         meta = art.meta
         # Stored stages contribute their (stored) history rows too, so history.csv is whole.
         self.history.extend({**r, "from_store": art.from_cache} for r in meta["history"])
+        self.from_store[kind] = art.from_cache
         rep = StageReport(
             meta["model"], meta["params"], meta["test_acc"], meta["val_acc"],
             meta["last_test_acc"], meta["best_epoch"], meta["train_seconds"], art.from_cache,
@@ -237,7 +256,8 @@ class Pipeline:
                 tcfg.name, count_params(model), accuracy(logits, self.data.y_test), float("nan"),
                 float("nan"), 0, 0.0, True,
             )  # fmt: skip
-            self.teacher_keys.append(f"file:{path.resolve()}")
+            # Keyed by content, so overwriting the file never reuses stale cached logits.
+            self.teacher_keys.append(f"file:{sha256_file(path)}")
             return model
         return self.model(tcfg, "teacher")
 
@@ -249,14 +269,16 @@ class Pipeline:
         Its report lands in ``self.reports[role]``; its key joins ``teacher_keys`` so that
         caches derived from it are keyed by it."""
         cfg = self.cfg
+        # The teacher has its own seed, so a sweep over `seed` shares one teacher.
+        seed = cfg.teacher_seed if role == "teacher" and teacher is None else cfg.seed
         spec = {
             "role": "teacher" if teacher is None else "distilled",
             "model": _model_spec(model_cfg), "data": data_spec(cfg, student=False),
-            "seed": cfg.seed,
+            "seed": seed,
         }  # fmt: skip
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
             spec.update(teacher_keys=list(self.teacher_keys), T=cfg.T, alpha=cfg.alpha)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model = self._build(model_cfg)
 
         def train(ckpt: Path, fp: str) -> FitResult:
@@ -266,8 +288,8 @@ class Pipeline:
                 from kdrun.methods.kd import KD
 
                 dist = KD(model, teacher, cfg.T, cfg.alpha)
-            return self._fit(dist, model_cfg.train, role, student=False, checkpoint=ckpt,
-                             fingerprint=fp)  # fmt: skip
+            return self._fit(dist, model_cfg.train, role, student=False, seed=seed,
+                             checkpoint=ckpt, fingerprint=fp)  # fmt: skip
 
         model, self.reports[role] = self._stored_model(
             role, {**spec, "model_cfg": model_cfg}, model, train
@@ -348,6 +370,23 @@ class Pipeline:
                 raise CorruptArtifact("teacher outputs contain NaN/inf")
 
         art = self.store.get_or_build("teacher_logits", spec, build, check=check)
+        self.from_store["teacher_logits"] = art.from_cache
+        return art.payload.to(self.device)
+
+    def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
+        """The teacher's test-set outputs, computed once per teacher and split (store)."""
+        n = len(self.data.y_test)
+        spec = {"teacher": self.teacher_keys[0], "data": data_spec(self.cfg, student=False)}
+
+        def check(t: Any) -> None:
+            if not isinstance(t, torch.Tensor) or t.shape[0] != n:
+                raise CorruptArtifact("teacher test logits do not match the test split")
+
+        art = self.store.get_or_build(
+            "teacher_test_logits", spec,
+            lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}), check=check,
+        )  # fmt: skip
+        self.from_store["teacher_test_logits"] = art.from_cache
         return art.payload.to(self.device)
 
     def distill(self) -> tuple[Distiller, FitResult]:
@@ -399,7 +438,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     last_test = accuracy(p.evaluate(student), p.data.y_test)
     student.load_state_dict(res.best_state)
     s_logits = p.evaluate(student)
-    t_logits = p.evaluate(teacher)
+    t_logits = p.teacher_test_logits(teacher)
     y = p.data.y_test
     s_pred = s_logits.argmax(1)
     student_rep = {
@@ -418,6 +457,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "baseline": None,
         "student": student_rep,
         "kd_gain": None,
+        "from_store": p.from_store,
         "data": {
             "train_size": len(p.data.y_train),
             "student_train_size": len(p.data.student_idx),

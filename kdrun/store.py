@@ -44,6 +44,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# mkstemp creates files 0600; results should get the usual umask-based mode (e.g. 0644), so
+# that a shared store or sweep directory is readable like any other output.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write to a temp file in the same directory, fsync, rename over ``path``.
 
@@ -53,6 +59,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -1,0 +1,310 @@
+"""Sweeps: teacher trained once, summary files and plots, failed jobs, launchers, summarize."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdrun.cli import missing_launcher
+from kdrun.sweep import aggregate, collect, summarize
+from tests.conftest import kdrun_env, read_json
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SMOKE = ["experiment=smoke", "runtime.num_threads=1"]
+
+
+def kdrun(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "kdrun", *args], cwd=cwd, env=kdrun_env(**(env or {})),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def sweep(tmp: Path, *args: str, env: dict[str, str] | None = None):
+    """A multirun in tmp/sweep with its own store; returns (process, summary.json or None)."""
+    r = kdrun("-m", *SMOKE, *args, f"store_dir={tmp}/store", f"hydra.sweep.dir={tmp}/sweep",
+              cwd=tmp, env=env)  # fmt: skip
+    p = tmp / "sweep" / "summary.json"
+    return r, (read_json(p) if p.is_file() else None)
+
+
+def trained(doc: dict, stage: str) -> int:
+    """How many jobs trained ``stage`` themselves (not from the store)."""
+    return sum(j[f"{stage}_from_cache"] is False for j in doc["jobs"])
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke_sweep")
+    r, doc = sweep(tmp, "T=1,4", "alpha=0.5,0.9")
+    return tmp / "sweep", r, doc
+
+
+# --------------------------------------------------------------------------- CLI sweeps
+@pytest.mark.slow
+def test_smoke_sweep_trains_teacher_once_and_summarizes(smoke_sweep):
+    d, r, doc = smoke_sweep
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert doc["n_jobs"] == 4 and doc["n_failed"] == 0
+    assert trained(doc, "teacher") == 1 and trained(doc, "baseline") == 1
+    assert {(j["T"], j["alpha"]) for j in doc["jobs"]} == {(1, 0.5), (1, 0.9), (4, 0.5), (4, 0.9)}
+    ms = [read_json(Path(j["run_dir"]) / "metrics.json") for j in doc["jobs"]]
+    for kind in ("teacher", "baseline", "teacher_logits", "teacher_test_logits"):
+        assert [m["from_store"][kind] for m in ms].count(False) == 1, kind  # built once
+    for j, m in zip(doc["jobs"], ms, strict=True):  # the summary holds what each job recorded
+        assert j["student_acc"] == m["student"]["test_acc"]
+        assert j["kd_gain"] == pytest.approx(m["student"]["test_acc"] - m["baseline"]["test_acc"])
+        assert j["teacher_from_cache"] == m["teacher"]["from_cache"]
+    rows = list(csv.DictReader((d / "summary.csv").open()))
+    assert [r_["row"] for r_ in rows] == ["job"] * 4
+    assert {"T", "alpha", "seed", "status", "student_acc", "kd_gain", "agreement",
+            "wall_seconds"} <= set(rows[0])  # fmt: skip
+    for name in ("heatmap.png", "acc_vs_T.png"):
+        data = (d / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000
+    # The table: sorted by student accuracy, the best first.
+    best = max(doc["jobs"], key=lambda j: j["student_acc"])
+    lines = [ln for ln in r.stdout.splitlines() if "completed" in ln and "│" in ln]
+    assert len(lines) == 4 and f"{100 * best['student_acc']:.2f}%" in lines[0]
+    assert "4 job(s): 4 completed" in r.stdout
+
+
+def cli_main(*argv: str) -> int:
+    """The kdrun entry point, in this process (no interpreter start-up to pay)."""
+    from kdrun.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    return e.value.code
+
+
+@pytest.mark.slow
+def test_summarize_rebuilds_a_sweep_directory(smoke_sweep):
+    d, _, doc = smoke_sweep
+    before = (d / "summary.csv").read_text()
+    for name in ("summary.csv", "summary.json", "heatmap.png", "acc_vs_T.png"):
+        (d / name).unlink()
+    assert cli_main("summarize", str(d)) == 0
+    assert (d / "summary.csv").read_text() == before
+    assert read_json(d / "summary.json")["jobs"] == doc["jobs"]
+    assert (d / "heatmap.png").is_file() and (d / "acc_vs_T.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [(["/no/such/dir"], "is not a directory"), ([], "usage: kdrun summarize DIR"),
+     (["{tmp}"], "holds no job"), (["{tmp}/sweeps"], "holds several sweeps")],
+)  # fmt: skip
+def test_summarize_bad_directory_is_one_line(tmp_path, capsys, args, msg):
+    for name in ("a", "b"):
+        (tmp_path / "sweeps" / name).mkdir(parents=True)
+        (tmp_path / "sweeps" / name / "multirun.yaml").write_text("{}\n")
+    assert cli_main("summarize", *[a.format(tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_failed_cell_keeps_the_others_and_seeds_share_the_teacher(tmp_path):
+    r, doc = sweep(tmp_path, "T=-1,4", "alpha=0.9", "seed=0,1")
+    assert r.returncode == 2  # the ConfigError's code, the worst of the jobs
+    by = {(j["T"], j["seed"]): j for j in doc["jobs"]}
+    for s in (0, 1):
+        assert by[(-1, s)]["status"] == "failed"
+        assert "T must be > 0" in by[(-1, s)]["error"]
+        assert by[(4, s)]["status"] == "completed"
+    assert trained(doc, "teacher") == 1  # one teacher for every seed
+    assert trained(doc, "baseline") == 2  # one baseline per seed
+    agg = {a["T"]: a for a in doc["aggregates"]}
+    assert agg[4]["n"] == 2 and agg[4]["n_failed"] == 0 and agg[4]["seeds"] == [0, 1]
+    accs = [by[(4, s)]["student_acc"] for s in (0, 1)]
+    assert agg[4]["student_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert agg[4]["student_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    assert agg[-1]["n"] == 0 and agg[-1]["n_failed"] == 2 and agg[-1]["student_acc_mean"] is None
+    assert "failed job 0" in r.stdout and "T must be > 0" in r.stdout
+    rows = list(csv.DictReader((tmp_path / "sweep" / "summary.csv").open()))
+    assert [x["row"] for x in rows].count("mean_std") == 2
+    # Rebuilding on demand reports the failure too.
+    r2 = kdrun("summarize", str(tmp_path / "sweep"), cwd=tmp_path)
+    assert r2.returncode == 2 and "failed job 1" in r2.stdout
+
+
+@pytest.mark.slow
+def test_joblib_two_workers_train_the_teacher_once(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    # An interactive-looking terminal: parallel jobs must still log lines, not draw bars.
+    r, doc = sweep(tmp_path, "T=1,4", "alpha=0.5,0.9", "hydra/launcher=joblib",
+                   "hydra.launcher.n_jobs=2", "runtime.progress=auto",
+                   env={"TTY_COMPATIBLE": "1"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert doc["n_jobs"] == 4 and doc["n_failed"] == 0
+    assert trained(doc, "teacher") == 1 and trained(doc, "baseline") == 1
+    assert "\x1b[?25l" not in r.stdout  # rich hides the cursor only for live progress bars
+    assert r.stdout.count("student epoch 2:") == 4
+
+
+@pytest.mark.slow
+def test_submitit_local_failed_job_sets_exit_code(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    # Jobs run in other processes: only the end-of-sweep callback can set the exit status.
+    r, doc = sweep(tmp_path, "T=-1,4", "alpha=0.9", "hydra/launcher=submitit_local")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert [j["status"] for j in doc["jobs"]] == ["failed", "completed"]
+    assert doc["jobs"][1]["teacher_from_cache"] is False
+
+
+def test_interrupted_job_is_summarised_as_interrupted(tmp_path, monkeypatch):
+    """An interrupted job shows up as such, and the summary exits 130 (stopping the rest of
+    the sweep is cli.SweepInterrupted's job, tested over the CLI in test_resume.py)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import kdrun.job as job
+    import kdrun.pipeline
+    from kdrun.config import config_dir
+    from kdrun.errors import Interrupted
+
+    def stopped(*a, **k):  # what fit raises once the stop flag is set
+        raise Interrupted("teacher stopped at epoch 3")
+
+    monkeypatch.setattr(kdrun.pipeline, "run_pipeline", stopped)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", [*SMOKE, f"store_dir={tmp_path}/store"])
+    GlobalHydra.instance().clear()
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    assert job.run_job(cfg, tmp_path / "0", multirun=True) == 130
+    s = summarize(tmp_path)
+    assert [j["status"] for j in s.jobs] == ["interrupted"]
+    assert s.jobs[0]["error"] == "teacher stopped at epoch 3" and s.exit_code == 130
+
+
+def test_config_sweeps_and_slurm_launcher_compose():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdrun.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        c = compose("config", ["experiment=sweep_t_alpha"], return_hydra_config=True)
+        assert dict(c.hydra.sweeper.params) == {"T": "1,2,4,8", "alpha": "0.1,0.5,0.9"}
+        if missing_launcher("hydra/launcher=slurm") is None:
+            c = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True)
+            assert c.hydra.launcher._target_.endswith("SlurmLauncher")
+            assert c.hydra.launcher.array_parallelism == 16
+    GlobalHydra.instance().clear()
+
+
+def test_missing_launcher_names_the_extra(monkeypatch):
+    import kdrun.cli as cli
+
+    monkeypatch.setitem(cli.LAUNCHER_EXTRAS, "joblib", ("no_such_pkg.launcher", "joblib"))
+    assert missing_launcher("hydra/launcher=joblib") == (
+        "hydra/launcher=joblib needs an extra: pip install 'kdrun[joblib]'"
+    )
+    assert missing_launcher("hydra/launcher=basic") is None
+    assert missing_launcher("T=4") is None
+
+
+# --------------------------------------------------------------------------- no training
+def fake_job(d: Path, overrides: list[str], **m) -> None:
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if m:
+        (d / "metrics.json").write_text(json.dumps(m))
+
+
+def fake_metrics(T: float, alpha: float, seed: int, s: float, b: float, t: float = 0.9) -> dict:
+    return {
+        "status": "completed", "T": T, "alpha": alpha, "seed": seed, "dataset": "digits",
+        "teacher": {"test_acc": t, "from_cache": seed > 0, "train_seconds": 1.0},
+        "baseline": {"test_acc": b, "from_cache": False, "train_seconds": 0.5},
+        "student": {"test_acc": s, "agreement": s - 0.01, "train_seconds": 0.5},
+        "kd_gain": s - b, "wall_seconds": 2.0,
+    }  # fmt: skip
+
+
+def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    accs = {(1.0, 0): 0.80, (1.0, 1): 0.84, (1.0, 2): 0.85, (4.0, 0): 0.70, (4.0, 1): 0.76}
+    n = 0
+    for (T, seed), acc in accs.items():
+        fake_job(tmp_path / str(n), [f"T={T:g}", "alpha=0.5", f"seed={seed}", "store_dir=s"],
+                 **fake_metrics(T, 0.5, seed, acc, 0.75 + seed / 100))  # fmt: skip
+        n += 1
+    fake_job(
+        tmp_path / str(n),
+        ["T=4", "alpha=0.5", "seed=2", "store_dir=s"],
+        status="failed",
+        T=4.0,
+        alpha=0.5,
+        seed=2,
+        error="boom",
+        error_type="ConfigError",
+    )
+    fake_job(tmp_path / "10", ["T=8", "alpha=0.5", "seed=0", "store_dir=s"])  # never started
+    keys, jobs = collect(tmp_path)
+    assert keys == []  # store_dir is the same everywhere: not a swept key
+    assert [j["job"] for j in jobs] == ["0", "1", "2", "3", "4", "5", "10"]  # numeric order
+    assert jobs[-1]["status"] == "missing" and jobs[-1]["T"] == 8.0
+    agg = {a["T"]: a for a in aggregate(jobs, keys)}
+    x = [0.80, 0.84, 0.85]
+    mean = sum(x) / 3
+    assert agg[1.0]["student_acc_mean"] == pytest.approx(mean)
+    assert agg[1.0]["student_acc_std"] == pytest.approx(
+        math.sqrt(sum((v - mean) ** 2 for v in x) / 2)  # sample std (n - 1)
+    )
+    assert agg[1.0]["baseline_acc_mean"] == pytest.approx(0.76)
+    assert agg[4.0]["n"] == 2 and agg[4.0]["n_failed"] == 1
+    assert agg[4.0]["student_acc_mean"] == pytest.approx(0.73)
+    assert agg[8.0]["n"] == 0 and agg[8.0]["student_acc_std"] is None
+    s = summarize(tmp_path)
+    assert s.exit_code == 2  # ConfigError's code beats the missing job's 1
+    assert len(s.failed) == 2
+    assert (tmp_path / "heatmap.png").read_bytes().startswith(PNG)
+    # One seed: no aggregate rows.
+    assert aggregate([j for j in jobs if j["seed"] == 0], keys) == []
+
+
+def test_other_swept_keys_become_columns(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    for i, ds in enumerate(["digits", "mnist"]):
+        fake_job(tmp_path / str(i), [f"dataset={ds}", "T=4"], **fake_metrics(4.0, 0.9, 0, 0.8, 0.7))
+    keys, jobs = collect(tmp_path)
+    assert keys == ["dataset"] and [j["dataset"] for j in jobs] == ["digits", "mnist"]
+    s = summarize(tmp_path)
+    assert s.exit_code == 0 and (tmp_path / "acc_vs_T.png").is_file()
+
+
+def test_store_key_covers_the_data_limits():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdrun.config import config_dir
+    from kdrun.pipeline import data_spec
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        specs = [
+            data_spec(compose("config", overrides=ov), student=False)
+            for ov in ([], ["dataset.limit_train=500"], ["dataset.limit_test=100"])
+        ]
+    assert specs[0] != specs[1] and specs[0] != specs[2] and specs[1] != specs[2]
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path):
+    import os
+
+    from kdrun.store import atomic_write_text
+
+    atomic_write_text("x", tmp_path / "f.txt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
