@@ -69,9 +69,6 @@ def resume(args: list[str]) -> int:
     return run(argv)
 
 
-from kdrun import soft_targets  # noqa: E402,F401  (registers softmax, dark-knowledge)
-
-
 @subcommand("summarize")
 def summarize_sweep(args: list[str]) -> int:
     """kdrun summarize DIR: rebuild the summary table, files and plots of a sweep directory."""
@@ -90,3 +87,6 @@ def summarize_sweep(args: list[str]) -> int:
         print(f"kdrun: error: {e}", file=sys.stderr)
         return e.exit_code
     return s.exit_code
+
+
+from kdrun import soft_targets  # noqa: E402,F401  (registers softmax, dark-knowledge)
