@@ -7,6 +7,7 @@ the hooks on every registered model; each method through the whole CLI on the sm
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
 from types import SimpleNamespace
@@ -400,7 +401,10 @@ def test_crd_memory_update_negatives_and_cap():
     assert changed == [3, 7]
     assert torch.allclose(d.memory_s[idx].norm(dim=1), torch.ones(2))
     # negatives depend on (seed, step) only: a restored state replays the same draw
-    state = d.state_dict()
+    buf = io.BytesIO()
+    torch.save(d.state_dict(), buf)  # as the training checkpoint does, loaded weights_only
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
     n1 = d.negatives()
     assert not torch.equal(n0, n1)
     d2 = _crd(model("mlp", hidden=[5]), model("mlp", hidden=[5]), n=40, k=100)

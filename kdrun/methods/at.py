@@ -97,7 +97,6 @@ class AT(FeatureDistiller):
 
     def __init__(self, student, teacher, opts, in_shape):
         super().__init__(student, teacher, opts)
-        s_sizes, t_sizes = _spatial_stages(student, in_shape), _spatial_stages(teacher, in_shape)
         if opts.student_layers:
             s_names = [
                 resolve_stage(student, n, "method.student_layers") for n in opts.student_layers
@@ -107,6 +106,10 @@ class AT(FeatureDistiller):
             ]
             pairs = list(zip(s_names, t_names, strict=True))
         else:
+            s_sizes = _spatial_stages(student, in_shape)
+            t_sizes = _spatial_stages(teacher, in_shape)
+            if not (s_sizes and t_sizes):  # check_config refuses this first, with the models named
+                raise ConfigError("method=at needs spatial feature maps in student and teacher")
             pairs = pair_by_resolution(s_sizes, t_sizes)
         self.pairs = pairs
         self.student_stages = [s for s, _ in pairs]
