@@ -29,14 +29,32 @@ def kl_soft(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
 
+def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-sample z-score (z - mean) / (std + eps) of Sun et al. (CVPR 2024).
+
+    std is the unbiased one (n - 1), as in the authors' code. The result is invariant to a
+    per-sample shift and positive scale of the logits: only their relations remain.
+    """
+    z = logits.float()
+    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + eps)
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     targets: torch.Tensor,
     T: float,
     alpha: float,
+    standardize: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Hinton et al. (2015) soft-target loss, split into its weighted named parts."""
-    soft = alpha * T * T * kl_soft(student_logits, teacher_logits, T)
+    """Hinton et al. (2015) soft-target loss, split into its weighted named parts.
+
+    ``standardize``: z-score both logit vectors before the temperature softmax of the soft
+    term (logit standardization); the hard term always sees the raw student logits.
+    """
+    s, t = student_logits, teacher_logits
+    if standardize:
+        s, t = standardize_logits(s), standardize_logits(t)
+    soft = alpha * T * T * kl_soft(s, t, T)
     hard = (1.0 - alpha) * F.cross_entropy(student_logits.float(), targets)
     return {"soft": soft, "hard": hard}

@@ -1,5 +1,12 @@
 """Distillation methods, registered by name. Importing this package registers them all."""
 
+# One import per method module (each registers itself by name).
+import kdrun.methods.at  # noqa: F401
+import kdrun.methods.crd  # noqa: F401
+import kdrun.methods.dkd  # noqa: F401
+import kdrun.methods.fitnet  # noqa: F401
+import kdrun.methods.rkd  # noqa: F401
+import kdrun.methods.sp  # noqa: F401
 from kdrun.methods import kd  # noqa: F401  (registers "kd")
 from kdrun.methods.base import METHODS, BuildContext, Distiller, HardLabels, register_method
 

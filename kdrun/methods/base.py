@@ -42,6 +42,7 @@ class BuildContext(Protocol):
     """What the pipeline offers a method while it is being built."""
 
     cfg: DictConfig
+    data: Any  # the run's DataBundle: shapes, sizes, labels (e.g. CRD sizes its memory by it)
 
     def new_student(self) -> nn.Module:
         """The student with the run's shared initial weights (same as the baseline's)."""

@@ -1,4 +1,9 @@
-"""Hinton et al. (2015) knowledge distillation with soft targets at temperature T."""
+"""Hinton et al. (2015) knowledge distillation with soft targets at temperature T.
+
+``method.logit_standardization=true`` z-scores student and teacher logits per sample before
+the temperature softmax (Sun et al., CVPR 2024), so the student matches the teacher's logit
+*relations* rather than their range.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from kdrun.methods.base import Distiller, MethodOptions, register_method
 @dataclass
 class KDOptions(MethodOptions):
     name: str = "kd"
+    logit_standardization: bool = False
 
 
 @register_method("kd")
@@ -19,16 +25,20 @@ class KD(Distiller):
 
     Options = KDOptions
 
-    def __init__(self, student, teacher, T: float, alpha: float):
+    def __init__(self, student, teacher, T: float, alpha: float, logit_standardization=False):
         super().__init__(student, teacher)
         self.T, self.alpha = T, alpha
+        self.logit_standardization = logit_standardization
 
     @classmethod
     def build(cls, cfg, ctx):
-        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha)
+        opts = cls.options(cfg.method)
+        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, opts.logit_standardization)
 
     def forward(self, x, y, idx, teacher_out):
         logits = self.student(x)
         if teacher_out is None:
             teacher_out = self.teacher_outputs(x)
-        return logits, kd_loss(logits, teacher_out, y, self.T, self.alpha)
+        return logits, kd_loss(
+            logits, teacher_out, y, self.T, self.alpha, self.logit_standardization
+        )
