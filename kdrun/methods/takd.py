@@ -7,7 +7,7 @@ the run's T and alpha), then teaches the student with the same soft-target loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kdrun.methods.base import MethodOptions, register_method
@@ -18,13 +18,15 @@ from kdrun.methods.model_options import derived_model, midway_overrides
 @dataclass
 class TAKDOptions(MethodOptions):
     name: str = "takd"
-    # Overrides of the run's teacher config; {} = a model halfway in size (see midway_overrides).
-    assistant: dict[str, Any] = field(default_factory=dict)
+    # Overrides of the run's teacher config; None = a model halfway in size (midway_overrides).
+    assistant: dict[str, Any] | None = None
 
 
 def assistant_config(cfg):
     opts = TAKD.options(cfg.method)
-    over = opts.assistant or midway_overrides(cfg.teacher, cfg.student)
+    over = opts.assistant
+    if over is None:
+        over = midway_overrides(cfg.teacher, cfg.student)
     return derived_model(cfg.teacher, over, "method.assistant")
 
 
