@@ -137,3 +137,7 @@ def _rewidth(model: nn.Module, width: int, num_classes: int) -> None:
     model.layer3 = model._make_layer(BasicBlock, width * 4, 2, stride=2)
     model.layer4 = model._make_layer(BasicBlock, width * 8, 2, stride=2)
     model.fc = nn.Linear(width * 8, num_classes)
+
+
+# The CIFAR benchmark families register themselves on import.
+from kdrun import models_cifar  # noqa: E402,F401

@@ -190,7 +190,12 @@ class Pipeline:
         }  # fmt: skip
 
     def _stored_model(
-        self, kind: str, spec: dict[str, Any], model: nn.Module, train: Callable[..., FitResult]
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        model: nn.Module,
+        train: Callable[..., FitResult],
+        stage: str | None = None,
     ) -> tuple[nn.Module, StageReport]:
         """Train ``model`` once through the store (or load it); return it with its report."""
 
@@ -209,8 +214,12 @@ class Pipeline:
         model.load_state_dict(art.payload)
         meta = art.meta
         # Stored stages contribute their (stored) history rows too, so history.csv is whole.
-        self.history.extend({**r, "from_store": art.from_cache} for r in meta["history"])
-        self.from_store[kind] = art.from_cache
+        # (labelled with this job's stage: another job may have stored it under another role)
+        self.history.extend(
+            {**r, "stage": stage or r["stage"], "from_store": art.from_cache}
+            for r in meta["history"]
+        )
+        self.from_store[stage or kind] = art.from_cache
         rep = StageReport(
             meta["model"], meta["params"], meta["test_acc"], meta["val_acc"],
             meta["last_test_acc"], meta["best_epoch"], meta["train_seconds"], art.from_cache,
@@ -262,18 +271,24 @@ class Pipeline:
         return self.model(tcfg, "teacher")
 
     def model(
-        self, model_cfg: DictConfig, role: str, teacher: nn.Module | None = None
+        self,
+        model_cfg: DictConfig,
+        role: str,
+        teacher: nn.Module | None = None,
+        seed: int | None = None,
     ) -> nn.Module:
         """Train (once, through the store) a model on hard labels or distilled from a teacher.
 
-        Its report lands in ``self.reports[role]``; its key joins ``teacher_keys`` so that
-        caches derived from it are keyed by it."""
+        ``seed`` (default: the run's) sets its init and batch order. Its report lands in
+        ``self.reports[role]``; its key joins ``teacher_keys`` so that caches derived from it
+        are keyed by it. The store holds it by what it is, not by ``role``, so e.g. an
+        ensemble member with seed 1 is the teacher of the run with seed=1."""
         cfg = self.cfg
-        # The teacher has its own seed, so a sweep over `seed` shares one teacher.
-        seed = cfg.teacher_seed if role == "teacher" and teacher is None else cfg.seed
+        if seed is None:  # the teacher has its own seed, so a sweep over `seed` shares it
+            seed = cfg.teacher_seed if role == "teacher" and teacher is None else cfg.seed
+        kind = "teacher" if teacher is None else "distilled"
         spec = {
-            "role": "teacher" if teacher is None else "distilled",
-            "model": _model_spec(model_cfg), "data": data_spec(cfg, student=False),
+            "role": kind, "model": _model_spec(model_cfg), "data": data_spec(cfg, student=False),
             "seed": seed,
         }  # fmt: skip
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
@@ -288,17 +303,21 @@ class Pipeline:
                 from kdrun.methods.kd import KD
 
                 dist = KD(model, teacher, cfg.T, cfg.alpha)
-            return self._fit(dist, model_cfg.train, role, student=False, seed=seed,
-                             checkpoint=ckpt, fingerprint=fp)  # fmt: skip
+            return self._fit(dist, model_cfg.train, role, student=False, checkpoint=ckpt,
+                             fingerprint=fp, seed=seed)  # fmt: skip
 
         model, self.reports[role] = self._stored_model(
-            role, {**spec, "model_cfg": model_cfg}, model, train
+            kind, {**spec, "model_cfg": model_cfg}, model, train, stage=role
         )
         self.teacher_keys.append(f"{role}:{content_fingerprint(spec)}")
         return model
 
-    def new_student(self) -> nn.Module:
-        """The student with this run's shared initial weights (the baseline starts from them)."""
+    def new_student(self, seed: int | None = None) -> nn.Module:
+        """The student with this run's shared initial weights (the baseline starts from them);
+        with ``seed``, a student initialised from that seed instead (e.g. a DML peer)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+            return self._build(self.cfg.student)
         if self._student_init is None:
             torch.manual_seed(self.cfg.seed + 1)  # differs from the teacher's init seed
             m = self._build(self.cfg.student)
@@ -427,7 +446,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     p = Pipeline(cfg, run_dir, device, reporter)
     if should_stop is not None:
         p.should_stop = should_stop
-    teacher = p.teacher()
+    # A method without a teacher (e.g. DML) gets no teacher stage and teacher-less metrics.
+    teacher = p.teacher() if METHODS[cfg.method.name].needs_teacher else None
     baseline = p.baseline() if cfg.baseline else None
     distiller, res = p.distill()
     student = distiller.student
@@ -438,22 +458,29 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     last_test = accuracy(p.evaluate(student), p.data.y_test)
     student.load_state_dict(res.best_state)
     s_logits = p.evaluate(student)
-    t_logits = p.teacher_test_logits(teacher)
+    t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
     y = p.data.y_test
     s_pred = s_logits.argmax(1)
+
+    def agreement(logits: torch.Tensor) -> float | None:
+        if t_logits is None:
+            return None
+        return float((logits.argmax(1) == t_logits.argmax(1)).float().mean())
+
     student_rep = {
         "model": cfg.student.name, "params": count_params(student),
         "test_acc": accuracy(s_logits, y), "val_acc": res.best_val_acc,
         "last_test_acc": last_test, "last_val_acc": res.last_val_acc,
         "best_epoch": res.best_epoch, "train_seconds": res.train_seconds,
-        "agreement": float((s_pred == t_logits.argmax(1)).float().mean()),
-        "kl_to_teacher": float(F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1),
-                                        reduction="batchmean", log_target=True)),
+        "agreement": agreement(s_logits),
+        "kl_to_teacher": None if t_logits is None else float(F.kl_div(
+            F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), reduction="batchmean",
+            log_target=True)),
         "per_class_acc": per_class_accuracy(s_pred, y, p.data.num_classes),
         "resumed_from_epoch": res.resumed_from_epoch,
     }  # fmt: skip
     metrics: dict[str, Any] = {
-        "teacher": p.reports["teacher"].as_dict(),
+        "teacher": p.reports["teacher"].as_dict() if teacher is not None else None,
         "baseline": None,
         "student": student_rep,
         "kd_gain": None,
@@ -470,14 +497,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         b_logits = p.evaluate(baseline)
         metrics["baseline"] = {
             **p.reports["baseline"].as_dict(),
-            "agreement": float((b_logits.argmax(1) == t_logits.argmax(1)).float().mean()),
+            "agreement": agreement(b_logits),
             "per_class_acc": per_class_accuracy(b_logits.argmax(1), y, p.data.num_classes),
         }
         metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
 
-    atomic_torch_save(
-        {k: v.cpu() for k, v in teacher.state_dict().items()}, ckpt_dir / "teacher.pt"
-    )
+    if teacher is not None:
+        atomic_torch_save(
+            {k: v.cpu() for k, v in teacher.state_dict().items()}, ckpt_dir / "teacher.pt"
+        )
     atomic_torch_save(res.best_state, ckpt_dir / "student.pt")
     atomic_torch_save(res.last_state, ckpt_dir / "student_last.pt")
     if baseline is not None:

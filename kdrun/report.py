@@ -76,8 +76,10 @@ def results_table(m: dict[str, Any]) -> Table:
         t.add_column(
             col, justify="left" if col in ("stage", "model", "source") else "right", no_wrap=True
         )
-    for stage in ("teacher", "baseline", "student"):
-        r = m.get(stage)
+    # Models a method trains besides the student (assistants, generations, members, peers).
+    extra = m.get("extra_models") or {}
+    for stage in ("teacher", *extra, "baseline", "student"):
+        r = m.get(stage) if stage not in extra else extra[stage]
         if not r:
             continue
         src = "store" if r.get("from_cache") else "trained"
@@ -90,7 +92,7 @@ def results_table(m: dict[str, Any]) -> Table:
         t.add_row(
             {"student": "distilled"}.get(stage, stage), r["model"], f"{r['params']:,}",
             fmt_acc(r["test_acc"]), fmt_acc(r.get("last_test_acc")), fmt_acc(r.get("val_acc")),
-            fmt_acc(r.get("agreement")) if stage != "teacher" else "",
+            fmt_acc(r.get("agreement")) if stage in ("baseline", "student") else "",
             f"{r['train_seconds']:.1f}s", src,
         )  # fmt: skip
     gain = m.get("kd_gain")

@@ -2,12 +2,16 @@
 
 # One import per method module (each registers itself by name).
 import kdrun.methods.at  # noqa: F401
+import kdrun.methods.born_again  # noqa: F401
 import kdrun.methods.crd  # noqa: F401
 import kdrun.methods.dkd  # noqa: F401
+import kdrun.methods.dml  # noqa: F401
 import kdrun.methods.fitnet  # noqa: F401
+import kdrun.methods.kd  # noqa: F401
+import kdrun.methods.multi_teacher  # noqa: F401
 import kdrun.methods.rkd  # noqa: F401
 import kdrun.methods.sp  # noqa: F401
-from kdrun.methods import kd  # noqa: F401  (registers "kd")
+import kdrun.methods.takd  # noqa: F401
 from kdrun.methods.base import METHODS, BuildContext, Distiller, HardLabels, register_method
 
 __all__ = ["METHODS", "BuildContext", "Distiller", "HardLabels", "register_method"]

@@ -44,15 +44,19 @@ class BuildContext(Protocol):
     cfg: DictConfig
     data: Any  # the run's DataBundle: shapes, sizes, labels (e.g. CRD sizes its memory by it)
 
-    def new_student(self) -> nn.Module:
-        """The student with the run's shared initial weights (same as the baseline's)."""
+    def new_student(self, seed: int | None = None) -> nn.Module:
+        """The student with the run's shared initial weights (same as the baseline's); with
+        ``seed``, a fresh student initialised from that seed."""
 
     def teacher(self) -> nn.Module:
         """The run's teacher, trained once (or loaded from the store / a checkpoint), frozen."""
 
-    def model(self, model_cfg: Any, role: str, teacher: nn.Module | None = None) -> nn.Module:
+    def model(
+        self, model_cfg: Any, role: str, teacher: nn.Module | None = None, seed: int | None = None
+    ) -> nn.Module:
         """Any other model (an assistant, an extra teacher), trained once through the store:
-        on hard labels, or distilled from ``teacher`` with the run's KD loss when given."""
+        on hard labels, or distilled from ``teacher`` with the run's KD loss when given;
+        ``seed`` (default: the run's) sets its init and batch order."""
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -68,6 +72,9 @@ class Distiller(nn.Module):
     # True when everything the method needs from the teacher is ``teacher_outputs(x)`` per
     # sample: then the pipeline may compute it once for the whole transfer set and replay it.
     cacheable: ClassVar[bool] = True
+    # False for methods that learn without a pre-trained teacher (e.g. mutual learning): the
+    # pipeline then trains no teacher and reports ``teacher: null``.
+    needs_teacher: ClassVar[bool] = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
