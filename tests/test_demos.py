@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import read_json
 from omegaconf import OmegaConf
 from rich.console import Console
 
@@ -22,6 +21,7 @@ from kdrun.soft_targets import (
     softmax_table,
     temperature_curves,
 )
+from tests.conftest import read_json
 
 # /work/shared/REFERENCE.md: softmax of cat -5, dog 2, donkey 7, horse 9 and its entropy
 REFERENCE = {

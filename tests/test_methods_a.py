@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import read_json
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -31,6 +30,7 @@ from kdrun.methods.fitnet import HintAdapter, hint_loss
 from kdrun.methods.rkd import angles, normalized_distances, rkd_angle_loss, rkd_distance_loss
 from kdrun.methods.sp import sp_loss
 from kdrun.models import MODELS, build_model
+from tests.conftest import read_json
 
 MY_METHODS = ["dkd", "fitnet", "at", "rkd", "sp", "crd"]
 
