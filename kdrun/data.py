@@ -323,6 +323,16 @@ def _class_filter(y: np.ndarray, cfg) -> np.ndarray:
     return keep
 
 
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population std of (N, C, H, W), accumulated in float64 over one
+    contiguous channel at a time: same values as a reduction over axes (0, 2, 3), several
+    times faster (numpy's strided multi-axis float64 variance took seconds on Fashion-MNIST)."""
+    chans = [np.ascontiguousarray(x[:, i]).reshape(-1) for i in range(x.shape[1])]
+    mean = np.array([c.mean(dtype=np.float64) for c in chans], dtype=np.float32)
+    std = np.array([c.std(dtype=np.float64) for c in chans], dtype=np.float32)
+    return mean, std
+
+
 def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
     """Load, split (fixed ``split_seed``), normalise with train statistics, move to device."""
     if cfg.name not in DATASETS:
@@ -351,8 +361,8 @@ def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
     x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
 
     # Normalisation statistics from the training split only (never val/test).
-    mean = x_tr.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
-    std = x_tr.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32) + 1e-6
+    mean, std = _channel_stats(x_tr)
+    std = std + 1e-6
 
     def norm(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy((a - mean[None, :, None, None]) / std[None, :, None, None])

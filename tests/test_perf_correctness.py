@@ -265,3 +265,14 @@ def test_cli_runs_with_every_switch(run_kdrun, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["student"]["test_acc"] > 0.5
+
+
+def test_fast_channel_stats_equal_the_multi_axis_reduction():
+    import numpy as np
+
+    from kdrun.data import _channel_stats
+
+    x = np.random.default_rng(0).random((64, 3, 5, 7), dtype=np.float32)
+    mean, std = _channel_stats(x)
+    assert np.array_equal(mean, x.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32))
+    assert np.array_equal(std, x.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32))
