@@ -527,8 +527,10 @@ def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_st
         print(f"{kind:<10} {sps:10.0f} samples/s x {flops / 1e3:.1f} kFLOP = "
               f"{sps * flops / 1e9:6.1f} GFLOP/s = {100 * sps * flops / 1e9 / pk:5.1f}% of the "
               f"matmul rate (target >= 50%)")  # fmt: skip
-    print(f"\nload average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-          f"total {time.perf_counter() - t_start:.0f} s")
+    print(
+        f"\nload average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+        f"total {time.perf_counter() - t_start:.0f} s"
+    )
     return 0
 
 
