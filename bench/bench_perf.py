@@ -391,10 +391,10 @@ def switch_effects(r: Recipe, device_name: str, threads: int, reps: int, tmp: Pa
         torch.set_num_threads(threads)
         return median(ts)
 
-    cnn, limit = [8, 16], 10000
+    cnn, limit, ncpu = [8, 16], 10000, os.cpu_count() or 1
     cases = [
-        ("num_threads 1 -> N (MLP)", lambda: epoch("mlp", r.student, n_threads=1),
-         lambda: epoch("mlp", r.student)),
+        (f"num_threads 1 -> {ncpu} (MLP)", lambda: epoch("mlp", r.student, n_threads=1),
+         lambda: epoch("mlp", r.student, n_threads=ncpu)),
         ("channels_last (CNN [8,16])", lambda: epoch("cnn", cnn, limit=limit),
          lambda: epoch("cnn", cnn, limit=limit, channels_last=True)),
         ("fused_optimizer (MLP)", lambda: epoch("mlp", r.student),

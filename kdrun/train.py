@@ -44,7 +44,7 @@ class FitResult:
 
 
 def make_optimizer(params, recipe, fused: bool = False) -> torch.optim.Optimizer:
-    # fused=None (not False) keeps torch's own default implementation choice.
+    # Pass ``fused`` only when asked: otherwise torch keeps its default implementation.
     fused_kw = {"fused": True} if fused else {}
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
