@@ -255,12 +255,13 @@ def test_host_data_is_copied_to_cuda_from_pinned_memory():
 
 
 @pytest.mark.slow
-def test_cli_runs_with_every_switch(run_kdrun, tmp_path):
+def test_cli_runs_with_the_switches(run_kdrun, tmp_path):
+    """The runtime.* keys reach the pipeline (compile is covered in-process above: tracing
+    three stages in a fresh process would double this test's time)."""
     r = run_kdrun(
-        "experiment=smoke", "teacher=cnn", "teacher.channels=[8,16]", "student=mlp",
+        "experiment=smoke", "teacher=cnn", "teacher.channels=[4,8]", "student=mlp",
         "runtime.num_threads=1", "runtime.amp=bf16", "runtime.fused_optimizer=true",
-        "runtime.compile=true", "runtime.compile_backend=eager", "runtime.channels_last=true",
-        "runtime.data_on_device=host", run_dir=tmp_path / "run",
+        "runtime.channels_last=true", "runtime.data_on_device=host", run_dir=tmp_path / "run",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
