@@ -369,10 +369,12 @@ def switch_effects(r: Recipe, device_name: str, threads: int, reps: int, tmp: Pa
     device = resolve_device(device_name)
     rows = []
 
-    def epoch(model_kind: str, hidden, amp="off", n_threads=threads, limit=0, **perf) -> float:
+    def epoch(model_kind: str, hidden, amp="off", n_threads=threads, limit=0, place="auto",
+              **perf) -> float:  # fmt: skip
         torch.set_num_threads(n_threads)
         cfg = kdrun_cfg(r, tmp, device_name, n_threads)
         cfg.dataset.limit_train = limit
+        cfg.runtime.data_on_device = place
         if model_kind == "cnn":
             cfg.student.name, cfg.student.channels, cfg.student.train.batch_size = "cnn", hidden, 64
         cfg.student.train.epochs = 2
@@ -408,12 +410,12 @@ def switch_effects(r: Recipe, device_name: str, threads: int, reps: int, tmp: Pa
          lambda: epoch("mlp", r.student, compile=True)),
     ]  # fmt: skip
     if device.type == "cuda":
-        cases.append(("data_on_device host -> device", None, None))
+        cases.append(("data_on_device host -> device (MLP)",
+                      lambda: epoch("mlp", r.student, place="host"),
+                      lambda: epoch("mlp", r.student, place="device")))  # fmt: skip
     print(f"\nruntime switches: seconds per epoch (2nd epoch, median of {reps}), on {device}")
     print(f"{'switch':<40} {'off':>8} {'on':>8} {'speed-up':>9}")
     for name, off, on in cases:
-        if off is None:
-            continue
         try:
             a, b = off(), on()
         except Exception as e:  # e.g. inductor without a C++ compiler
