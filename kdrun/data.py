@@ -366,8 +366,9 @@ def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
     mean, std = _channel_stats(x_tr)
     std = std + 1e-6
 
-    def norm(a: np.ndarray) -> torch.Tensor:
-        out = np.subtract(a, mean[None, :, None, None])
+    def norm(a: np.ndarray, own: bool = False) -> torch.Tensor:
+        """(a - mean) / std; in place when ``a`` is this function's own copy."""
+        out = np.subtract(a, mean[None, :, None, None], out=a if own else None)
         return torch.from_numpy(np.divide(out, std[None, :, None, None], out=out))
 
     # The student's transfer set: class restriction, then a fixed random subset.
@@ -381,9 +382,9 @@ def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
     sv_idx = np.flatnonzero(_class_filter(y_va, cfg))
     bundle = DataBundle(
         name=cfg.name,
-        x_train=norm(x_tr),
+        x_train=norm(x_tr, own=True),  # x_tr, x_va: copies made by the indexing above
         y_train=torch.from_numpy(y_tr),
-        x_val=norm(x_va),
+        x_val=norm(x_va, own=True),
         y_val=torch.from_numpy(y_va),
         x_test=norm(raw.x_test),
         y_test=torch.from_numpy(raw.y_test),
