@@ -185,9 +185,10 @@ def quiet_reporter() -> Reporter:
     return Reporter(Console(file=io.StringIO()), progress=False)
 
 
-def run_kdrun(r: Recipe, tmp: Path, device: str, threads: int) -> dict:
+def run_kdrun(r: Recipe, tmp: Path, device: str, threads: int, amp: str = "auto") -> dict:
     store = Path(tempfile.mkdtemp(dir=tmp))  # a fresh store: nothing is reused between reps
     cfg = kdrun_cfg(r, store, device, threads)
+    cfg.runtime.amp = amp
     t0 = time.perf_counter()
     m = run_pipeline(cfg, store / "run", quiet_reporter())
     sync()
@@ -457,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-torchdistill", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also run kdrun with runtime.amp=bf16")
     ap.add_argument("--switches", action="store_true", help="measure each runtime.* switch")
     ap.add_argument("--quick", action="store_true", help="1 rep, 1 epoch: a smoke run")
     args = ap.parse_args(argv)
@@ -492,8 +494,12 @@ def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_st
     td_missing = td_missing or torchdistill_available()
     warm_up(device)
     results: dict[str, list[dict]] = {"kdrun": [], "reference": [], "torchdistill": []}
+    if args.bf16:
+        results["kdrun_bf16"] = []
     for rep in range(args.reps):
         results["kdrun"].append(run_kdrun(r, tmp, args.device, threads))
+        if args.bf16:
+            results["kdrun_bf16"].append(run_kdrun(r, tmp, args.device, threads, amp="bf16"))
         results["reference"].append(run_reference(r, root, split, device))
         if td_missing is None:
             try:
@@ -519,14 +525,14 @@ def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_st
     print(f"distilled, teacher every step  {ep['kd_teacher']:.3f} s   ratio "
           f"{ep['kd_teacher'] / ep['plain']:.3f}  (what the cache saves)")  # fmt: skip
 
-    def versus(num: str, title: str, target: str) -> None:
-        k_s, o_s = med("kdrun", "seconds"), med(num, "seconds")
+    def versus(num: str, title: str, target: str, base: str = "kdrun") -> None:
+        k_s, o_s = med(base, "seconds"), med(num, "seconds")
         print(f"\n== {title} (end to end, median of {len(results[num])}) ==")
         print(f"{'':14}{'seconds':>9}{'teacher':>9}{'baseline':>9}{'student':>9}  (test acc %)")
-        for name in ("kdrun", num):
+        for name in (base, num):
             print(f"{name:<14}{med(name, 'seconds'):9.1f}" + "".join(
                 f"{med(name, k):9.2f}" for k in ("teacher", "baseline", "student")))  # fmt: skip
-        gap = max(abs(med("kdrun", k) - med(num, k)) for k in ("teacher", "baseline", "student"))
+        gap = max(abs(med(base, k) - med(num, k)) for k in ("teacher", "baseline", "student"))
         print(f"speed-up {o_s / k_s:.2f}x ({target}); largest test accuracy gap "
               f"{gap:.2f} points (target <= 0.5)")  # fmt: skip
 
@@ -540,6 +546,9 @@ def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_st
             print(f"  {name:<13} {med(name, 'seconds') / (floor / pk):5.2f}x")
 
     versus("reference", "2. kdrun vs reference loop", "target >= 3x")
+    if args.bf16:
+        versus("reference", "2b. kdrun with runtime.amp=bf16 vs reference loop (fp32)",
+               "target >= 3x", base="kdrun_bf16")  # fmt: skip
     if results["torchdistill"]:
         versus("torchdistill", "3. kdrun vs torchdistill", "target >= 3x")
         if td_missing:
