@@ -74,10 +74,15 @@ class DatasetConfig:
 
 @dataclass
 class RuntimeConfig:
-    num_threads: int = 0  # 0 = leave torch's default
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
-    compile: bool = False
-    channels_last: bool = True  # conv nets on CUDA
+    """Speed switches: none changes what is computed (see kdrun/perf.py, bench/bench_perf.py)."""
+
+    num_threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 (CUDA, with loss scaling) | off
+    compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
+    compile_backend: str = "inductor"  # "eager" only traces (tests)
+    channels_last: bool = True  # NHWC layout for conv nets (CPU and CUDA)
+    fused_optimizer: bool = False  # fused Adam/AdamW/SGD kernel: faster, rounding differs
+    data_on_device: str = "auto"  # auto | device | host (pinned, non-blocking batch copies)
     cache_teacher_logits: bool = True
     progress: str = "auto"  # auto | on | off
     eval_batch_size: int = 1024
@@ -125,6 +130,7 @@ def register_configs() -> None:
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+DATA_PLACEMENTS = ("auto", "device", "host")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -221,6 +227,13 @@ def validate(cfg: DictConfig) -> None:
         cfg.runtime.amp in AMP_MODES,
         f"unknown runtime.amp '{cfg.runtime.amp}'; choose one of: {', '.join(AMP_MODES)}",
     )
+    _check(
+        cfg.runtime.data_on_device in DATA_PLACEMENTS,
+        f"unknown runtime.data_on_device '{cfg.runtime.data_on_device}'; choose one of: "
+        f"{', '.join(DATA_PLACEMENTS)}",
+    )
+    _check(cfg.runtime.num_threads >= 0, "runtime.num_threads must be >= 0 (0 = torch's default)")
+    _check(cfg.runtime.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
     _check(
         cfg.runtime.progress in ("auto", "on", "off"),
         f"unknown runtime.progress '{cfg.runtime.progress}'; choose one of: auto, on, off",

@@ -24,6 +24,7 @@ from kdrun.errors import CheckpointError, ConfigError
 from kdrun.methods import METHODS, HardLabels
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, count_params
+from kdrun.perf import Perf, place_data
 from kdrun.store import (
     ArtifactStore,
     CorruptArtifact,
@@ -134,7 +135,10 @@ class Pipeline:
         self.device = device
         self.reporter = reporter
         self.store = ArtifactStore(cfg.store_dir)
-        self.data: DataBundle = load_data(cfg.dataset, device)
+        self.perf = Perf.from_config(cfg.runtime, device)
+        self.data: DataBundle = place_data(
+            load_data(cfg.dataset, "cpu"), cfg.runtime.data_on_device, device
+        )
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
         self.teacher_keys: list[str] = []
@@ -146,7 +150,8 @@ class Pipeline:
     # ---- helpers -------------------------------------------------------------------
     def _build(self, model_cfg: DictConfig) -> nn.Module:
         d = self.data
-        return build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
+        model = build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
+        return self.perf.prepare_model(model)
 
     def _fit(
         self,
@@ -167,7 +172,7 @@ class Pipeline:
                 seed=self.cfg.seed if seed is None else seed,
                 train_idx=d.student_idx if student else d.teacher_idx,
                 val_idx=d.student_val_idx if student else d.teacher_val_idx,
-                amp=rt.amp, eval_batch_size=rt.eval_batch_size,
+                amp=rt.amp, eval_batch_size=rt.eval_batch_size, perf=self.perf,
                 should_stop=self.should_stop, resume=self.cfg.resume, **hooks, **kw,
             )  # fmt: skip
 
@@ -368,29 +373,35 @@ class Pipeline:
             "teachers": list(self.teacher_keys), "method": to_container(cfg.method),
             "data": data_spec(cfg, student=False),
         }  # fmt: skip
-        n = len(self.data.y_train)
+        x, n = self.data.x_train, len(self.data.y_train)
+
+        def outputs(rows: torch.Tensor) -> torch.Tensor:  # the frozen teacher, in eval mode
+            return distiller.teacher_outputs(x.index_select(0, rows).to(self.device)).float()
 
         def build(_workdir: Path):
-            x = self.data.x_train
             bs = cfg.runtime.eval_batch_size
-            outs = [distiller.teacher_outputs(x[i : i + bs]).float() for i in range(0, n, bs)]
-            return torch.cat(outs).cpu(), {"rows": n}
+            all_rows = torch.arange(n, device=x.device)
+            outs = [outputs(all_rows[i : i + bs]).cpu() for i in range(0, n, bs)]
+            return torch.cat(outs), {"rows": n}
 
         def check(t: Any) -> None:
-            if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != n:
+            """A stored cache must be this teacher's outputs for this split, row by row:
+            recompute a spread of rows and compare (a shifted or stale cache fails)."""
+            if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] != n:
                 raise CorruptArtifact("teacher outputs do not match the training split")
-            probe = distiller.teacher_outputs(self.data.x_train[:2])
-            if isinstance(probe, torch.Tensor) and t.shape[1:] != probe.shape[1:]:
-                raise CorruptArtifact(
-                    f"teacher outputs have shape {tuple(t.shape[1:])} per sample, the teacher "
-                    f"gives {tuple(probe.shape[1:])}"
-                )
             if not torch.isfinite(t).all():
                 raise CorruptArtifact("teacher outputs contain NaN/inf")
+            rows = torch.linspace(0, n - 1, min(n, 32)).long()
+            fresh = outputs(rows.to(x.device)).cpu()
+            tol = 1e-3 * (1 + float(fresh.abs().max()))
+            if fresh.shape != t[rows].shape or not torch.allclose(
+                fresh, t[rows].float(), rtol=1e-3, atol=tol
+            ):
+                raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
 
         art = self.store.get_or_build("teacher_logits", spec, build, check=check)
         self.from_store["teacher_logits"] = art.from_cache
-        return art.payload.to(self.device)
+        return art.payload.to(x.device)  # beside the data: rows are fetched with the batch
 
     def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
         """The teacher's test-set outputs, computed once per teacher and split (store)."""
@@ -459,7 +470,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     student.load_state_dict(res.best_state)
     s_logits = p.evaluate(student)
     t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
-    y = p.data.y_test
+    y = p.data.y_test.to(device)
     s_pred = s_logits.argmax(1)
 
     def agreement(logits: torch.Tensor) -> float | None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import operator
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from kdrun.data import DataBundle, augment_batch, batch_indices
 from kdrun.errors import CheckpointError, Interrupted, TrainingError
+from kdrun.perf import Perf, fetch
 from kdrun.store import atomic_torch_save, load_weights
 
 CHECKPOINT_VERSION = 1
@@ -44,14 +47,16 @@ class FitResult:
     resumed_from_epoch: int = 0
 
 
-def make_optimizer(params, recipe) -> torch.optim.Optimizer:
+def make_optimizer(params, recipe, fused: bool = False) -> torch.optim.Optimizer:
+    # Pass ``fused`` only when asked: otherwise torch keeps its default implementation.
+    fused_kw = {"fused": True} if fused else {}
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-            weight_decay=recipe.weight_decay,
+            weight_decay=recipe.weight_decay, **fused_kw,
         )  # fmt: skip
     cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fused_kw)
 
 
 def lr_factor(recipe, epoch: int) -> float:
@@ -74,22 +79,29 @@ def autocast_context(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@torch.no_grad()
+def module_device(module: nn.Module, default: torch.device) -> torch.device:
+    return next((p.device for p in module.parameters()), default)
+
+
+@torch.no_grad()  # not inference_mode: callers may feed the logits to autograd later
 def predict(
     model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: str = "off"
 ) -> torch.Tensor:
-    """Logits for every row of x (float32), in eval mode, in batches."""
+    """Logits for every row of x (float32, on the model's device), in eval mode, in batches."""
     was_training = model.training
     model.eval()
     outs = []
-    with autocast_context(x.device, amp):
+    device = module_device(model, x.device)
+    with autocast_context(device, amp):
         for start in range(0, len(x), batch_size):
-            outs.append(model(x[start : start + batch_size]).float())
+            xb = x[start : start + batch_size].to(device, non_blocking=True)
+            outs.append(model(xb).float())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    y = y.to(logits.device)
     return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
 
 
@@ -172,6 +184,7 @@ def fit(
     on_step: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
+    perf: Perf | None = None,
 ) -> FitResult:
     """Train ``distiller``'s trainable parameters; select ``distiller.student`` on validation.
 
@@ -180,12 +193,16 @@ def fit(
     which the distiller does itself when given ``teacher_out=None``).
     ``checkpoint``: resume from it (unless ``resume`` is False) if it exists with the same
     ``fingerprint``; rewritten atomically at each epoch end and when a stop is requested.
+    ``perf``: speed switches (kdrun.perf).
     """
-    device = data.x_train.device
+    perf = perf or Perf()
     student = distiller.student
+    device = module_device(student, data.x_train.device)  # data may stay in host memory
     gen = seed_everything(seed)
     params = distiller.trainable_parameters()
-    opt = make_optimizer(params, recipe)
+    opt = make_optimizer(params, recipe, fused=perf.fused_optimizer)
+    # fp16 needs loss scaling against gradient underflow; bf16 has float32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16" and device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(recipe, e))
     start_epoch, best_val, best_epoch, best_state = 0, -1.0, 0, None
     history: list[dict[str, Any]] = []
@@ -210,6 +227,8 @@ def fit(
             where = (f"epoch {start_epoch + 1}, batch {mid['batch']}" if mid
                      else f"end of epoch {start_epoch}")  # fmt: skip
             log.info("%s: resuming from %s (%s)", stage, checkpoint, where)
+            if "scaler" in ck:
+                scaler.load_state_dict(ck["scaler"])
 
     def save(epoch_done: int, mid_state: dict[str, Any] | None) -> None:
         if checkpoint is None:
@@ -224,6 +243,7 @@ def fit(
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "rng": _rng_state(gen),
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                 "best_val": best_val,
                 "best_epoch": best_epoch,
                 "best_state": best_state,
@@ -234,11 +254,19 @@ def fit(
         )
 
     use_cache = teacher_cache is not None and not data.augment
+    if use_cache and len(teacher_cache) != len(data.x_train):  # never train on a misaligned cache
+        raise TrainingError(
+            f"{stage}: the teacher cache has {len(teacher_cache)} rows but the training split "
+            f"has {len(data.x_train)}; it is stale: delete it from the store"
+        )
+    perf.prepare_distiller(distiller)
+    # The hot loop avoids host-device syncs (no .item()/float() per step) and keeps per-step
+    # Python and kernel launches few: statistics accumulate in place on the device.
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.perf_counter()
         distiller.train()
         if mid is not None:  # continue the stopped epoch: same batch order, same running sums
-            order, first, seen = mid["order"].to(device), mid["batch"], mid["seen"]
+            order, first, seen = mid["order"].to(train_idx.device), mid["batch"], mid["seen"]
             sums = {k: v.to(device) for k, v in mid["sums"].items()}
             correct = mid["correct"].to(device)
             t0 -= mid["seconds"]
@@ -250,7 +278,7 @@ def fit(
             order = torch.cat(parts_idx) if parts_idx else train_idx
             first, seen = 0, 0
             sums = {}
-            correct = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
         batches = order.split(recipe.batch_size)
         for b in range(first, len(batches)):
             if should_stop is not None and should_stop():
@@ -269,20 +297,30 @@ def fit(
                     f"{stage} stopped at epoch {epoch + 1}, batch {b}/{len(batches)}; {note}"
                 )
             idx = batches[b]
-            x, y = data.x_train[idx], data.y_train[idx]
+            x, y = fetch(data.x_train, idx, device), fetch(data.y_train, idx, device)
             if data.augment:
                 x = augment_batch(x, data.crop_padding, data.hflip, gen)
-            t_out = teacher_cache[idx] if use_cache else None
+            # Cached teacher outputs are rows of the training split: keyed by sample index,
+            # never by batch position, so shuffling cannot misalign them.
+            t_out = fetch(teacher_cache, idx, device) if use_cache else None
+            if idx.device != device:
+                idx = idx.to(device, non_blocking=True)
             with autocast_context(device, amp):
                 logits, losses = distiller(x, y, idx, t_out)
-            loss = sum(losses.values())
+            loss = reduce(operator.add, losses.values())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0) + v.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(idx)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            n = len(idx)
+            with torch.no_grad():
+                for k, v in losses.items():
+                    if k in sums:
+                        sums[k].add_(v, alpha=n)
+                    else:
+                        sums[k] = v.float() * n
+                correct += (logits.argmax(1) == y).sum()
+            seen += n
             if on_step is not None:
                 on_step()
         parts = _check_finite(sums, seen, stage, epoch, checkpoint)
@@ -290,7 +328,8 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_acc = accuracy(
-            predict(student, data.x_val[val_idx], eval_batch_size, amp), data.y_val[val_idx]
+            predict(student, data.x_val.index_select(0, val_idx), eval_batch_size, amp),
+            data.y_val.index_select(0, val_idx),
         )
         elapsed += time.perf_counter() - t0
         if val_acc >= best_val:  # ties go to the later (usually better-converged) epoch

@@ -1,0 +1,92 @@
+"""Speed switches (``runtime.*``), resolved once per job and applied in one place.
+
+None of them changes what is computed, only how fast: memory layout (channels_last), kernel
+fusion (torch.compile, the fused optimiser step), where the data lives, thread count. Their
+measured effect is recorded by ``bench/bench_perf.py --switches``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# "auto" keeps the data on the accelerator while it takes at most this share of free memory.
+_DEVICE_DATA_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Perf:
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    fused_optimizer: bool = False
+
+    @classmethod
+    def from_config(cls, rt, device: torch.device) -> Perf:
+        return cls(
+            # NHWC is what cuDNN's (and oneDNN's) fast convolution kernels want.
+            channels_last=bool(rt.channels_last) and device.type in ("cuda", "cpu"),
+            compile=bool(rt.compile),
+            compile_backend=str(rt.compile_backend),
+            fused_optimizer=bool(rt.fused_optimizer) and device.type in ("cuda", "cpu"),
+        )
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """channels_last for conv nets (a convolution with NHWC weights produces NHWC outputs,
+        so the inputs need no conversion); other models are left alone."""
+        if self.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_distiller(self, distiller: nn.Module) -> nn.Module:
+        """Compile the whole training step's forward (student, teacher, losses) in place:
+        ``Module.compile`` keeps state_dict keys, so checkpoints are unaffected."""
+        if self.compile and not getattr(distiller, "_kdrun_compiled", False):
+            distiller.compile(backend=self.compile_backend)
+            distiller._kdrun_compiled = True
+        return distiller
+
+
+def data_device(placement: str, device: torch.device, nbytes: int) -> torch.device:
+    """Where the data set's tensors live: on the training device when they fit ("auto"),
+    otherwise in (pinned) host memory, from which batches are copied without blocking."""
+    if device.type == "cpu" or placement == "device":
+        return device
+    if placement == "host":
+        return torch.device("cpu")
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return device if nbytes <= _DEVICE_DATA_SHARE * free else torch.device("cpu")
+    return device
+
+
+def fetch(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` of ``t`` (both on the same device), delivered on ``device``.
+
+    ``index_select`` copies whole rows (several times faster than ``t[idx]`` on CPU). Host
+    data bound for CUDA is gathered straight into pinned memory, so the copy is asynchronous;
+    the caching host allocator keeps the buffer alive until the copy has finished.
+    """
+    if t.device == device:
+        return t.index_select(0, idx)
+    if device.type == "cuda":
+        buf = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+        torch.index_select(t, 0, idx, out=buf)
+        return buf.to(device, non_blocking=True)
+    return t.index_select(0, idx).to(device)
+
+
+def place_data(bundle, placement: str, device: torch.device):
+    """Move a DataBundle (loaded on the CPU) to where it should live for training on
+    ``device``; host-resident data bound for CUDA is pinned for asynchronous copies."""
+    nbytes = sum(v.numel() * v.element_size() for v in vars(bundle).values()
+                 if isinstance(v, torch.Tensor))  # fmt: skip
+    where = data_device(placement, device, nbytes)
+    bundle.to(where)
+    if where.type == "cpu" and device.type == "cuda":
+        for k, v in vars(bundle).items():
+            if isinstance(v, torch.Tensor):
+                setattr(bundle, k, v.pin_memory())
+    return bundle
