@@ -54,14 +54,15 @@ class Context:
 class Analysis:
     applies: Callable[[DictConfig], bool]
     run: Callable[[Context], dict[str, Any]]
+    needs_teacher: bool = True  # skipped for teacher-less methods (e.g. dml)
 
 
 ANALYSES: dict[str, Analysis] = {}
 
 
-def register_analysis(name: str, applies: Callable[[DictConfig], bool]):
+def register_analysis(name: str, applies: Callable[[DictConfig], bool], needs_teacher: bool = True):
     def deco(fn: Callable[[Context], dict[str, Any]]) -> Callable[[Context], dict[str, Any]]:
-        ANALYSES[name] = Analysis(applies, fn)
+        ANALYSES[name] = Analysis(applies, fn, needs_teacher)
         return fn
 
     return deco
@@ -71,7 +72,7 @@ def run_analyses(p, teacher, student, baseline, metrics: dict[str, Any]) -> dict
     """Run every analysis that applies to this job, in registration order."""
     out: dict[str, Any] = {}
     for name, a in ANALYSES.items():
-        if a.applies(p.cfg):
+        if a.applies(p.cfg) and (teacher is not None or not a.needs_teacher):
             out[name] = a.run(Context(p, teacher, student, baseline, {**metrics, **out}))
     return out
 
@@ -337,7 +338,9 @@ def _gap(student: float | None, scratch: float | None, full: float | None) -> fl
 
 
 @register_analysis(
-    "small_data", lambda cfg: cfg.dataset.train_fraction < 1 or bool(cfg.dataset.keep_classes)
+    "small_data",
+    lambda cfg: cfg.dataset.train_fraction < 1 or bool(cfg.dataset.keep_classes),
+    needs_teacher=False,
 )
 def small_data(ctx: Context) -> dict[str, Any]:
     cfg, p, m = ctx.cfg, ctx.p, ctx.metrics
@@ -351,7 +354,7 @@ def small_data(ctx: Context) -> dict[str, Any]:
         "keep_classes": [int(c) for c in cfg.dataset.keep_classes],
         "train_size": len(p.data.student_idx),
         "full_train_size": len(p.data.y_train),
-        "teacher_test_acc": m["teacher"]["test_acc"],
+        "teacher_test_acc": m["teacher"]["test_acc"] if m.get("teacher") else None,
         "baseline_test_acc": scratch,
         "student_test_acc": student,
         "full_data_baseline_test_acc": full_acc,

@@ -154,3 +154,13 @@ def test_smoke_on_fashion_mnist(run_kdrun, tmp_path):
     assert m["data"]["train_size"] == 1600 and m["data"]["test_size"] == 1000
     assert m["teacher"]["test_acc"] > 0.5  # real images: far above chance after 2 epochs
     assert not math.isnan(m["student"]["kl_to_teacher"])
+
+
+def test_teacherless_method_with_a_small_transfer_set(run_kdrun, tmp_path):
+    """Analyses that need a teacher are skipped for dml; small_data still reports."""
+    p = run_kdrun("experiment=smoke", "method=dml", "dataset.train_fraction=0.5",
+                  run_dir=tmp_path / "dml")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    m = read_json(tmp_path / "dml" / "metrics.json")
+    assert m["teacher"] is None and m["small_data"]["teacher_test_acc"] is None
+    assert 0 <= m["small_data"]["student_test_acc"] <= 1
