@@ -54,6 +54,13 @@ def probe_models(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     return s, t
 
 
+def check_layer_options(opts: Any, cfg: DictConfig) -> None:
+    """method.student_layer / method.teacher_layer name stages the two models have."""
+    s, t = probe_models(cfg)
+    resolve_stage(s, opts.student_layer, "method.student_layer")
+    resolve_stage(t, opts.teacher_layer, "method.teacher_layer")
+
+
 class FeatureDistiller(Distiller):
     cacheable: ClassVar[bool] = False  # needs the teacher's intermediate features every step
 

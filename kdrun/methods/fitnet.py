@@ -15,9 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.features import Taps, resolve_stage
+from kdrun.features import Taps
 from kdrun.methods.base import register_method
-from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, probe_models, stage_pair
+from kdrun.methods.feature_base import (
+    FeatureDistiller,
+    FeatureOptions,
+    check_layer_options,
+    stage_pair,
+)
 
 
 def hint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -77,9 +82,7 @@ class FitNet(FeatureDistiller):
 
     @classmethod
     def check_options(cls, opts, cfg) -> None:
-        s, t = probe_models(cfg)
-        resolve_stage(s, opts.student_layer, "method.student_layer")
-        resolve_stage(t, opts.teacher_layer, "method.teacher_layer")
+        check_layer_options(opts, cfg)
 
     @classmethod
     def build(cls, cfg, ctx):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from kdrun.features import Taps, resolve_stage
 from kdrun.methods.base import register_method
-from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, probe_models
+from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check_layer_options
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:
@@ -53,9 +53,7 @@ class SP(FeatureDistiller):
 
     @classmethod
     def check_options(cls, opts, cfg) -> None:
-        s, t = probe_models(cfg)
-        resolve_stage(s, opts.student_layer, "method.student_layer")
-        resolve_stage(t, opts.teacher_layer, "method.teacher_layer")
+        check_layer_options(opts, cfg)
 
     @classmethod
     def build(cls, cfg, ctx):
