@@ -188,7 +188,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | Non
         with stop:
             m = run_pipeline(cfg, run_dir, Reporter(console, progress), should_stop=stop)
         history = m.pop("_history")
-        m.pop("_config")
         write_history(history, run_dir / "history.csv")
         atomic_write_json({**base, **m, "status": "completed",
                            "wall_seconds": time.perf_counter() - t0,

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.config import to_container
 from kdrun.data import DataBundle, load_data
 from kdrun.errors import CheckpointError, ConfigError
+from kdrun.losses import kl_soft
 from kdrun.methods import METHODS, HardLabels
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, count_params
@@ -29,6 +29,7 @@ from kdrun.store import (
     ArtifactStore,
     CorruptArtifact,
     atomic_torch_save,
+    content_key,
     load_weights,
     sha256_file,
 )
@@ -205,7 +206,7 @@ class Pipeline:
         """Train ``model`` once through the store (or load it); return it with its report."""
 
         def build(workdir: Path):
-            res = train(workdir / "partial.pt", content_fingerprint(spec))
+            res = train(workdir / "partial.pt", content_key(spec))
             meta = self._stage_meta(model, cfg_m, res)
             (workdir / "partial.pt").unlink(missing_ok=True)
             return res.best_state, meta
@@ -314,7 +315,7 @@ class Pipeline:
         model, self.reports[role] = self._stored_model(
             kind, {**spec, "model_cfg": model_cfg}, model, train, stage=role
         )
-        self.teacher_keys.append(f"{role}:{content_fingerprint(spec)}")
+        self.teacher_keys.append(f"{role}:{content_key(spec)}")
         return model
 
     def new_student(self, seed: int | None = None) -> nn.Module:
@@ -425,7 +426,7 @@ class Pipeline:
         distiller = method.build(cfg, self).to(self.device)
         cache = self.teacher_cache(distiller)
         ckpt_dir = self.run_dir / "checkpoints"
-        fp = content_fingerprint(
+        fp = content_key(
             {"cfg": resumable_config(cfg), "teachers": self.teacher_keys, "init": "student"}
         )
         res = self._fit(distiller, cfg.student.train, "student", student=True,
@@ -433,12 +434,6 @@ class Pipeline:
                         fingerprint=fp)  # fmt: skip
         self.history.extend(res.history)
         return distiller, res
-
-
-def content_fingerprint(spec: Any) -> str:
-    from kdrun.store import content_key
-
-    return content_key(spec)
 
 
 def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
@@ -484,9 +479,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "last_test_acc": last_test, "last_val_acc": res.last_val_acc,
         "best_epoch": res.best_epoch, "train_seconds": res.train_seconds,
         "agreement": agreement(s_logits),
-        "kl_to_teacher": None if t_logits is None else float(F.kl_div(
-            F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), reduction="batchmean",
-            log_target=True)),
+        "kl_to_teacher": None if t_logits is None else float(kl_soft(s_logits, t_logits, 1.0)),
         "per_class_acc": per_class_accuracy(s_pred, y, p.data.num_classes),
         "resumed_from_epoch": res.resumed_from_epoch,
     }  # fmt: skip
@@ -531,5 +524,4 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
 
     metrics.update(run_analyses(p, teacher, student, baseline, metrics))
     metrics["_history"] = p.history
-    metrics["_config"] = OmegaConf.to_container(cfg, resolve=True)
     return metrics
