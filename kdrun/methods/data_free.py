@@ -1,0 +1,154 @@
+"""Data-free (zero-shot) distillation: the student learns from a teacher and a generator only.
+
+A generator is trained against the frozen teacher with DAFL's losses (one-hot, activation,
+information entropy; Chen et al. 2019) and optionally DeepInversion's BatchNorm-statistics
+matching (``bn_weight``; Yin et al. 2020). With ``adversarial=true`` the generator instead
+maximises the student-teacher divergence (ZSKT, Micaelli & Storkey 2019; DFAD, Fang et al.
+2019), the student minimising it. The student is distilled with the run's KD loss (T, alpha;
+the "hard" labels are the teacher's arg-max) on generated images and never sees a real one:
+the training loop iterates over an empty placeholder set of ``steps_per_epoch`` x batch rows.
+
+The generator has its own Adam optimiser (DAFL: lr_G 0.2 on MNIST), stepped inside the
+forward pass; its state is part of the distiller's state dict, so the loop's checkpoints
+resume it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdrun.methods.base import Distiller, MethodOptions, register_method
+from kdrun.methods.data_free_losses import (
+    BNStatistics,
+    activation_loss,
+    information_entropy_loss,
+    one_hot_loss,
+)
+from kdrun.methods.losses import kd_loss, kl_soft
+from kdrun.models.generator import Generator
+
+
+@dataclass
+class DataFreeOptions(MethodOptions):
+    """Defaults: DAFL's MNIST recipe (huawei-noah DAFL README: --lr_G 0.2 --latent_dim 100
+    --oh 1 --ie 5 --a 0.1; 120 iterations per epoch); DeepInversion off by default."""
+
+    name: str = "data_free"
+    latent_dim: int = 100
+    generator_width: int = 128
+    generator_lr: float = 0.2
+    steps_per_epoch: int = 120  # generated batches per student epoch
+    oh_weight: float = 1.0
+    activation_weight: float = 0.1
+    ie_weight: float = 5.0
+    bn_weight: float = 0.0  # DeepInversion; needs BatchNorm layers in the teacher
+    adversarial: bool = False
+    student_steps: int = 1  # adversarial: student updates per generator update (DFAD: 5)
+    grid_per_class: int = 8  # generated images per class in the PNG grid
+
+
+class _Features:
+    """The teacher's classifier input, captured on each forward (DAFL's f_T)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        net.get_submodule(net.kd_head).register_forward_pre_hook(self._hook)
+
+    def _hook(self, _m: nn.Module, args: tuple) -> None:
+        self.value = args[0]
+
+
+@register_method("data_free")
+class DataFree(Distiller):
+    Options = DataFreeOptions
+    cacheable = False  # every batch is new: nothing to cache
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, generator: Generator,
+        opts: DataFreeOptions, T: float, alpha: float, seed: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__(student, teacher)
+        self.generator, self.opts, self.T, self.alpha = generator, opts, T, alpha
+        self.g_opt = torch.optim.Adam(generator.parameters(), lr=opts.generator_lr)
+        self.z_gen = torch.Generator().manual_seed(seed)
+        self.features = _Features(self.teacher)
+        self.bn = BNStatistics(self.teacher) if opts.bn_weight > 0 else None
+        self.steps = 0
+
+    @classmethod
+    def build(cls, cfg, ctx) -> DataFree:
+        opts = cls.options(cfg.method)
+        student = ctx.new_student()
+        torch.manual_seed(cfg.seed + 2)  # the generator's own init, apart from the student's
+        gen = Generator(ctx.data.in_shape, opts.latent_dim, opts.generator_width)
+        return cls(student, ctx.teacher(), gen, opts, cfg.T, cfg.alpha, cfg.seed)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The student's: the generator has its own optimiser."""
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def generator_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's weighted losses on a generated batch ``x`` (graph kept to G)."""
+        o = self.opts
+        if self.bn is not None:
+            self.bn.reset()
+        t = self.teacher(x)
+        if o.adversarial:  # maximise what the student still gets wrong
+            parts = {"gen_adv": -kl_soft(self.student(x), t, self.T)}
+        else:
+            parts = {
+                "gen_oh": o.oh_weight * one_hot_loss(t),
+                "gen_act": o.activation_weight * activation_loss(self.features.value),
+                "gen_ie": o.ie_weight * information_entropy_loss(t),
+            }
+        if self.bn is not None:
+            parts["gen_bn"] = o.bn_weight * self.bn.loss()
+        return parts
+
+    def generator_step(self, n: int) -> dict[str, torch.Tensor]:
+        self.student.requires_grad_(False)  # the adversarial term must not move the student
+        try:
+            parts = self.generator_losses(self.generator(self.generator.sample(n, self.z_gen)))
+            self.g_opt.zero_grad(set_to_none=True)
+            sum(parts.values()).backward()
+            self.g_opt.step()
+        finally:
+            self.student.requires_grad_(True)
+        return {k: v.detach() for k, v in parts.items()}
+
+    def forward(self, x, y, idx, teacher_out):
+        """``x`` is the placeholder batch (no pixels): only its size is used."""
+        n = len(idx)
+        logged: dict[str, torch.Tensor] = {}
+        if not self.opts.adversarial or self.steps % max(1, self.opts.student_steps) == 0:
+            logged = self.generator_step(n)
+        self.steps += 1
+        with torch.no_grad():
+            images = self.generator(self.generator.sample(n, self.z_gen))
+            t = self.teacher(images)
+        logits = self.student(images)
+        losses = kd_loss(logits, t, t.argmax(1), self.T, self.alpha)
+        return logits, {**losses, **logged}
+
+    # the generator's optimiser and step count travel in the state dict (checkpoints)
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"g_opt": self.g_opt.state_dict(), "steps": self.steps,
+                "z_gen": self.z_gen.get_state()}  # fmt: skip
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.steps = int(state["steps"])
+        self.z_gen.set_state(state["z_gen"])
+
+    @torch.no_grad()
+    def samples(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n generated images from a fixed latent draw (for pictures), in eval mode."""
+        was = self.generator.training
+        self.generator.eval()
+        out = self.generator(self.generator.sample(n, torch.Generator().manual_seed(seed)))
+        self.generator.train(was)
+        return out
