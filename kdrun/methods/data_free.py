@@ -16,11 +16,14 @@ resume it too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdrun.condense.synthetic import save_class_grid
+from kdrun.data import DataBundle
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.data_free_losses import (
     BNStatistics,
@@ -77,7 +80,9 @@ class DataFree(Distiller):
         self.z_gen = torch.Generator().manual_seed(seed)
         self.features = _Features(self.teacher)
         self.bn = BNStatistics(self.teacher) if opts.bn_weight > 0 else None
-        self.steps = 0
+        self.steps = 0  # student updates (each on a freshly generated batch)
+        self.generator_updates = 0
+        self.samples_seen = 0  # generated images the student trained on
 
     @classmethod
     def build(cls, cfg, ctx) -> DataFree:
@@ -116,6 +121,7 @@ class DataFree(Distiller):
             self.g_opt.zero_grad(set_to_none=True)
             sum(parts.values()).backward()
             self.g_opt.step()
+            self.generator_updates += 1
         finally:
             self.student.requires_grad_(True)
         return {k: v.detach() for k, v in parts.items()}
@@ -123,6 +129,7 @@ class DataFree(Distiller):
     def forward(self, x, y, idx, teacher_out):
         """``x`` is the placeholder batch (no pixels): only its size is used."""
         n = len(idx)
+        self.samples_seen += n
         logged: dict[str, torch.Tensor] = {}
         if not self.opts.adversarial or self.steps % max(1, self.opts.student_steps) == 0:
             logged = self.generator_step(n)
@@ -137,11 +144,14 @@ class DataFree(Distiller):
     # the generator's optimiser and step count travel in the state dict (checkpoints)
     def get_extra_state(self) -> dict[str, Any]:
         return {"g_opt": self.g_opt.state_dict(), "steps": self.steps,
+                "generator_updates": self.generator_updates, "samples": self.samples_seen,
                 "z_gen": self.z_gen.get_state()}  # fmt: skip
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.g_opt.load_state_dict(state["g_opt"])
         self.steps = int(state["steps"])
+        self.generator_updates = int(state["generator_updates"])
+        self.samples_seen = int(state["samples"])
         self.z_gen.set_state(state["z_gen"])
 
     @torch.no_grad()
@@ -152,3 +162,40 @@ class DataFree(Distiller):
         out = self.generator(self.generator.sample(n, torch.Generator().manual_seed(seed)))
         self.generator.train(was)
         return out
+
+    # ---- what the pipeline asks of a method that brings its own transfer set ----------
+    def transfer_set(self, data: DataBundle, batch_size: int) -> DataBundle:
+        """A placeholder training split of ``steps_per_epoch`` x ``batch_size`` rows with no
+        pixels and no validation rows (selection would need labelled real data): the loop
+        only counts through it while ``forward`` generates the images."""
+        n = self.opts.steps_per_epoch * batch_size
+        dev = data.y_test.device
+        none = torch.zeros(0, dtype=torch.long, device=dev)
+        return DataBundle(
+            name=f"{data.name}:generated", x_train=torch.zeros(n, 0, device=dev),
+            y_train=torch.zeros(n, dtype=torch.long, device=dev),
+            x_val=torch.zeros(0, *data.in_shape, device=dev), y_val=none,
+            x_test=data.x_test, y_test=data.y_test, num_classes=data.num_classes,
+            class_names=data.class_names, mean=data.mean, std=data.std,
+            student_idx=torch.arange(n, device=dev), student_val_idx=none,
+        )  # fmt: skip
+
+    def report(self, data: DataBundle, run_dir: Path, seconds: float) -> dict[str, Any]:
+        """``data_free`` metrics and a PNG of generated images sorted by the teacher's class."""
+        n_show = self.opts.grid_per_class
+        x = self.samples(max(256, 20 * n_show * data.num_classes))
+        with torch.no_grad():
+            pred = self.teacher(x).argmax(1).cpu()
+        pix = x.cpu() * data.std.cpu()[None, :, None, None] + data.mean.cpu()[None, :, None, None]
+        save_class_grid(pix.clamp(0, 1), pred, list(data.class_names),
+                        run_dir / "generated.png", n_show,
+                        "generated images, by the teacher's class")  # fmt: skip
+        counts = torch.bincount(pred, minlength=data.num_classes)
+        return {
+            "generator_steps": self.generator_updates,
+            "student_steps": self.steps,
+            "samples": self.samples_seen,
+            "seconds": seconds,
+            "teacher_class_share": (counts.float() / len(pred)).tolist(),
+            "adversarial": self.opts.adversarial,
+        }
