@@ -10,7 +10,6 @@ from kdrun.condense.synthetic import (
     SyntheticSet,
     class_rows,
     initial_images,
-    save_class_grid,
     save_grid,
 )
 
@@ -18,5 +17,5 @@ __all__ = [
     "AUGMENTS", "CONDENSERS", "CondenseConfig", "CondenseResult", "Condenser", "SyntheticSet",
     "class_rows", "condense_images", "dc_loops", "dsa", "embedder", "gradient_match_loss",
     "initial_images", "layer_gradient_distance", "mean_embedding_loss", "parse_strategy",
-    "register_condenser", "save_class_grid", "save_grid",
+    "register_condenser", "save_grid",
 ]  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from kdrun.config.condense import CondenseConfig
 from kdrun.errors import ConfigError
 
 
@@ -120,6 +121,8 @@ class KdrunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: str | None = None  # name of the recipe, set by experiment/*.yaml
+    kind: str = "distill"  # what the job does (kdrun.experiments.KINDS): distill | condense
+    condense: CondenseConfig = field(default_factory=CondenseConfig)  # kind=condense only
 
 
 def register_configs() -> None:

@@ -33,12 +33,14 @@ from kdrun.condense import (
     parse_strategy,
     save_grid,
 )
-from kdrun.condense.anchors import anchors_for
+from kdrun.condense.anchors import anchors_for, condense_table
 from kdrun.condense.evaluate import EvalSpec, random_real_subset, train_and_test
 from kdrun.config import ModelConfig, to_container
-from kdrun.engine import predict
+from kdrun.engine import predict, resolve_device, set_threads
 from kdrun.errors import ConfigError
-from kdrun.models import build_model
+from kdrun.experiments.kinds import register_kind
+from kdrun.experiments.pipeline import Pipeline, data_spec
+from kdrun.models import build_model, count_params
 from kdrun.store import CorruptArtifact, atomic_torch_save, content_key
 
 log = logging.getLogger("kdrun")
@@ -87,7 +89,7 @@ def learn_images(p, opts: CondenseConfig) -> tuple[dict[str, Any], bool]:
     """The synthetic images of this data set and options, from the store or learned now."""
     d = p.data
     spec = {
-        "data": p.data_spec(), "seed": p.cfg.seed,
+        "data": data_spec(p.cfg, student=False), "seed": p.cfg.seed,
         "condense": {k: v for k, v in vars(opts).items() if k not in EVAL_ONLY},
     }  # fmt: skip
     n = d.num_classes * opts.ipc
@@ -174,6 +176,30 @@ def run_condense(p) -> dict[str, Any]:
     return _metrics(p, opts, syn, learned, from_store, accs, teacher, baseline)
 
 
+@register_kind("condense")
+def run_condense_job(cfg, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
+    """The ``condense`` kind: kdrun.experiments.run_job calls it for ``kind=condense``."""
+    set_threads(cfg.runtime.num_threads)
+    p = Pipeline(cfg, run_dir, resolve_device(cfg.device), reporter)
+    if should_stop is not None:
+        p.should_stop = should_stop
+    m = run_condense(p)
+    reporter.console.print(condense_table({"dataset": cfg.dataset.name, "T": cfg.T, **m}))
+    return m
+
+
+def _rows(p, c: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
+    """The evaluation net's results as rows of the run table (mean over seeds)."""
+    name = p.cfg.student.name
+    params = count_params(_eval_net(p, 0))
+    row = {"model": name, "params": params, "train_seconds": seconds, "from_cache": False}
+    rows = {f"synthetic ({c['method']})": {**row, "test_acc": c["synthetic_acc"]}}
+    if c.get("synthetic_soft_acc") is not None:
+        rows["synthetic + soft labels"] = {**row, "test_acc": c["synthetic_soft_acc"]}
+    rows["random real"] = {**row, "test_acc": c["random_real_acc"], "train_seconds": 0.0}
+    return rows
+
+
 def _metrics(p, opts, syn, learned, from_store, accs, teacher, baseline) -> dict[str, Any]:
     d = p.data
     c: dict[str, Any] = {"method": opts.method, "ipc": opts.ipc}
@@ -198,8 +224,14 @@ def _metrics(p, opts, syn, learned, from_store, accs, teacher, baseline) -> dict
         "student": None,
         "kd_gain": None,
         "condense": c,
+        "extra_models": _rows(p, c, learned["seconds"]),
+        "stage_labels": {"baseline": "full training split"},
         "from_store": p.from_store,
-        "data": {"train_size": len(d.y_train), "val_size": len(d.y_val),
-                 "test_size": len(d.y_test), "num_classes": d.num_classes},  # fmt: skip
+        "data": {
+            "train_size": len(d.y_train),
+            "val_size": len(d.y_val),
+            "test_size": len(d.y_test),
+            "num_classes": d.num_classes,
+        },  # fmt: skip
         "_history": history + p.history,
     }

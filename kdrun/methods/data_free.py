@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdrun.condense.synthetic import save_class_grid
 from kdrun.data import DataBundle
+from kdrun.errors import ConfigError
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.data_free_losses import (
     BNStatistics,
@@ -33,6 +33,7 @@ from kdrun.methods.data_free_losses import (
 )
 from kdrun.methods.losses import kd_loss, kl_soft
 from kdrun.models.generator import Generator
+from kdrun.report.images import save_class_grid
 
 
 @dataclass
@@ -69,6 +70,7 @@ class _Features:
 class DataFree(Distiller):
     Options = DataFreeOptions
     cacheable = False  # every batch is new: nothing to cache
+    stage_labels = {"baseline": "baseline (real data)", "student": "distilled (data-free)"}
 
     def __init__(
         self, student: nn.Module, teacher: nn.Module, generator: Generator,
@@ -85,12 +87,33 @@ class DataFree(Distiller):
         self.samples_seen = 0  # generated images the student trained on
 
     @classmethod
+    def check_config(cls, cfg) -> None:
+        opts = cls.options(cfg.method)
+        for key in ("latent_dim", "generator_width", "steps_per_epoch", "student_steps"):
+            if getattr(opts, key) < 1:
+                raise ConfigError(f"method.{key} must be >= 1 (got {getattr(opts, key)})")
+        if opts.generator_lr <= 0:
+            raise ConfigError(f"method.generator_lr must be > 0 (got {opts.generator_lr})")
+
+    @classmethod
     def build(cls, cfg, ctx) -> DataFree:
         opts = cls.options(cfg.method)
+        shape = tuple(ctx.data.in_shape)
+        if len(shape) != 3 or min(shape[1:]) < 4:
+            raise ConfigError(
+                f"method=data_free generates images, but dataset={cfg.dataset.name} has inputs "
+                f"of shape {shape}, not (C, H, W) images; use an image data set or another method"
+            )
+        teacher = ctx.teacher()
+        if opts.bn_weight > 0 and not BNStatistics(teacher).layers:
+            raise ConfigError(
+                f"method.bn_weight={opts.bn_weight} matches BatchNorm statistics, but "
+                f"teacher={cfg.teacher.name} has no BatchNorm layer; set method.bn_weight=0"
+            )
         student = ctx.new_student()
         torch.manual_seed(cfg.seed + 2)  # the generator's own init, apart from the student's
-        gen = Generator(ctx.data.in_shape, opts.latent_dim, opts.generator_width)
-        return cls(student, ctx.teacher(), gen, opts, cfg.T, cfg.alpha, cfg.seed)
+        gen = Generator(shape, opts.latent_dim, opts.generator_width)
+        return cls(student, teacher, gen, opts, cfg.T, cfg.alpha, cfg.seed)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's: the generator has its own optimiser."""
@@ -121,6 +144,7 @@ class DataFree(Distiller):
             self.g_opt.zero_grad(set_to_none=True)
             sum(parts.values()).backward()
             self.g_opt.step()
+            self.g_opt.zero_grad(set_to_none=True)  # nothing of this step lingers
             self.generator_updates += 1
         finally:
             self.student.requires_grad_(True)
@@ -179,6 +203,14 @@ class DataFree(Distiller):
             class_names=data.class_names, mean=data.mean, std=data.std,
             student_idx=torch.arange(n, device=dev), student_val_idx=none,
         )  # fmt: skip
+
+    def real_images_seen(self, data: DataBundle) -> int:
+        return 0
+
+    def extra_metrics(self, p) -> dict[str, Any]:
+        """metrics.json ``data_free{...}`` (the pipeline asks every method for extras)."""
+        seconds = sum(r["seconds"] for r in p.history if r.get("stage") == "student")
+        return {"data_free": self.report(p.data, p.run_dir, seconds)}
 
     def report(self, data: DataBundle, run_dir: Path, seconds: float) -> dict[str, Any]:
         """``data_free`` metrics and a PNG of generated images sorted by the teacher's class."""

@@ -3,7 +3,7 @@
 Importing this package registers every built-in model (basic, then the CIFAR families).
 """
 
-from kdrun.models import basic, cifar  # noqa: F401  (registration)
+from kdrun.models import basic, cifar, convnet  # noqa: F401  (registration)
 from kdrun.models.basic import MLP, SmallCNN
 from kdrun.models.registry import MODELS, build_model, count_params, register_model
 
