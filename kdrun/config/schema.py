@@ -71,6 +71,7 @@ class DatasetConfig:
     augment: bool = False  # batched random crop + flip (image sets)
     crop_padding: int = 4
     hflip: bool = True
+    path: str | None = None  # dataset=synthetic: the synthetic.pt of an experiment=condense run
 
 
 @dataclass

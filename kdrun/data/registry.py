@@ -18,6 +18,9 @@ class RawData:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # A loader whose classes depend on its file (dataset=synthetic) names them here; None =
+    # the registered class names.
+    class_names: list[str] | None = None
 
 
 @dataclass
