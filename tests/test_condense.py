@@ -136,7 +136,8 @@ def _toy(n_per=20, classes=3):
 def test_condensation_resumes_exactly_after_a_stop(method, tmp_path):
     x, y = _toy()
     opts = CondenseConfig(method=method, ipc=2, iterations=6, batch_real=8, lr_img=0.1,
-                          init="noise", checkpoint_every=2, outer_loop=2, inner_loop=1)  # fmt: skip
+                          init="noise", checkpoint_every=2, outer_loop=2, inner_loop=1,
+                          dsa_strategy="crop_flip")  # fmt: skip
     full = condense_images(opts, _Tiny, x, y, 3, seed=0)
     assert full.images.shape == (6, 1, 4, 4) and full.labels.tolist() == [0, 0, 1, 1, 2, 2]
     ck = tmp_path / "ck.pt"

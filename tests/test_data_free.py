@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from kdrun.config import TrainConfig
+from kdrun.data import DataBundle
+from kdrun.engine import fit
+from kdrun.errors import ConfigError, Interrupted
 from kdrun.methods.data_free import DataFree, DataFreeOptions
 from kdrun.methods.data_free_losses import activation_loss, information_entropy_loss, one_hot_loss
 from kdrun.models.generator import Generator
@@ -72,10 +79,10 @@ def test_dafl_generator_loss_is_the_weighted_sum_of_its_terms():
 def test_adversarial_generator_ascends_the_student_teacher_divergence():
     d = _distiller(adversarial=True, generator_lr=0.05)
     z = d.generator.sample(64, torch.Generator().manual_seed(3))
-    before = -float(d.generator_losses(d.generator(z))["gen_adv"])
+    before = -float(d.generator_losses(d.generator(z))["gen_adv"].detach())
     for _ in range(5):
         d.generator_step(64)
-    after = -float(d.generator_losses(d.generator(z))["gen_adv"])
+    after = -float(d.generator_losses(d.generator(z))["gen_adv"].detach())
     assert after > before  # the generator found images the student gets more wrong
 
 
@@ -90,3 +97,82 @@ def test_extra_state_roundtrips_generator_optimiser_and_counters():
     assert torch.equal(e.z_gen.get_state(), d.z_gen.get_state())
     g_state = e.g_opt.state_dict()["state"]
     assert g_state and all(int(s["step"]) == 3 for s in g_state.values())
+
+
+class _Ctx:
+    """A BuildContext stand-in: a teacher and a student of one tiny conv net."""
+
+    def __init__(self, shape):
+        self.data = type("D", (), {"in_shape": shape, "num_classes": 3})()
+
+    def teacher(self):
+        return _Net()
+
+    def new_student(self, seed=None):
+        return _Net()
+
+
+def _cfg(**method):
+    return OmegaConf.create({
+        "method": {"name": "data_free", **method}, "seed": 0, "T": 4.0, "alpha": 0.9,
+        "dataset": {"name": "toy"}, "teacher": {"name": "lenet5", "train": {}},
+    })  # fmt: skip
+
+
+def test_a_generator_for_a_non_image_data_set_is_one_line():
+    with pytest.raises(ConfigError, match="generates images.*not \\(C, H, W\\) images"):
+        DataFree.build(_cfg(), _Ctx((64,)))
+
+
+def test_bn_weight_with_a_teacher_without_batchnorm_is_one_line():
+    with pytest.raises(ConfigError, match="teacher=lenet5 has no BatchNorm layer"):
+        DataFree.build(_cfg(bn_weight=0.1), _Ctx((1, 8, 8)))
+
+
+def test_bad_options_are_one_line():
+    with pytest.raises(ConfigError, match="method.steps_per_epoch must be >= 1"):
+        DataFree.check_config(_cfg(steps_per_epoch=0))
+    with pytest.raises(ConfigError, match="method.generatr_lr"):
+        DataFree.check_config(_cfg(generatr_lr=0.1))
+
+
+def _digits_like():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 1, 8, 8, generator=g)
+    y = torch.arange(3).repeat(10)
+    return DataBundle(
+        name="toy", x_train=x, y_train=y, x_val=x[:6], y_val=y[:6], x_test=x, y_test=y,
+        num_classes=3, class_names=["a", "b", "c"], mean=torch.zeros(1), std=torch.ones(1),
+        student_idx=torch.arange(30), student_val_idx=torch.arange(6),
+    )  # fmt: skip
+
+
+def _train(ckpt, stop_at=None):
+    d = _distiller(steps_per_epoch=4)
+    data = d.transfer_set(_digits_like(), 8)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return stop_at is not None and calls["n"] == stop_at
+
+    recipe = TrainConfig(epochs=2, batch_size=8, lr=0.01)
+    res = fit(d, data, recipe, stage="student", seed=0, train_idx=data.student_idx,
+              val_idx=data.student_val_idx, checkpoint=ckpt, fingerprint="f",
+              should_stop=stop)  # fmt: skip
+    return d, res
+
+
+def test_the_student_loop_sees_no_real_image_and_resumes_exactly(tmp_path):
+    d, full = _train(None)
+    assert d.real_images_seen(_digits_like()) == 0
+    assert d.samples_seen == 2 * 4 * 8 and d.generator_updates == 8
+    assert math.isnan(full.best_val_acc)  # no validation rows: the last epoch is the result
+    with pytest.raises(Interrupted):
+        _train(tmp_path / "ck.pt", stop_at=6)  # mid-epoch 2: the generator state is saved too
+    d2, resumed = _train(tmp_path / "ck.pt")
+    assert resumed.resumed_from_epoch == 1
+    for k, v in full.last_state.items():
+        assert torch.allclose(v, resumed.last_state[k], atol=1e-6), k
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in
+               zip(d.generator.parameters(), d2.generator.parameters(), strict=True))  # fmt: skip

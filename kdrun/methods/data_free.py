@@ -32,8 +32,11 @@ from kdrun.methods.data_free_losses import (
     one_hot_loss,
 )
 from kdrun.methods.losses import kd_loss, kl_soft
+from kdrun.models import build_model
 from kdrun.models.generator import Generator
 from kdrun.report.images import save_class_grid
+
+_BN = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
@@ -104,12 +107,14 @@ class DataFree(Distiller):
                 f"method=data_free generates images, but dataset={cfg.dataset.name} has inputs "
                 f"of shape {shape}, not (C, H, W) images; use an image data set or another method"
             )
-        teacher = ctx.teacher()
-        if opts.bn_weight > 0 and not BNStatistics(teacher).layers:
+        # checked on an untrained instance, before the teacher is trained
+        probe = build_model(cfg.teacher, shape, ctx.data.num_classes)
+        if opts.bn_weight > 0 and not any(isinstance(m, _BN) for m in probe.modules()):
             raise ConfigError(
                 f"method.bn_weight={opts.bn_weight} matches BatchNorm statistics, but "
                 f"teacher={cfg.teacher.name} has no BatchNorm layer; set method.bn_weight=0"
             )
+        teacher = ctx.teacher()
         student = ctx.new_student()
         torch.manual_seed(cfg.seed + 2)  # the generator's own init, apart from the student's
         gen = Generator(shape, opts.latent_dim, opts.generator_width)
