@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from kdrun.condense import (
@@ -25,7 +26,8 @@ from kdrun.condense import (
     parse_strategy,
     save_grid,
 )
-from kdrun.errors import Interrupted
+from kdrun.errors import ConfigError, Interrupted
+from kdrun.experiments.condense import check_class_counts, check_options
 
 
 def test_mean_embedding_loss_formula_and_zero_at_equal_means():
@@ -176,3 +178,26 @@ def test_synthetic_set_roundtrip_and_grid(tmp_path):
     assert float(back.pixels().min()) >= 0 and float(back.pixels().max()) <= 1
     save_grid(back, tmp_path / "grid.png", "toy")
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"method": "dd"}, "unknown condense.method 'dd'; choose one of: dc, dm"),
+        ({"init": "zeros"}, "condense.init must be real or noise"),
+        ({"ipc": 0}, "condense.ipc must be >= 1"),
+        ({"dsa_strategy": "crop_blur"}, "condense.dsa_strategy: unknown DSA op"),
+    ],
+)
+def test_condense_options_are_checked_before_any_work(override, message):
+    cfg = OmegaConf.create({"condense": override})
+    with pytest.raises(ConfigError, match=message):
+        check_options(cfg)
+
+
+def test_ipc_beyond_a_class_count_with_real_init_is_one_line():
+    y = torch.tensor([0, 0, 0, 1, 1])
+    opts = CondenseConfig(ipc=3, init="real")
+    with pytest.raises(ConfigError, match="class 1 has only 2 training images.*init=noise"):
+        check_class_counts(opts, y, 2)
+    check_class_counts(CondenseConfig(ipc=3, init="noise"), y, 2)  # noise needs no real rows

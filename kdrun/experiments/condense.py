@@ -56,8 +56,9 @@ def condense_options(cfg) -> CondenseConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def check_condense(opts: CondenseConfig, y_train: torch.Tensor, num_classes: int) -> None:
-    """Impossible settings, as one line each, before anything is trained."""
+def check_options(cfg) -> None:
+    """The ``condense`` group's impossible values, as one line each, before any work."""
+    opts = condense_options(cfg)
     if opts.method not in CONDENSERS:
         raise ConfigError(f"unknown condense.method '{opts.method}'; choose one of: "
                           f"{', '.join(sorted(CONDENSERS))}")  # fmt: skip
@@ -70,6 +71,10 @@ def check_condense(opts: CondenseConfig, y_train: torch.Tensor, num_classes: int
         parse_strategy(opts.dsa_strategy)
     except ValueError as e:
         raise ConfigError(f"condense.dsa_strategy: {e}") from None
+
+
+def check_class_counts(opts: CondenseConfig, y_train: torch.Tensor, num_classes: int) -> None:
+    """With init=real, every class needs ``ipc`` real images (known once the data is loaded)."""
     counts = [len(r) for r in class_rows(y_train.cpu(), num_classes)]
     if opts.init == "real" and opts.ipc > min(counts):
         c = int(np.argmin(counts))
@@ -160,7 +165,7 @@ def run_condense(p) -> dict[str, Any]:
     """Everything ``experiment=condense`` computes; returns the job's metrics."""
     cfg, d = p.cfg, p.data
     opts = condense_options(cfg)
-    check_condense(opts, d.y_train, d.num_classes)
+    check_class_counts(opts, d.y_train, d.num_classes)
     learned, from_store = learn_images(p, opts)
     syn = SyntheticSet(learned["images"], learned["labels"], d.mean.cpu(), d.std.cpu(),
                        dataset=d.name, class_names=list(d.class_names))  # fmt: skip
@@ -176,7 +181,7 @@ def run_condense(p) -> dict[str, Any]:
     return _metrics(p, opts, syn, learned, from_store, accs, teacher, baseline)
 
 
-@register_kind("condense")
+@register_kind("condense", check=check_options)
 def run_condense_job(cfg, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
     """The ``condense`` kind: kdrun.experiments.run_job calls it for ``kind=condense``."""
     set_threads(cfg.runtime.num_threads)
