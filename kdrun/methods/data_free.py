@@ -15,6 +15,7 @@ resume it too.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,12 +186,10 @@ class DataFree(Distiller):
 
     @torch.no_grad()
     def samples(self, n: int, seed: int = 0) -> torch.Tensor:
-        """n generated images from a fixed latent draw (for pictures), in eval mode."""
-        was = self.generator.training
-        self.generator.eval()
-        out = self.generator(self.generator.sample(n, torch.Generator().manual_seed(seed)))
-        self.generator.train(was)
-        return out
+        """n generated images from a fixed latent draw, as the student saw them: in training
+        mode (batch statistics), on a copy so the generator's running statistics stay put."""
+        gen = copy.deepcopy(self.generator).train()
+        return gen(gen.sample(n, torch.Generator().manual_seed(seed)))
 
     # ---- what the pipeline asks of a method that brings its own transfer set ----------
     def transfer_set(self, data: DataBundle, batch_size: int) -> DataBundle:
