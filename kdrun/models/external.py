@@ -2,7 +2,7 @@
 
 Registered as ``teacher=``/``student=`` config groups like kdrun's own models; each builder
 takes (model config, input shape, class count) and returns a model whose feature stages are
-found by probing (``kdrun.ext_stages``), so feature methods work on it unchanged.
+found by probing (``kdrun.models.stages``), so feature methods work on it unchanged.
 
 Loading never runs code the user did not ask for: weight files are ``.safetensors`` or
 ``torch.load(weights_only=True)`` state dicts, Hugging Face models load with
@@ -12,6 +12,7 @@ the user's command line or config files.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -25,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.errors import CheckpointError, ConfigError, one_line
-from kdrun.ext_stages import annotate
-from kdrun.models import register_model
-from kdrun.store import CorruptArtifact, UnsafeFile, load_weights
+from kdrun.models.registry import register_model
+from kdrun.models.stages import annotate
+from kdrun.store import CorruptArtifact, UnsafeFile, load_weights, sha256_file
 
 # Names of the extras that install each optional library (pyproject.toml).
 EXTRAS = {"timm": "timm", "transformers": "hf", "onnx": "onnx", "onnxruntime": "onnx"}
@@ -189,6 +190,25 @@ def preprocessing(cfg: Any) -> Preprocessing | None:
     """The data transform a pretrained model's own config prescribes (None: none prescribed)."""
     fn = PREPROCESSING.get(str(_opt(cfg, "name", "")))
     return fn(cfg) if fn is not None else None
+
+
+def weights_identity(cfg: Any) -> str | None:
+    """What the loaded weights *are*, for store keys: a file's SHA-256 (a path alone would let
+    a changed file reuse results of the old one), a Hugging Face directory's files' hashes,
+    or the name of a published checkpoint."""
+    weights, path = _opt(cfg, "weights"), _opt(cfg, "path")
+    if weights and str(weights) in ("DEFAULT", "hub"):
+        return f"{_opt(cfg, 'name')}:{_opt(cfg, 'arch')}:{weights}"
+    if weights:
+        p = Path(str(weights)).expanduser()
+        return f"sha256:{sha256_file(p)}" if p.is_file() else None
+    if _opt(cfg, "name") == "hf" and path and Path(path).expanduser().is_dir():
+        h = hashlib.sha256()
+        for f in sorted(Path(path).expanduser().rglob("*")):
+            if f.is_file():
+                h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+        return f"hf:{h.hexdigest()}"
+    return None
 
 
 def is_pretrained(cfg: Any) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kdrun.data.registry import DATASETS, register_dataset
+from kdrun.data.rows import GRAY_MODES, FileRows, U8Rows, decode_image, image_array
 from kdrun.errors import ConfigError, DataError, one_line
-from kdrun.ext_rows import GRAY_MODES, FileRows, U8Rows, decode_image, image_array
 from kdrun.store import sha256_file
 
 log = logging.getLogger("kdrun")
@@ -201,6 +202,7 @@ def _decode_all(
     return out, ok, sums, sq
 
 
+@register_dataset("image_folder", 0, [], external=True)
 def load_image_folder(cfg: Any, hints: LoadHints) -> ExternalRaw:
     """``DIR/train/<class>/*``, ``DIR/test/<class>/*`` and optionally ``DIR/val/<class>/*``."""
     if not cfg.get("root"):
@@ -314,6 +316,7 @@ def _labels(y: np.ndarray, n: int, name: str, path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
+@register_dataset("tensors", 0, [], external=True)
 def load_tensors(cfg: Any, hints: LoadHints) -> ExternalRaw:
     """``x_train, y_train, x_test, y_test`` (+ ``x_val, y_val``, ``class_names``) from one .npz."""
     if not cfg.get("path"):
@@ -519,6 +522,7 @@ def hints_mean_std(raw: ExternalRaw, cfg: Any, hints: LoadHints) -> None:
     raw.mean, raw.std = mean, std
 
 
+@register_dataset("hf", 0, [], external=True)
 def load_hf(cfg: Any, hints: LoadHints) -> ExternalRaw:
     try:
         import datasets  # optional extra: imported only when asked for
@@ -529,15 +533,8 @@ def load_hf(cfg: Any, hints: LoadHints) -> ExternalRaw:
     return load_hf_dataset(cfg, hints, datasets)
 
 
-LOADERS: dict[str, Callable[[Any, LoadHints], ExternalRaw]] = {
-    "image_folder": load_image_folder,
-    "tensors": load_tensors,
-    "hf": load_hf,
-}
-
-
 def load_external(name: str, cfg: Any, hints: LoadHints) -> ExternalRaw:
     """Load an external data set and settle its normalisation statistics."""
-    raw = LOADERS[name](cfg, hints)
+    raw = DATASETS[name].load(cfg, hints)
     hints_mean_std(raw, cfg, hints)
     return raw

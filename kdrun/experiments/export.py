@@ -1,7 +1,7 @@
 """``kdrun export RUN_DIR --format onnx|torchscript|safetensors [--out FILE]``.
 
 Writes the distilled student alone (its own weights, never a teacher's) and, beside it,
-``<FILE>.json`` with what a user needs to feed it: input shape, pixel scale, mean, std and
+``FILE.json`` with what a user needs to feed it: input shape, pixel scale, mean, std and
 class names. The ONNX file is checked against PyTorch on 64 test inputs with onnxruntime.
 """
 
@@ -19,12 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.errors import CheckpointError, ConfigError, KdrunError, one_line
-from kdrun.ext_models import load_state_file, require
-from kdrun.models import build_model
+from kdrun.models import build_model, load_state_file, require
 from kdrun.store import atomic_write, atomic_write_json
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 PREPROCESSING_FILE = "preprocessing.json"  # written by the run into checkpoints/
 ONNX_TOLERANCE = 1e-4
 N_CHECK = 64
@@ -78,6 +77,8 @@ def _student_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def load_student(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The run's distilled student (eval mode, CPU) and its preprocessing record."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a directory; give a kdrun run directory")
     rec_p = run_dir / "checkpoints" / PREPROCESSING_FILE
     if not rec_p.is_file():
         raise CheckpointError(
@@ -102,13 +103,17 @@ def _save_safetensors(model: nn.Module, _x: torch.Tensor, out: Path) -> None:
 
 
 def _save_torchscript(model: nn.Module, x: torch.Tensor, out: Path) -> None:
-    with torch.no_grad():
+    # TorchScript is deprecated upstream in favour of torch.export, but it is still what
+    # C++ (libtorch) and mobile runtimes load; the warnings say nothing the user can act on.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, x, check_trace=False)
-    atomic_write(out, lambda f: torch.jit.save(traced, f))
+        atomic_write(out, lambda f: torch.jit.save(traced, f))
 
 
 def _save_onnx(model: nn.Module, x: torch.Tensor, out: Path) -> None:
     require("onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     # The TorchScript-based exporter: seconds faster than the torch.export one for these
     # small feed-forward students, and its graph is checked against onnxruntime below.
@@ -154,7 +159,7 @@ def export_run(
         else torch.randn(N_CHECK, *rec["input_shape"], generator=torch.Generator().manual_seed(0))
     )
     SAVERS[fmt](model, x[:2], out)
-    sidecar = out.with_suffix(".json")
+    sidecar = out.with_name(out.name + ".json")
     atomic_write_json({**rec, "format": fmt, "file": out.name, "run": str(run_dir)}, sidecar)
     diff = None
     if fmt == "onnx":
