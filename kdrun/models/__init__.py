@@ -12,6 +12,7 @@ from kdrun.models.external import (
     preprocessing,
     require,
     weights_identity,
+    with_weights,
 )
 from kdrun.models.registry import MODELS, build_model, count_params, register_model
 
@@ -28,4 +29,5 @@ __all__ = [
     "register_model",
     "require",
     "weights_identity",
+    "with_weights",
 ]

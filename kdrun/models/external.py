@@ -211,6 +211,16 @@ def weights_identity(cfg: Any) -> str | None:
     return None
 
 
+def with_weights(model: nn.Module, cfg: Any) -> nn.Module:
+    """Load ``cfg.weights`` into one of kdrun's own models (the external builders load their
+    weights themselves, head resizing included, and mark the model)."""
+    weights = _opt(cfg, "weights")
+    if weights and not getattr(model, "kd_weights_loaded", False):
+        what = f"{role(cfg)}.weights"
+        load_into(model, load_state_file(weights, what), f"{what}={weights}")
+    return model
+
+
 def is_pretrained(cfg: Any) -> bool:
     """Does this model config load existing weights (a teacher to evaluate, not to train)?"""
     return bool(_opt(cfg, "weights") or (_opt(cfg, "name") == "hf" and _opt(cfg, "path")))
@@ -268,6 +278,7 @@ def torchvision_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int
         if file_classes and must_resize(file_classes, num_classes, cfg):
             resize_head(model, num_classes)
     adapt_channels(model, in_shape[0], 3, f"torchvision {arch}")
+    model.kd_weights_loaded = True
     return annotate(model, in_shape, f"{r} torchvision {arch}")
 
 
@@ -313,6 +324,7 @@ def timm_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> nn
     elif must_resize(file_classes, num_classes, cfg):
         model.reset_classifier(num_classes)
     adapt_channels(model, in_shape[0], chans, f"timm {arch}")
+    model.kd_weights_loaded = True
     return annotate(model, in_shape, f"{r} timm {arch}")
 
 
@@ -355,6 +367,8 @@ def _hf_dir(cfg: Any) -> Path:
 def hf_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """``AutoModelForImageClassification.from_pretrained(DIR)``, offline, no remote code."""
     tf = require("transformers")
+    tf.utils.logging.disable_progress_bar()  # stderr carries kdrun's one-line errors only
+    tf.utils.logging.set_verbosity_error()
     r, d = role(cfg), _hf_dir(cfg)
     trust = bool(_opt(cfg, "trust_remote_code", False))
     kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
@@ -375,6 +389,7 @@ def hf_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> nn.M
     chans = int(getattr(model.config, "num_channels", 3))
     wrapped = HFClassifier(model)
     adapt_channels(wrapped, in_shape[0], chans, f"hf model {d.name}")
+    wrapped.kd_weights_loaded = True
     return annotate(wrapped, in_shape, f"{r} hf model {d}")
 
 
@@ -459,10 +474,7 @@ def custom_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> 
         ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{r}._target_={target} built a {type(model).__name__}, not an nn.Module")
-    weights = _opt(cfg, "weights")
-    if weights:
-        load_into(model, load_state_file(weights, f"{r}.weights"), f"{r}.weights={weights}")
-    return annotate(model, in_shape, f"{r} {target}")
+    return annotate(with_weights(model, cfg), in_shape, f"{r} {target}")
 
 
 PREPROCESSING.update(

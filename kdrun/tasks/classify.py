@@ -11,7 +11,7 @@ from torch import nn
 from kdrun.data import DataBundle, LoadHints, load_data
 from kdrun.engine import accuracy, predict, val_accuracy
 from kdrun.methods.base import HardLabels
-from kdrun.models import build_model
+from kdrun.models import build_model, with_weights
 from kdrun.tasks.base import register_task
 
 
@@ -22,7 +22,7 @@ class Classification:
         return load_data(ds_cfg, "cpu", hints)
 
     def build_model(self, model_cfg: DictConfig, data: DataBundle) -> nn.Module:
-        return build_model(model_cfg, data.in_shape, data.num_classes)
+        return with_weights(build_model(model_cfg, data.in_shape, data.num_classes), model_cfg)
 
     def hard_distiller(self, model: nn.Module) -> nn.Module:
         return HardLabels(model)
