@@ -59,6 +59,23 @@ def write_npz(path: Path, n: int = 120, features: int = 6, classes: int = 3, see
     return path
 
 
+def write_digits_npz(path: Path) -> Path:
+    """The bundled digits as uint8 (N, 8, 8) images in an .npz, with a validation split."""
+    d = load_digits()
+    x = (d.images * 16).clip(0, 255).astype(np.uint8)
+    y = d.target.astype(np.int64)
+    np.savez(
+        path,
+        x_train=x[:1000],
+        y_train=y[:1000],
+        x_val=x[1000:1200],
+        y_val=y[1000:1200],
+        x_test=x[1200:],
+        y_test=y[1200:],
+    )
+    return path
+
+
 USER_MODULE = '''
 import torch
 from torch import nn
@@ -67,11 +84,12 @@ from torch import nn
 class TinyNet(nn.Module):
     """A user's own network: takes the class count and input channels, plus its own knob."""
 
-    def __init__(self, num_classes, in_channels, width=8):
+    def __init__(self, num_classes, in_channels, width=8, act="relu"):
         super().__init__()
+        act_cls = {"relu": nn.ReLU, "gelu": nn.GELU}[act]
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 3, padding=1), act_cls(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), act_cls(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, num_classes)

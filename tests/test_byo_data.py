@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from kdrun.data.external import LoadHints, load_external, parse_size, split_rows
 from kdrun.errors import ConfigError, DataError
-from kdrun.ext_data import LoadHints, load_external, parse_size, split_rows
 from tests.byo_util import write_image_folder, write_npz
 
 

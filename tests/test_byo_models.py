@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun import ext_models as em
 from kdrun.errors import CheckpointError, ConfigError
+from kdrun.models import external as em
 from tests.byo_util import write_user_module
 
 
