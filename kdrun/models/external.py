@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -455,12 +455,14 @@ def custom_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> 
     if not target:
         raise ConfigError(f"{r}=custom needs '{r}._target_=package.module.ClassName'")
     try:
-        cls = get_class(target)
+        cls = get_object(target)
     except Exception as e:
         raise ConfigError(
             f"{r}._target_={target} cannot be imported ({one_line(e, 120)}); put "
             f"its package on PYTHONPATH"
         ) from None
+    if not callable(cls):
+        raise ConfigError(f"{r}._target_={target} is not a class or function")
     params = inspect.signature(cls).parameters
     kwargs = custom_kwargs(cfg, params)
     for name, value in _SHAPE_ARGS.items():
