@@ -530,6 +530,7 @@ def load_hf(cfg: Any, hints: LoadHints) -> ExternalRaw:
         raise ConfigError(
             "dataset=hf needs the datasets package: pip install 'kdrun[hf]'"
         ) from None
+    datasets.disable_progress_bars()  # stderr carries kdrun's one-line errors only
     return load_hf_dataset(cfg, hints, datasets)
 
 
