@@ -530,7 +530,9 @@ class Pipeline:
 
         art = self.store.get_or_build("teacher_logits", spec, build, check=check)
         self.from_store["teacher_logits"] = art.from_cache
-        return art.payload.to(x.device)  # beside the data: rows are fetched with the batch
+        # Beside the labels (where the batch indices live): a streamed split stays on the
+        # host while labels and indices may sit on the GPU.
+        return art.payload.to(self.data.y_train.device)
 
     def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
         """The teacher's test-set outputs, computed once per teacher and split (store)."""
