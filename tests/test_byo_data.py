@@ -180,7 +180,7 @@ def test_npz_tabular_and_bad_files(tmp_path):
         assert name in one_line(e), name
 
 
-def test_hf_dataset_saved_to_disk(tmp_path):
+def test_hf_dataset_saved_to_disk(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     feats = datasets.Features(
         {"img": datasets.Image(), "lab": datasets.ClassLabel(names=["a", "b"])}
@@ -201,6 +201,14 @@ def test_hf_dataset_saved_to_disk(tmp_path):
     with pytest.raises(DataError) as e:
         load_external("hf", cfg, LoadHints())
     assert "label_column" in one_line(e)
+    # the same splits as parquet files (datasets' cache kept inside the test's directory)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    (tmp_path / "pq").mkdir()
+    split(6).to_parquet(tmp_path / "pq" / "train-00000.parquet")
+    split(2).to_parquet(tmp_path / "pq" / "test-00000.parquet")
+    cfg.path, cfg.label_column = str(tmp_path / "pq"), "lab"
+    raw = load_external("hf", cfg, LoadHints())
+    assert raw.x_train.shape == (6, 3, 8, 8) and len(raw.y_test) == 2
 
 
 def test_parse_size():
