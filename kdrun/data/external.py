@@ -202,9 +202,8 @@ def _decode_all(
     return out, ok, sums, sq
 
 
-@register_dataset("image_folder", 0, [], external=True)
-def load_image_folder(cfg: Any, hints: LoadHints) -> ExternalRaw:
-    """``DIR/train/<class>/*``, ``DIR/test/<class>/*`` and optionally ``DIR/val/<class>/*``."""
+def _scan_folder(cfg: Any) -> tuple[Path, list[str], dict[str, tuple[list[Path], np.ndarray]]]:
+    """The root, its classes and every split's (image paths, labels)."""
     if not cfg.get("root"):
         raise ConfigError("dataset=image_folder needs dataset.root=DIR (with train/ and test/)")
     root = Path(cfg.root).expanduser()
@@ -218,63 +217,75 @@ def load_image_folder(cfg: Any, hints: LoadHints) -> ExternalRaw:
     if not classes:
         raise DataError(f"{root / 'train'} has no class folders (train/<class>/<image>)")
     splits = ["train", "test"] + (["val"] if (root / "val").is_dir() else [])
-    listed = {s: _list_split(root / s, classes) for s in splits}
+    return root, classes, {s: _list_split(root / s, classes) for s in splits}
+
+
+@dataclass
+class _Decode:
+    """How every image of a folder is decoded: channels, size, kept in memory or streamed."""
+
+    channels: int
+    size: tuple[int, int]
+    in_memory: bool
+    workers: int
+    bad: BadImages
+
+
+def _load_split(
+    paths: list[Path], y: np.ndarray, heads: list, how: _Decode, where: Path
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """One split's rows (uint8 array or FileRows), labels and per-image channel sums."""
+    for p, h in zip(paths, heads, strict=True):
+        if h is None:
+            how.bad.add(p, "not an image PIL can open")
+    good = [i for i, h in enumerate(heads) if h is not None]
+    paths, y = [paths[i] for i in good], y[good]
+    x, ok, su, sq = _decode_all(paths, how.channels, how.size, how.in_memory, how.workers, how.bad)
+    paths, y = [p for p, k in zip(paths, ok, strict=True) if k], y[ok]
+    if not len(y):
+        raise DataError(f"{where} has no readable image")
+    if how.in_memory:
+        return x[ok], y, su[ok], sq[ok]
+    unit = torch.zeros(how.channels), torch.ones(how.channels)  # statistics: set after split
+    rows = FileRows([str(p) for p in paths], how.channels, how.size, *unit, how.workers)
+    return rows, y, su[ok], sq[ok]
+
+
+@register_dataset("image_folder", 0, [], external=True)
+def load_image_folder(cfg: Any, hints: LoadHints) -> ExternalRaw:
+    """``DIR/train/<class>/*``, ``DIR/test/<class>/*`` and optionally ``DIR/val/<class>/*``."""
+    root, classes, listed = _scan_folder(cfg)
     workers = int(cfg.get("num_workers", 2) or 1)
-    bad = BadImages(str(cfg.get("on_bad_image", "skip")))
-    heads = {s: _headers(listed[s][0], workers) for s in splits}
-    modes = {h[0] for s in splits for h in heads[s] if h is not None}
-    channels = 1 if modes and modes <= GRAY_MODES else 3
-    size = _image_size(cfg, hints, [h[1] for s in splits for h in heads[s] if h is not None])
-    n_all = sum(len(listed[s][0]) for s in splits)
-    in_memory = (
-        bool(cfg.get("in_memory", True))
-        and n_all * channels * size[0] * size[1] <= hints.max_data_memory
+    heads = {s: _headers(paths, workers) for s, (paths, _) in listed.items()}
+    found = [h for hs in heads.values() for h in hs if h is not None]
+    channels = 1 if found and {h[0] for h in found} <= GRAY_MODES else 3
+    size = _image_size(cfg, hints, [h[1] for h in found])
+    n_all = sum(len(hs) for hs in heads.values())
+    fits = n_all * channels * size[0] * size[1] <= hints.max_data_memory
+    how = _Decode(
+        channels,
+        size,
+        bool(cfg.get("in_memory", True)) and fits,
+        workers,
+        BadImages(str(cfg.get("on_bad_image", "skip"))),
     )
-    arrays: dict[str, tuple[Any, np.ndarray]] = {}
-    sums = sqsums = None
-    for s in splits:
-        paths, y = listed[s]
-        for i, h in enumerate(heads[s]):
-            if h is None:
-                bad.add(paths[i], "not an image PIL can open")
-        good = [i for i, h in enumerate(heads[s]) if h is not None]
-        paths, y = [paths[i] for i in good], y[good]
-        x, ok, su, sq = _decode_all(paths, channels, size, in_memory, workers, bad)
-        paths, y = [p for p, k in zip(paths, ok, strict=True) if k], y[ok]
-        if not len(y):
-            raise DataError(f"{root / s} has no readable image")
-        if s == "train":
-            sums, sqsums = su[ok], sq[ok]
-        rows = (
-            x[ok]
-            if in_memory
-            else FileRows(
-                [str(p) for p in paths],
-                channels,
-                size,
-                torch.zeros(channels),
-                torch.ones(channels),
-                workers,
-            )
-        )
-        arrays[s] = (rows, y)
-    bad.report()
-    fp = files_fingerprint(root, [p for s in splits for p in listed[s][0]])
+    out = {s: _load_split(*listed[s], heads[s], how, root / s) for s in listed}
+    how.bad.report()
+    fp = files_fingerprint(root, [p for paths, _ in listed.values() for p in paths])
+    val = out["val"][:2] if "val" in out else (None, None)
     return ExternalRaw(
-        arrays["train"][0],
-        arrays["train"][1],
-        arrays["test"][0],
-        arrays["test"][1],
+        *out["train"][:2],
+        *out["test"][:2],
         classes,
         fp,
-        *(arrays["val"] if "val" in arrays else (None, None)),
-        sums=sums,
-        sqsums=sqsums,
+        *val,
+        sums=out["train"][2],
+        sqsums=out["train"][3],
         info={
             "channels": channels,
             "image_size": list(size),
-            "in_memory": in_memory,
-            "skipped_images": len(bad.paths),
+            "in_memory": how.in_memory,
+            "skipped_images": len(how.bad.paths),
         },
     )
 
