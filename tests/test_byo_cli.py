@@ -119,6 +119,15 @@ def test_custom_teacher_from_outside_the_package_on_an_npz(run_kdrun, tmp_path):
     same_teacher(trained, pre)
     assert pre["teacher"]["model"] == "TinyNet" and pre["data"]["val_size"] == 200  # own val
     assert "teacher" not in trained_stages(run)
+    # teacher.finetune_epochs=N: trained further (through the store), not just evaluated
+    ft = tmp_path / "ft"
+    ok(
+        run_kdrun(
+            *args, f"teacher.weights={weights}", "teacher.finetune_epochs=1", run_dir=ft, env=env
+        )
+    )
+    t = read_json(ft / "metrics.json")["teacher"]
+    assert t["source"] == "finetuned" and t["best_epoch"] == 1 and "teacher" in trained_stages(ft)
 
 
 def test_streaming_equals_in_memory_and_the_store_tells_folders_apart(folders, run_kdrun, tmp_path):
