@@ -444,7 +444,7 @@ def _ctx(student_name="cnn", **skw):
      if (n, s) != ("at", "mlp")],
 )  # fmt: skip
 def test_feature_methods_train_student_and_adapters_only(name, student):
-    cfg = OmegaConf.create({"method": {"name": name}, "seed": 0})
+    cfg = OmegaConf.create({"method": {"name": name}, "seed": 0, "T": 4.0})
     d = METHODS[name].build(cfg, _ctx(student))
     d.train()
     assert not d.teacher.training and not METHODS[name].cacheable

@@ -146,7 +146,7 @@ class AT(FeatureDistiller):
                 )
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), opts, cls.in_shape(ctx))
 

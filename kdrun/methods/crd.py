@@ -118,7 +118,7 @@ class CRD(FeatureDistiller):
         check(0 <= opts.momentum < 1, f"method.momentum must be in [0, 1) (got {opts.momentum})")
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         student, teacher = ctx.new_student(), ctx.teacher()
         shape = cls.in_shape(ctx)

@@ -127,6 +127,7 @@ class CTKD(Distiller):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("t_sum", torch.zeros(()))  # this epoch's mean T, for the log
         self.register_buffer("t_count", torch.zeros(()))
+        self.last_T: float | None = None  # the last epoch's mean learned T
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -158,9 +159,23 @@ class CTKD(Distiller):
         e = epoch.clamp(max=self.curriculum).float()
         return self.opts.lambda_max * (1.0 - torch.cos(math.pi * e / self.curriculum)) / 2.0
 
+    def effective(self) -> dict[str, Any]:
+        """T is learned, not a knob: ``T`` is None and ``T_learned`` the current value (the
+        last epoch's mean for mode=instance)."""
+        with torch.no_grad():
+            if self.opts.mode == "global":
+                t = self.opts.t_min + self.opts.t_range * torch.sigmoid(self.temperature.theta)
+                learned = float(t)
+            else:
+                learned = self.last_T
+        alpha = self.alpha if self.opts.base == "kd" else None
+        return {"T": None, "T_learned": learned, "alpha": alpha, "base": self.opts.base}
+
     def epoch_metrics(self) -> dict[str, Any]:
         """Logged once per epoch (history.csv): the mean learned T and the last lambda."""
         n = float(self.t_count)
+        if n:
+            self.last_T = float(self.t_sum) / n
         out = {
             "T": float(self.t_sum) / n if n else None,
             "ctkd_lambda": cosine_lambda(self.epoch() - 1, self.curriculum, self.opts.lambda_max),

@@ -129,7 +129,7 @@ class FitNet(FeatureDistiller):
         check_layer_options(opts, cfg)
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), opts, cls.in_shape(ctx))
 

@@ -110,7 +110,7 @@ class MLKD(Distiller):
 
     def __init__(self, student, teacher, opts: MLKDOptions, T: float, alpha: float, seed: int):
         super().__init__(student, teacher)
-        self.opts, self.alpha = opts, alpha
+        self.opts, self.alpha, self.T = opts, alpha, T
         self.temperatures = [T, *opts.extra_temperatures]
         self.cacheable = not opts.strong_aug  # an instance attribute, read by the pipeline
         self.seed = seed
@@ -122,6 +122,9 @@ class MLKD(Distiller):
 
     def set_extra_state(self, state: Any) -> None:
         self._step = int(state["step"])
+
+    def effective(self) -> dict[str, Any]:
+        return {"T": self.T, "alpha": self.alpha, "temperatures": list(self.temperatures)}
 
     @classmethod
     def check_config(cls, cfg) -> None:

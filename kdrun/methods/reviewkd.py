@@ -140,7 +140,7 @@ class ReviewKD(FeatureDistiller):
         check(opts.warmup >= 0, f"method.warmup must be >= 0 (got {opts.warmup})")
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         recipe = cfg.student.train
         steps = math.ceil(len(ctx.data.student_idx) / recipe.batch_size)
