@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.features import Taps, probe
+from kdrun.models.features import Taps, probe
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check
 
