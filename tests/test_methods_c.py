@@ -364,7 +364,8 @@ def test_convreg_refuses_what_it_cannot_map():
 
 
 def test_fitnet_regressor_option_builds_convreg():
-    cfg = OmegaConf.create({"method": {"name": "fitnet", "regressor": "convreg"}, "seed": 0, "T": 4})
+    method = {"name": "fitnet", "regressor": "convreg"}
+    cfg = OmegaConf.create({"method": method, "seed": 0, "T": 4})
     d = METHODS["fitnet"].build(cfg, _ctx("cnn"))
     assert isinstance(d.adapter, ConvReg)
     _, losses = d(torch.randn(4, 1, 8, 8, generator=gen(18)), torch.arange(4), None, None)

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.models.features import Taps, probe
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check
+from kdrun.models.features import Taps, probe
 
 
 def as_map(f: torch.Tensor) -> torch.Tensor:
