@@ -17,6 +17,20 @@ import kdrun.methods.reviewkd  # noqa: F401
 import kdrun.methods.rkd  # noqa: F401
 import kdrun.methods.sp  # noqa: F401
 import kdrun.methods.takd  # noqa: F401
-from kdrun.methods.base import METHODS, BuildContext, Distiller, HardLabels, register_method
+from kdrun.methods.base import (
+    METHODS,
+    BuildContext,
+    Distiller,
+    HardLabels,
+    register_method,
+    unknown_option,
+)
 
-__all__ = ["METHODS", "BuildContext", "Distiller", "HardLabels", "register_method"]
+__all__ = [
+    "METHODS",
+    "BuildContext",
+    "Distiller",
+    "HardLabels",
+    "register_method",
+    "unknown_option",
+]

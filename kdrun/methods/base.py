@@ -123,6 +123,14 @@ class Distiller(nn.Module):
         """Extra columns of this epoch's history.csv row (e.g. a learned temperature)."""
         return {}
 
+    def teacher_output_spec(self) -> dict[str, Any] | None:
+        """What ``teacher_outputs`` depends on besides the teachers' weights and the data: the
+        key of the teacher-output cache. None: nothing to cache (not cacheable, no teacher).
+        A method whose outputs depend on a knob (a temperature, an averaging rule) names it."""
+        if not self.cacheable or self.teacher is None:
+            return None
+        return {"outputs": "logits"}
+
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | None:
         return None if self.teacher is None else self.teacher(x)
