@@ -13,7 +13,7 @@ import numpy as np
 
 from kdrun.data.registry import DATASETS, RawData, register_dataset
 from kdrun.errors import DataError
-from kdrun.store import CorruptArtifact, load_weights
+from kdrun.store import CorruptArtifact, load_weights, sha256_file
 
 KEYS = ("images", "labels", "mean", "std", "dataset")
 
@@ -38,15 +38,17 @@ def read_synthetic(path: Path) -> dict:
 
 
 # The class count comes from the file; 1000 only bounds the pre-load class checks.
-@register_dataset("synthetic", 1000, [])
+@register_dataset("synthetic", 1000, [], pixel_max=1.0)
 def load_synthetic(cfg) -> RawData:
     if not cfg.path:
         raise DataError("dataset=synthetic needs dataset.path=RUN_DIR/synthetic.pt (written by "
                         "kdrun experiment=condense)")  # fmt: skip
-    p = read_synthetic(Path(cfg.path).expanduser())
+    path = Path(cfg.path).expanduser()
+    p = read_synthetic(path)
     source = DATASETS[p["dataset"]].load(cfg)  # its test split; root/download as configured
     shape = (1, -1, 1, 1)
     x = (p["images"].float() * p["std"].view(shape) + p["mean"].view(shape)).numpy()
     y = p["labels"].long().numpy()
     names = list(p.get("class_names") or [str(c) for c in range(int(y.max()) + 1)])
-    return RawData(x.astype(np.float32), y.astype(np.int64), source.x_test, source.y_test, names)
+    return RawData(x.astype(np.float32), y.astype(np.int64), source.x_test, source.y_test, names,
+                   fingerprint=sha256_file(path))  # fmt: skip

@@ -39,7 +39,7 @@ from kdrun.config import ModelConfig, to_container
 from kdrun.engine import predict, resolve_device, set_threads
 from kdrun.errors import ConfigError
 from kdrun.experiments.kinds import register_kind
-from kdrun.experiments.pipeline import Pipeline, data_spec
+from kdrun.experiments.pipeline import Pipeline
 from kdrun.models import build_model, count_params
 from kdrun.store import CorruptArtifact, atomic_torch_save, content_key
 
@@ -94,7 +94,7 @@ def learn_images(p, opts: CondenseConfig) -> tuple[dict[str, Any], bool]:
     """The synthetic images of this data set and options, from the store or learned now."""
     d = p.data
     spec = {
-        "data": data_spec(p.cfg, student=False), "seed": p.cfg.seed,
+        "data": p.data_spec(False), "seed": p.cfg.seed,
         "condense": {k: v for k, v in vars(opts).items() if k not in EVAL_ONLY},
     }  # fmt: skip
     n = d.num_classes * opts.ipc
