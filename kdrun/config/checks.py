@@ -17,7 +17,7 @@ from kdrun.models import MODELS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "bf16_force", "fp16", "off")
 DATA_PLACEMENTS = ("auto", "device", "host")
 
 
@@ -104,7 +104,11 @@ def _check_runtime(rt: DictConfig) -> None:
         f"unknown runtime.data_on_device '{rt.data_on_device}'; choose one of: "
         f"{', '.join(DATA_PLACEMENTS)}",
     )
-    _check(rt.num_threads >= 0, "runtime.num_threads must be >= 0 (0 = torch's default)")
+    _check(
+        rt.num_threads == "auto" or (isinstance(rt.num_threads, int) and rt.num_threads >= 0),
+        f"runtime.num_threads must be auto or a count >= 0 (got {rt.num_threads!r}); "
+        "try runtime.num_threads=auto",
+    )
     _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
     _check(
         rt.progress in ("auto", "on", "off"),

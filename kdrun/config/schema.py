@@ -76,8 +76,12 @@ class DatasetConfig:
 class RuntimeConfig:
     """Speed switches: none changes what is computed (see kdrun/perf.py, bench/bench_perf.py)."""
 
-    num_threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 (CUDA, with loss scaling) | off
+    # auto: usable cores (affinity, cgroup quota, SLURM_CPUS_PER_TASK) // the multirun's
+    # joblib n_jobs; N: torch.set_num_threads(N); 0: torch's default (every core)
+    num_threads: Any = "auto"
+    # auto (bf16 on CUDA, float32 on CPU) | bf16 (on a CPU without native bf16: float32 and a
+    # warning) | bf16_force | fp16 (CUDA, with loss scaling) | off
+    amp: str = "auto"
     compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
     compile_backend: str = "inductor"  # "eager" only traces (tests)
     channels_last: bool = True  # NHWC layout for conv nets (CPU and CUDA)

@@ -1,0 +1,134 @@
+"""Thread count and bf16 policy (kdrun.engine.device): the machine facts are faked, so every
+case runs on any CPU (this one may well have native bf16)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from kdrun.engine import device as dev
+from kdrun.engine.evaluate import autocast_context, predict
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """A fake CPU: set .cores, .quota, .flags; the bf16 answer is recomputed per test."""
+
+    class Fake:
+        cores, quota, flags = 8, None, {"avx2"}
+
+    fake = Fake()
+    monkeypatch.setattr(dev.os, "sched_getaffinity", lambda _pid: set(range(fake.cores)))
+    monkeypatch.setattr(dev, "_cgroup_cpus", lambda: fake.quota)
+    monkeypatch.setattr(dev, "_cpu_flags", lambda: fake.flags)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    dev.cpu_has_native_bf16.cache_clear()
+    dev._warn_bf16_fallback.cache_clear()
+    yield fake
+    dev.cpu_has_native_bf16.cache_clear()
+    dev._warn_bf16_fallback.cache_clear()
+
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def _hydra(mode: str = "MULTIRUN", target: str = JOBLIB, n_jobs=2):
+    launcher = {"_target_": target, "n_jobs": n_jobs}
+    return OmegaConf.create({"mode": f"RunMode.{mode}", "launcher": launcher})
+
+
+def test_usable_cores_is_affinity_capped_by_quota_and_slurm(cpu, monkeypatch):
+    assert dev.usable_cores() == 8
+    cpu.quota = 2.5  # a cgroup allowing 2.5 CPUs: 2 whole cores
+    assert dev.usable_cores() == 2
+    cpu.quota = 0.5  # never below one
+    assert dev.usable_cores() == 1
+    cpu.quota = None
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert dev.usable_cores() == 3
+
+
+@pytest.mark.parametrize(
+    ("hydra_cfg", "jobs"),
+    [
+        (None, 1),  # a plain function call, no Hydra
+        (_hydra(mode="RUN"), 1),  # a single job
+        (_hydra(target=BASIC), 1),  # a sequential sweep
+        (_hydra(n_jobs=2), 2),
+        (_hydra(n_jobs=-1), 8),  # joblib: -1 = every core
+        (_hydra(n_jobs=-3), 6),  # -3 = all but two
+        (_hydra(n_jobs=None), 1),
+    ],
+)
+def test_concurrent_jobs_reads_the_joblib_launcher(hydra_cfg, jobs):
+    assert dev.concurrent_jobs(hydra_cfg, cores=8) == jobs
+
+
+def test_auto_threads_share_the_usable_cores(cpu):
+    assert dev.auto_threads(None) == 8
+    assert dev.auto_threads(_hydra(n_jobs=2)) == 4
+    assert dev.auto_threads(_hydra(n_jobs=3)) == 2  # floor: never oversubscribe
+    cpu.cores = 2
+    assert dev.auto_threads(_hydra(n_jobs=4)) == 1  # at least one
+
+
+def test_set_threads_applies_auto_counts_and_zero(cpu, restore_threads):
+    cpu.cores = 2
+    assert dev.set_threads("auto", _hydra(n_jobs=2)) == 1
+    assert torch.get_num_threads() == 1
+    assert dev.set_threads("auto", _hydra(mode="RUN")) == 2
+    assert torch.get_num_threads() == 2
+    assert dev.set_threads(1) == 1 and torch.get_num_threads() == 1
+    assert dev.set_threads(0) == 1  # 0 keeps whatever torch has
+
+
+def test_native_bf16_from_cpu_flags_else_a_probe(cpu, monkeypatch):
+    assert not dev.cpu_has_native_bf16()  # AVX2 only
+    for flag in ("avx512_bf16", "amx_bf16", "bf16"):
+        cpu.flags = {"avx2", flag}
+        dev.cpu_has_native_bf16.cache_clear()
+        assert dev.cpu_has_native_bf16(), flag
+    cpu.flags = None  # no /proc/cpuinfo: measure
+    for ratio, native in ((0.003, False), (1.8, True)):
+        monkeypatch.setattr(dev, "_bf16_probe_ratio", lambda r=ratio: r)
+        dev.cpu_has_native_bf16.cache_clear()
+        assert dev.cpu_has_native_bf16() is native
+
+
+def test_bf16_without_native_support_falls_back_with_one_warning(cpu, caplog):
+    cpu_dev = torch.device("cpu")
+    with caplog.at_level(logging.WARNING, logger="kdrun"):
+        assert dev.effective_amp("bf16", cpu_dev) == "off"
+        assert dev.effective_amp("bf16", cpu_dev) == "off"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "runtime.amp=bf16_force" in lines[0]  # names the override that keeps bf16
+    assert dev.effective_amp("bf16_force", cpu_dev) == "bf16"
+    assert dev.effective_amp("bf16", torch.device("cuda")) == "bf16"  # GPUs are not probed
+    assert dev.effective_amp("off", cpu_dev) == "off"
+    cpu.flags = {"avx512_bf16"}
+    dev.cpu_has_native_bf16.cache_clear()
+    assert dev.effective_amp("bf16", cpu_dev) == "bf16"
+
+
+def test_autocast_and_predict_follow_the_fallback(cpu):
+    a = torch.randn(4, 4)
+    with autocast_context(torch.device("cpu"), "bf16"):
+        assert (a @ a).dtype == torch.float32  # fell back
+    with autocast_context(torch.device("cpu"), "bf16_force"):
+        assert (a @ a).dtype == torch.bfloat16
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    assert torch.equal(predict(model, a, 2, "bf16"), predict(model, a, 2, "off"))
