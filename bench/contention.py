@@ -7,6 +7,7 @@
 
     python bench/contention.py                                  # the default job as shipped
     python bench/contention.py --variants "" runtime.num_threads=0 runtime.num_threads=1
+    python bench/contention.py --variants repo=/path/to/old/checkout ""   # before vs after
     python bench/contention.py --quick                          # 1 rep, no sweep: checks it runs
 
 Every variant runs idle and loaded alternately (--reps times each), so drifting background
@@ -35,9 +36,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
 HOG = "while True: pass"
 
 
-def user_env() -> dict[str, str]:
+def user_env(repo: Path = REPO) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("HYDRA_FULL_ERROR", None)
     return env
 
@@ -47,15 +48,18 @@ def load() -> float:
 
 
 def run_kdrun(args: list[str], work: Path, tag: str) -> float:
-    """Wall seconds of `kdrun ARGS` with its own fresh store and output directory."""
-    out = work / tag
+    """Wall seconds of `kdrun ARGS` with its own fresh store and output directory. An
+    argument ``repo=PATH`` runs the kdrun of another checkout (e.g. main, for "before")."""
+    repo = Path(next((a[5:] for a in args if a.startswith("repo=")), REPO))
+    args = [a for a in args if not a.startswith("repo=")]
+    out = work / tag.replace("/", "_")
     dirs = [f"store_dir={out / 'store'}"]
     dirs.append(f"hydra.sweep.dir={out}" if "-m" in args else f"hydra.run.dir={out}")
     t = time.perf_counter()
     p = subprocess.run(
         [sys.executable, "-m", "kdrun", *args, *dirs],
         cwd=work,
-        env=user_env(),
+        env=user_env(repo),
         capture_output=True,
         text=True,
     )
@@ -96,19 +100,21 @@ def contention(variants: list[str], reps: int, work: Path) -> None:
         )
 
 
-def sweep(values: str, reps: int, work: Path) -> None:
-    print(f"\n2. 4-job sweep `kdrun -m {values}`: joblib n_jobs=2 vs sequential (target <= 1.0x)")
+def sweep(values: str, reps: int, work: Path, variant: str) -> None:
+    cmd = " ".join(["kdrun -m", values, *variant.split()])
+    print(f"\n2. 4-job sweep `{cmd}`: joblib n_jobs=2 vs sequential (target <= 1.0x)")
     seq, par, loads = [], [], []
+    base = ["-m", values, *variant.split()]
     joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     for r in range(reps):
         loads.append(load())
-        seq.append(run_kdrun(["-m", values], work, f"sweep-seq{r}"))
+        seq.append(run_kdrun(base, work, f"sweep-seq{r}-{variant}"))
         loads.append(load())
-        par.append(run_kdrun(["-m", values, *joblib], work, f"sweep-joblib{r}"))
+        par.append(run_kdrun([*base, *joblib], work, f"sweep-joblib{r}-{variant}"))
     s, p = statistics.median(seq), statistics.median(par)
     print(
         f"sequential {s:.1f} s, joblib n_jobs=2 {p:.1f} s: {p / s:.2f}x  "
-        f"(load avg {min(loads):.1f}-{max(loads):.1f})",
+        f"(load avg {min(loads):.1f}-{max(loads):.1f}) seq {seq} joblib {par}",
         flush=True,
     )
 
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--sweep", default="seed=0,1,2,3", help="the 4-job sweep's values")
+    ap.add_argument("--sweep-variants", nargs="*", default=[""], help="as --variants")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 rep, no sweep")
     a = ap.parse_args(argv)
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kdrun-contention-") as tmp:
         contention(a.variants, reps, Path(tmp))
         if not (a.quick or a.no_sweep):
-            sweep(a.sweep, reps, Path(tmp))
+            for v in a.sweep_variants:
+                sweep(a.sweep, reps, Path(tmp), v)
     return 0
 
 

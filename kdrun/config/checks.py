@@ -87,7 +87,8 @@ def _check_dataset(ds: DictConfig) -> None:
         "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
-    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
+    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size:g})")
+    _check(ds.val_max >= 0, f"dataset.val_max must be >= 0 (got {ds.val_max}); 0 = no cap")
     _check(
         not (ds.omit_classes and ds.keep_classes),
         "set either dataset.omit_classes or dataset.keep_classes, not both",

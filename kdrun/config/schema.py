@@ -61,6 +61,7 @@ class DatasetConfig:
     download: bool = False  # opt-in torchvision download when the files are absent
     mirror: str | None = None  # base URL to download from instead of torchvision's mirrors
     val_size: float = 0.1  # validation split from train: a fraction (<1) or a count (>=1)
+    val_max: int = 0  # at most this many validation images from a fraction (0 = no cap)
     split_seed: int = 0  # fixed so every job of a sweep sees the same split
     train_fraction: float = 1.0  # students train on a fixed random subset of this size
     omit_classes: list[int] = field(default_factory=list)  # absent from the student's transfer set

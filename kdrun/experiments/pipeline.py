@@ -53,6 +53,7 @@ def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
     spec = {
         "name": ds.name,
         "val_size": ds.val_size,
+        "val_max": ds.val_max,
         "split_seed": ds.split_seed,
         "augment": ds.augment,
         "crop_padding": ds.crop_padding,
@@ -565,7 +566,7 @@ def _save_models(
 def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
     """Train everything one job needs and return its metrics (without run bookkeeping)."""
     device = resolve_device(cfg.device)
-    set_threads(cfg.runtime.num_threads)
+    threads = set_threads(cfg.runtime.num_threads)
     p = Pipeline(cfg, run_dir, device, reporter)
     if should_stop is not None:
         p.should_stop = should_stop
@@ -584,6 +585,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "kd_gain": None,
         "from_store": p.from_store,
         "data": _data_sizes(p),
+        "threads": threads,  # CPU threads torch used (runtime.num_threads resolved)
     }
     if baseline is not None:
         metrics["baseline"] = _baseline_report(p, baseline, t_logits)
