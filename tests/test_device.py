@@ -12,6 +12,7 @@ from torch import nn
 
 from kdrun.engine import device as dev
 from kdrun.engine.evaluate import autocast_context, predict
+from tests.conftest import read_json
 
 
 @pytest.fixture
@@ -132,3 +133,45 @@ def test_autocast_and_predict_follow_the_fallback(cpu):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     assert torch.equal(predict(model, a, 2, "bf16"), predict(model, a, 2, "off"))
+
+
+def test_calibration_picks_the_budget_only_when_it_clearly_wins(monkeypatch, tmp_path):
+    model, x = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)), torch.randn(16, 4)
+    for secs, chosen in (({1: 1.0, 4: 0.5}, 4), ({1: 1.0, 4: 0.9}, 1), ({1: 1.0, 4: 1.2}, 1)):
+        monkeypatch.setattr(dev, "seconds_per_step", lambda *_a, s=secs, **_k: s)
+        assert dev.calibrated_threads(model, x, 4) == chosen, secs
+    assert dev.calibrated_threads(model, x, 1) == 1  # nothing to choose
+
+
+def test_calibration_is_remembered_per_model_and_machine(monkeypatch, tmp_path):
+    cache = tmp_path / "store" / "threads.json"
+    calls = []
+
+    def timed(_step, counts, reps=5):
+        calls.append(counts)
+        return {1: 1.0, counts[-1]: 0.4}
+
+    monkeypatch.setattr(dev, "seconds_per_step", timed)
+    small, big = nn.Linear(4, 2), nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    assert dev.calibrated_threads(small, x, 2, cache) == 2
+    assert dev.calibrated_threads(small, x, 2, cache) == 2
+    assert len(calls) == 1  # the second answer came from the store
+    dev.calibrated_threads(big, x, 2, cache)
+    assert len(calls) == 2 and len(read_json(cache)) == 2  # another model: measured again
+    cache.write_text("{not json")  # a damaged cache is measured again, not fatal
+    assert dev.calibrated_threads(small, x, 2, cache) == 2 and len(calls) == 3
+
+
+def test_calibration_leaves_model_rng_and_threads_as_found(restore_threads):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(16, 4)
+    torch.set_num_threads(1)
+    rng = torch.get_rng_state()
+    dev.calibrated_threads(model, x, 2)
+    assert torch.equal(torch.get_rng_state(), rng)  # training's dropout draws are unchanged
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.get_num_threads() == 1

@@ -10,17 +10,23 @@ a shared machine: one competing process made the default job 3x slower.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
+import statistics
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.store import atomic_write_json
 
 log = logging.getLogger("kdrun")
 
@@ -123,6 +129,89 @@ def set_threads(setting: int | str, hydra_cfg: Any | None = None) -> int:
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n
+
+
+# More threads must win by this factor on the job's own training step to be used: a smaller
+# gain turns into a loss of several times as soon as another process wants a core (the
+# barrier at the end of every parallel region waits for the descheduled thread).
+SPEEDUP_NEEDED = 1.3
+
+
+def seconds_per_step(
+    step: Callable[[], None], counts: list[int], reps: int = 5
+) -> dict[int, float]:
+    """Median seconds of ``step`` at each thread count, interleaved so that load changes
+    hit every count alike; one untimed warm-up each. Leaves torch's thread count as found."""
+    before = torch.get_num_threads()
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    try:
+        for i in range(reps + 1):
+            for n in counts:
+                torch.set_num_threads(n)
+                t = time.perf_counter()
+                step()
+                if i:
+                    times[n].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return {n: statistics.median(ts) for n, ts in times.items()}
+
+
+def _training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Forward and backward of a copy of ``model`` on ``x`` (the original, its BatchNorm
+    statistics and its gradients are untouched)."""
+    probe = copy.deepcopy(model).train()
+
+    def step() -> None:
+        out = probe(x)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        out.float().square().mean().backward()
+        probe.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def calibrated_threads(
+    model: nn.Module, x: torch.Tensor, budget: int, cache_file: Path | None = None
+) -> int:
+    """1 or ``budget`` threads for training ``model`` on batches like ``x``: ``budget`` only
+    when its step is SPEEDUP_NEEDED times faster than one thread's. Measured once per CPU,
+    torch version, model and batch shape, and remembered in ``cache_file`` (JSON)."""
+    if budget <= 1:
+        return 1
+    params = sum(p.numel() for p in model.parameters())
+    key = f"{_cpu_model()}|{torch.__version__}|{budget}|{type(model).__name__}|{params}|"
+    key += "x".join(map(str, x.shape))
+    known = _read_json(cache_file)
+    if key in known:
+        return int(known[key])
+    with torch.random.fork_rng(devices=[]):  # dropout draws must not shift training's RNG
+        secs = seconds_per_step(_training_step(model, x), [1, budget])
+    chosen = budget if secs[budget] * SPEEDUP_NEEDED <= secs[1] else 1
+    if cache_file is not None:
+        try:
+            atomic_write_json({**_read_json(cache_file), key: chosen}, cache_file)
+        except OSError as e:  # a read-only store: measure again next time
+            log.debug("could not remember the thread count in %s: %s", cache_file, e)
+    return chosen
+
+
+def _read_json(path: Path | None) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # --------------------------------------------------------------------------- bf16
