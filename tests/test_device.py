@@ -4,6 +4,7 @@ case runs on any CPU (this one may well have native bf16)."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -175,3 +176,19 @@ def test_calibration_leaves_model_rng_and_threads_as_found(restore_threads):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.get_num_threads() == 1
+
+
+def test_seconds_per_step_times_each_count_and_gives_up_on_a_slow_one(restore_threads):
+    """A fake clock: a step costs 1 unit on 1 thread and 5 on 2 (a busy machine)."""
+    now, seen = [0.0], []
+
+    def step():
+        seen.append(torch.get_num_threads())
+        now[0] += {1: 1, 2: 5}[torch.get_num_threads()]
+
+    clock = SimpleNamespace(perf_counter=lambda: now[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dev, "time", clock)
+        secs = dev.seconds_per_step(step, [1, 2], reps=3)
+    assert secs == {1: 1, 2: 5}
+    assert seen == [1, 2, 1, 2]  # warm-up, one timed round, then it gave up

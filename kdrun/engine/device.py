@@ -138,10 +138,12 @@ SPEEDUP_NEEDED = 1.3
 
 
 def seconds_per_step(
-    step: Callable[[], None], counts: list[int], reps: int = 5
+    step: Callable[[], None], counts: list[int], reps: int = 3, give_up: float = 2.0
 ) -> dict[int, float]:
-    """Median seconds of ``step`` at each thread count, interleaved so that load changes
-    hit every count alike; one untimed warm-up each. Leaves torch's thread count as found."""
+    """Median seconds of ``step`` at each thread count, interleaved so that load changes hit
+    every count alike, after one untimed warm-up each. Stops early once a count is ``give_up``
+    times slower than the first (on a busy machine those steps are the expensive ones).
+    Leaves torch's thread count as found."""
     before = torch.get_num_threads()
     times: dict[int, list[float]] = {n: [] for n in counts}
     try:
@@ -152,6 +154,8 @@ def seconds_per_step(
                 step()
                 if i:
                     times[n].append(time.perf_counter() - t)
+            if i and any(times[n][-1] > give_up * times[counts[0]][-1] for n in counts[1:]):
+                break
     finally:
         torch.set_num_threads(before)
     return {n: statistics.median(ts) for n, ts in times.items()}
