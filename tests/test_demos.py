@@ -217,7 +217,7 @@ def test_small_data_on_digits(run_kdrun, tmp_path, store):
         sd[k] for k in ("full_data_baseline_test_acc", "baseline_test_acc", "student_test_acc")
     )
     assert full > base  # 39 images vs 1294
-    assert sd["gap_closed"] == pytest.approx((stud - base) / (full - base))
+    assert sd["gap_closed"] == pytest.approx((stud - base) / (full - base), rel=1e-3)  # 6 digits
     assert (run / "small_data.png").is_file()
     with open(run / "history.csv") as f:
         stages = {row["stage"] for row in csv.DictReader(f)}
