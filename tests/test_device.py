@@ -192,3 +192,17 @@ def test_seconds_per_step_times_each_count_and_gives_up_on_a_slow_one(restore_th
         secs = dev.seconds_per_step(step, [1, 2], reps=3)
     assert secs == {1: 1, 2: 5}
     assert seen == [1, 2, 1, 2]  # warm-up, one timed round, then it gave up
+
+
+def test_a_model_the_probe_cannot_drive_keeps_the_budget():
+    class WantsADict(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, batch):
+            if not isinstance(batch, dict):
+                raise TypeError("expected a dict of inputs")
+            return self.fc(batch["x"])
+
+    assert dev.calibrated_threads(WantsADict(), torch.randn(8, 4), 2) == 2

@@ -199,8 +199,12 @@ def calibrated_threads(
     known = _read_json(cache_file)
     if key in known:
         return int(known[key])
-    with torch.random.fork_rng(devices=[]):  # dropout draws must not shift training's RNG
-        secs = seconds_per_step(_training_step(model, x), [1, budget])
+    try:
+        with torch.random.fork_rng(devices=[]):  # dropout draws must not shift training's RNG
+            secs = seconds_per_step(_training_step(model, x), [1, budget])
+    except Exception as e:  # a model the probe cannot drive (other inputs): no speed probe
+        log.debug("thread calibration skipped (%s): using %d threads", e, budget)
+        return budget
     chosen = budget if secs[budget] * SPEEDUP_NEEDED <= secs[1] else 1
     if cache_file is not None:
         try:
