@@ -7,9 +7,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from kdrun.engine.device import effective_amp
+
 
 def autocast_context(device: torch.device, amp: str):
-    """bf16 autocast on CUDA by default ('auto'); opt-in bf16 on CPU; fp16 only on CUDA."""
+    """bf16 autocast on CUDA by default ('auto'); opt-in bf16 on CPU (float32 with a warning
+    where the CPU has no native bf16, unless 'bf16_force'); fp16 only on CUDA."""
+    amp = effective_amp(amp, device)
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return nullcontext()
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
