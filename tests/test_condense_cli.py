@@ -34,11 +34,12 @@ def test_condense_smoke_writes_its_outputs_and_the_set_is_a_data_set(tmp_path):
     # the synthetic set trains a later run; the test split is the digits' own
     run2 = tmp_path / "run2"
     r = cli("experiment=smoke", "dataset=synthetic", f"dataset.path={run / 'synthetic.pt'}",
-            "dataset.val_size=0", "runtime.num_threads=1", f"hydra.run.dir={run2}",
+            "dataset.val_size=0.2", "runtime.num_threads=1", f"hydra.run.dir={run2}",
             f"store_dir={tmp_path / 's'}", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     m2 = read_json(run2 / "metrics.json")
-    assert m2["data"]["train_size"] == 20 and m2["data"]["test_size"] == m["data"]["test_size"]
+    assert m2["data"]["train_size"] + m2["data"]["val_size"] == 20
+    assert m2["data"]["test_size"] == m["data"]["test_size"]
 
 
 def test_condense_killed_mid_way_resumes(tmp_path):

@@ -37,8 +37,8 @@ def read_synthetic(path: Path) -> dict:
     return p
 
 
-# The class count comes from the file; 1000 only bounds the pre-load class checks.
-@register_dataset("synthetic", 1000, [], pixel_max=1.0)
+# 0 classes: counted when the file is loaded (as for the user's own data).
+@register_dataset("synthetic", 0, [], pixel_max=1.0)
 def load_synthetic(cfg) -> RawData:
     if not cfg.path:
         raise DataError("dataset=synthetic needs dataset.path=RUN_DIR/synthetic.pt (written by "
