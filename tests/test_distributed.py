@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from kdrun.engine import distributed as D
 from kdrun.errors import ConfigError
+from kdrun.store import ArtifactStore
 
 SLURM = {
     "SLURM_PROCID": "5",
@@ -121,7 +122,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: dict) -> None:
+def _store_calls(dist: D.Dist, root: str) -> tuple:
+    """Rank 0 alone builds a non-collective artifact; every rank builds a collective one;
+    every rank ends with rank 0's stored bytes."""
+    store = ArtifactStore(root)
+    built = []
+
+    def build(tag):
+        def fn(_workdir):
+            built.append(tag)
+            return torch.full((3,), float(dist.rank)), {"by": dist.rank}
+
+        return fn
+
+    a = D.get_or_build(store, dist, "cache", {"k": 1}, build("cache"))
+    b = D.get_or_build(store, dist, "teacher", {"k": 2}, build("teacher"), collective=True)
+    again = D.get_or_build(store, dist, "cache", {"k": 1}, build("cache-again"))
+    return built, a.payload.tolist(), b.payload.tolist(), a.from_cache, again.from_cache
+
+
+def _worker(rank: int, world: int, port: int, out: dict, root: str) -> None:
     torch.set_num_threads(1)
     env = D.DistEnv(rank, world, rank, "127.0.0.1", str(port), "torchrun")
     dist, _ = D.init(torch.device("cpu"), env=env, timeout_s=60)
@@ -136,20 +156,33 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         t = torch.tensor([float(rank)])
         dist.broadcast_([t])
         dist.barrier()
-        out[rank] = (got.tolist(), rows.flatten().tolist(), flag, obj, t.item(), dist.backend)
+        stored = _store_calls(dist, root)
+        out[rank] = (
+            got.tolist(),
+            rows.flatten().tolist(),
+            flag,
+            obj,
+            t.item(),
+            dist.backend,
+            stored,
+        )
     finally:
         D.shutdown()
 
 
 @pytest.mark.slow
-def test_collectives_on_two_gloo_processes():
+def test_collectives_on_two_gloo_processes(tmp_path):
     with mp.Manager() as m:
         out = m.dict()
-        mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, _free_port(), out, str(tmp_path)), nprocs=2, join=True)
         res = dict(out)
     expected_gather = [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     for rank in (0, 1):
-        got, rows, flag, obj, t, backend = res[rank]
+        got, rows, flag, obj, t, backend, stored = res[rank]
+        built, cache, teacher, cache_hit, cache_hit_again = stored
+        assert built == (["cache", "teacher"] if rank == 0 else ["teacher"])
+        assert cache == teacher == [0.0, 0.0, 0.0]  # rank 0's bytes everywhere
+        assert cache_hit is False and cache_hit_again is True
         assert got == expected_gather
         assert rows == [2.0 * i for i in range(7)]
         assert flag is True and obj == {"from": 0} and t == 0.0 and backend == "gloo"

@@ -24,8 +24,11 @@ from typing import Any
 
 import torch
 import torch.distributed as tdist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from kdrun.errors import ConfigError
+from kdrun.store import Artifact, ArtifactStore, content_key
 
 BACKENDS = ("nccl", "gloo")
 # A rank that waits longer than this at a collective is taken as lost: the job fails with one
@@ -311,3 +314,81 @@ def init(
 def shutdown() -> None:
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def wrap(distiller: nn.Module, dist: Dist, device: torch.device, sync_bn: bool) -> nn.Module:
+    """The module a training step calls: the distiller itself in one process, else the
+    distiller in DistributedDataParallel (gradients of its trainable parameters averaged
+    over ranks; the frozen teacher has none).
+
+    ``sync_bn``: the student's BatchNorm layers normalise with the global batch's statistics
+    (SyncBatchNorm; CUDA only). Buffers are not broadcast at every step (CRD's memory banks
+    would travel each time); they are kept equal by construction (SyncBatchNorm, all-gathered
+    bank updates) or synchronised from rank 0 before each evaluation (``sync_buffers``).
+    """
+    if not dist.enabled:
+        return distiller
+    if sync_bn:
+        # in place below the root: the student object the pipeline holds stays the same
+        nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
+    if hasattr(distiller, "gather"):  # CRD: update the banks with the global batch
+        distiller.gather = dist.all_gather_cat
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        distiller,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        broadcast_buffers=False,
+    )
+
+
+def sync_buffers(module: nn.Module, dist: Dist) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics without SyncBatchNorm),
+    so that sharded evaluation evaluates one model."""
+    dist.broadcast_([b for b in module.buffers()])
+
+
+def get_or_build(
+    store: ArtifactStore,
+    dist: Dist,
+    kind: str,
+    spec: Any,
+    build: Callable[[Any], tuple[Any, dict[str, Any]]],
+    check: Callable[[Any], None] | None = None,
+    collective: bool = False,
+    on_wait: Callable[[], None] | None = None,
+) -> Artifact:
+    """``store.get_or_build`` for a job of several processes: only rank 0 writes the store.
+
+    ``collective``: building needs every rank (DDP training): all ranks run ``build`` on the
+    same work directory (rank 0 alone writes its checkpoints there) and rank 0 commits the
+    result. Otherwise (e.g. the teacher-logit cache) rank 0 builds alone. Either way the other
+    ranks wait at a barrier and then load what rank 0 stored, so every rank holds the same
+    bytes.
+    """
+    if not dist.enabled:
+        return store.get_or_build(kind, spec, build, check=check, on_wait=on_wait)
+    found = dist.broadcast_object(store.has(kind, spec, check) if dist.is_main else None)
+    if not found and collective:
+        workdir = store.dir(kind, content_key(spec))
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = build(workdir)
+        if dist.is_main:
+            store.get_or_build(kind, spec, lambda _d: result, check=check)
+    elif dist.is_main:
+        store.get_or_build(kind, spec, build, check=check, on_wait=on_wait)
+    dist.barrier()
+    art = store.get_or_build(kind, spec, _built_by_rank0, check=check)
+    # "from the store" means: loaded instead of built by this job
+    return Artifact(art.payload, art.meta, bool(found), art.path)
+
+
+def _built_by_rank0(_workdir: Any) -> tuple[Any, dict[str, Any]]:
+    raise ConfigError(
+        "rank 0 did not leave the artifact in the store; store_dir must be a "
+        "directory every rank sees (a shared filesystem across nodes)"
+    )
