@@ -1,0 +1,203 @@
+"""Data sets as in-memory tensors: a registry of loaders, fixed splits, batched augmentation.
+
+Every data set is read once into float32 tensors (N, C, H, W), normalised with statistics of
+the training split, and moved to the training device. Batches are index slices; augmentation
+is a batched tensor op. Nothing in the hot loop touches PIL or per-item Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kdrun.data.registry import DATASETS, RawData
+from kdrun.errors import DataError
+
+# --------------------------------------------------------------------------- the bundle
+
+
+@dataclass
+class DataBundle:
+    """All splits on one device, plus the index sets each stage trains and selects on.
+
+    ``x_train`` is the teacher's full training split. Students train on ``student_idx`` (a
+    subset of it when ``train_fraction``/``omit_classes``/``keep_classes`` apply) and select
+    their model on ``student_val_idx``; cached teacher logits are keyed by ``x_train`` index.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    class_names: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    student_idx: torch.Tensor
+    student_val_idx: torch.Tensor
+    augment: bool = False
+    crop_padding: int = 4
+    hflip: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def teacher_idx(self) -> torch.Tensor:
+        return torch.arange(len(self.y_train), device=self.y_train.device)
+
+    @property
+    def teacher_val_idx(self) -> torch.Tensor:
+        return torch.arange(len(self.y_val), device=self.y_val.device)
+
+    def to(self, device: torch.device) -> DataBundle:
+        for k, v in vars(self).items():
+            if isinstance(v, torch.Tensor):
+                setattr(self, k, v.to(device))
+        return self
+
+
+def _split_counts(n: int, val_size: float) -> int:
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if not 0 <= n_val < n:
+        raise DataError(f"dataset.val_size={val_size} leaves no training data (n={n})")
+    return n_val
+
+
+def _class_filter(y: np.ndarray, cfg) -> np.ndarray:
+    keep = np.ones(len(y), dtype=bool)
+    if cfg.omit_classes:
+        keep &= ~np.isin(y, list(cfg.omit_classes))
+    if cfg.keep_classes:
+        keep &= np.isin(y, list(cfg.keep_classes))
+    return keep
+
+
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population std of (N, C, H, W), accumulated in float64 over one
+    contiguous channel at a time: same values as a reduction over axes (0, 2, 3), several
+    times faster (numpy's strided multi-axis float64 variance took seconds on Fashion-MNIST)."""
+    chans = [np.ascontiguousarray(x[:, i]).reshape(-1) for i in range(x.shape[1])]
+    mean = np.array([c.mean(dtype=np.float64) for c in chans], dtype=np.float32)
+    std = np.array([c.std(dtype=np.float64) for c in chans], dtype=np.float32)
+    return mean, std
+
+
+def _split(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows of ``raw``'s training split (fixed ``split_seed``); limits
+    the test split in place when ``limit_test`` is set."""
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(raw.y_train))
+    if cfg.limit_train:
+        perm = perm[: cfg.limit_train]
+    if cfg.limit_test:
+        keep = np.sort(
+            np.random.default_rng(cfg.split_seed).permutation(len(raw.y_test))[: cfg.limit_test]
+        )
+        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
+    n_val = _split_counts(len(perm), cfg.val_size)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _student_rows(y_tr: np.ndarray, y_va: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The student's transfer set (class restriction, then a fixed random subset) and its
+    validation rows."""
+    s_idx = np.flatnonzero(_class_filter(y_tr, cfg))
+    if len(s_idx) == 0:
+        raise DataError("the student's transfer set is empty: every class is omitted")
+    if cfg.train_fraction < 1:
+        k = max(1, int(round(cfg.train_fraction * len(s_idx))))
+        sub_rng = np.random.default_rng(cfg.split_seed + 1)
+        s_idx = np.sort(sub_rng.choice(s_idx, size=k, replace=False))
+    return s_idx, np.flatnonzero(_class_filter(y_va, cfg))
+
+
+def _normaliser(mean: np.ndarray, std: np.ndarray):
+    def norm(a: np.ndarray, own: bool = False) -> torch.Tensor:
+        """(a - mean) / std; in place when ``a`` is this function's own copy."""
+        out = np.subtract(a, mean[None, :, None, None], out=a if own else None)
+        return torch.from_numpy(np.divide(out, std[None, :, None, None], out=out))
+
+    return norm
+
+
+def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
+    """Load, split (fixed ``split_seed``), normalise with train statistics, move to device."""
+    if cfg.name not in DATASETS:
+        raise DataError(
+            f"unknown dataset '{cfg.name}'; choose one of: {', '.join(sorted(DATASETS))}"
+        )
+    spec = DATASETS[cfg.name]
+    raw = spec.load(cfg)
+    for c in list(cfg.omit_classes) + list(cfg.keep_classes):
+        if not 0 <= c < spec.num_classes:
+            raise DataError(
+                f"class {c} is out of range for {cfg.name} (classes 0..{spec.num_classes - 1})"
+            )
+    tr_i, val_i = _split(raw, cfg)
+    x_tr, y_tr = raw.x_train[tr_i], raw.y_train[tr_i]
+    x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
+    # Normalisation statistics from the training split only (never val/test).
+    mean, std = _channel_stats(x_tr)
+    std = std + 1e-6
+    norm = _normaliser(mean, std)
+    s_idx, sv_idx = _student_rows(y_tr, y_va, cfg)
+    bundle = DataBundle(
+        name=cfg.name,
+        x_train=norm(x_tr, own=True),  # x_tr, x_va: copies made by the indexing above
+        y_train=torch.from_numpy(y_tr),
+        x_val=norm(x_va, own=True),
+        y_val=torch.from_numpy(y_va),
+        x_test=norm(raw.x_test),
+        y_test=torch.from_numpy(raw.y_test),
+        num_classes=spec.num_classes,
+        class_names=list(spec.class_names),
+        mean=torch.from_numpy(mean),
+        std=torch.from_numpy(std),
+        student_idx=torch.from_numpy(s_idx),
+        student_val_idx=torch.from_numpy(sv_idx),
+        augment=bool(cfg.augment),
+        crop_padding=int(cfg.crop_padding),
+        hflip=bool(cfg.hflip),
+    )
+    return bundle.to(torch.device(device))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def batch_indices(
+    idx: torch.Tensor, batch_size: int, generator: torch.Generator | None, shuffle: bool = True
+) -> Iterator[torch.Tensor]:
+    """Yield index tensors (on idx's device); the order depends only on the CPU generator."""
+    if shuffle:
+        order = torch.randperm(len(idx), generator=generator).to(idx.device)
+        idx = idx[order]
+    for start in range(0, len(idx), batch_size):
+        yield idx[start : start + batch_size]
+
+
+def augment_batch(
+    x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    b, _, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        bi = torch.arange(b, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2)
+    if hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x.contiguous()

@@ -1,0 +1,379 @@
+"""The one training loop, shared by teacher, baseline and distilled student.
+
+It trains a ``Distiller`` (whose forward returns named losses), selects the epoch with the
+best validation accuracy, checkpoints atomically at every epoch end so a killed run resumes
+exactly, and refuses to continue on a NaN/inf loss. A stop request (SIGINT/SIGTERM) is honoured
+at the next batch boundary with a mid-epoch checkpoint that resumes exactly, too: it carries the
+epoch's batch order, the batches done, the running sums and every RNG state at that point.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdrun.data import DataBundle, augment_batch, batch_indices
+from kdrun.engine.checkpoint import (
+    read_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_checkpoint,
+)
+from kdrun.engine.evaluate import accuracy, autocast_context, module_device, predict
+from kdrun.engine.optim import lr_factor, make_optimizer
+from kdrun.engine.perf import Perf, fetch
+from kdrun.errors import Interrupted, TrainingError
+
+log = logging.getLogger("kdrun")
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    last_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_acc: float
+    last_val_acc: float
+    train_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint carries besides the modules', optimiser's and RNGs' own state."""
+
+    epoch: int = 0  # epochs completed
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0
+    mid: dict[str, Any] | None = None  # the state of an epoch stopped part-way
+
+
+@dataclass
+class _Epoch:
+    """The running position and sums of one epoch: what a mid-epoch checkpoint saves."""
+
+    order: torch.Tensor
+    first: int
+    seen: int
+    sums: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    t0: float
+
+
+def val_accuracy(
+    model: nn.Module, data: DataBundle, val_idx: torch.Tensor, batch_size: int, amp: str
+) -> float:
+    """The default model-selection score: accuracy on the validation rows ``val_idx``."""
+    return accuracy(
+        predict(model, data.x_val.index_select(0, val_idx), batch_size, amp),
+        data.y_val.index_select(0, val_idx),
+    )
+
+
+ValScore = Callable[[nn.Module, DataBundle, torch.Tensor, int, str], float]
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _check_finite(
+    sums: dict[str, torch.Tensor], seen: int, stage: str, epoch: int, checkpoint: Path | None
+) -> dict[str, float]:
+    """Mean loss parts of the epoch so far; a NaN/inf one stops the stage before it is saved."""
+    parts = {k: float(v) / max(seen, 1) for k, v in sums.items()}
+    total = sum(parts.values())
+    if not math.isfinite(total):
+        key = {"baseline": "student"}.get(stage, stage)  # the baseline uses the student recipe
+        kept = (
+            f"the last good checkpoint is kept ({checkpoint})"
+            if checkpoint is not None and checkpoint.is_file()
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingError(
+            f"{stage}: loss became {total} in epoch {epoch + 1}; lower {key}.train.lr"
+            f"{' (or T)' if stage == 'student' else ''} and rerun; {kept}"
+        )
+    return parts
+
+
+class _Trainer:
+    """One stage's training state and the pieces of its loop: resume, step, epoch, save."""
+
+    def __init__(
+        self,
+        distiller: nn.Module,
+        data: DataBundle,
+        recipe,
+        stage: str,
+        seed: int,
+        amp: str,
+        perf: Perf,
+        checkpoint: Path | None,
+        fingerprint: str,
+        val_score: ValScore,
+    ) -> None:
+        self.val_score = val_score
+        self.distiller, self.data, self.recipe, self.stage = distiller, data, recipe, stage
+        self.amp, self.checkpoint, self.fingerprint = amp, checkpoint, fingerprint
+        self.device = module_device(distiller.student, data.x_train.device)  # data may be on host
+        self.gen = seed_everything(seed)
+        self.opt = make_optimizer(
+            distiller.trainable_parameters(), recipe, fused=perf.fused_optimizer
+        )
+        # fp16 needs loss scaling against gradient underflow; bf16 has float32's range.
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=amp == "fp16" and self.device.type == "cuda"
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: lr_factor(recipe, e))
+        self.progress = _Progress()
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def resume(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return
+        ck = read_checkpoint(self.checkpoint, self.fingerprint)
+        if ck is None:
+            return
+        self.distiller.load_state_dict(ck["distiller"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        set_rng_state(self.gen, ck["rng"])
+        self.progress = _Progress(
+            ck["epoch"],
+            ck["best_val"],
+            ck["best_epoch"],
+            ck["best_state"],
+            ck["history"],
+            ck["elapsed"],
+            ck.get("mid"),
+        )
+        p = self.progress
+        where = (
+            f"epoch {p.epoch + 1}, batch {p.mid['batch']}" if p.mid else f"end of epoch {p.epoch}"
+        )
+        log.info("%s: resuming from %s (%s)", self.stage, self.checkpoint, where)
+        if "scaler" in ck:
+            self.scaler.load_state_dict(ck["scaler"])
+
+    def save(self, epoch_done: int, mid: dict[str, Any] | None) -> None:
+        if self.checkpoint is None:
+            return
+        p = self.progress
+        scaler = {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
+        write_checkpoint(
+            self.checkpoint,
+            self.fingerprint,
+            {
+                "epoch": epoch_done,
+                "mid": mid,
+                "distiller": self.distiller.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": rng_state(self.gen),
+                **scaler,
+                "best_val": p.best_val,
+                "best_epoch": p.best_epoch,
+                "best_state": p.best_state,
+                "history": p.history,
+                "elapsed": p.elapsed,
+            },
+        )
+
+    def stop(self, epoch: int, ep: _Epoch, b: int, n_batches: int) -> Interrupted:
+        """Save the epoch's position (if any progress was made) and say where it stopped."""
+        note = "no progress to save since the last checkpoint"
+        if b > ep.first and self.checkpoint is not None:
+            _check_finite(ep.sums, ep.seen, self.stage, epoch, self.checkpoint)
+            self.save(
+                epoch,
+                {
+                    "order": ep.order.cpu(),
+                    "batch": b,
+                    "seen": ep.seen,
+                    "sums": {k: v.detach().cpu() for k, v in ep.sums.items()},
+                    "correct": ep.correct.cpu(),
+                    "seconds": time.perf_counter() - ep.t0,
+                },
+            )
+            note = f"checkpoint saved in {self.checkpoint}"
+        elif self.checkpoint is None:
+            note = "no checkpoint"
+        return Interrupted(
+            f"{self.stage} stopped at epoch {epoch + 1}, batch {b}/{n_batches}; {note}"
+        )
+
+    # ---- one epoch ----------------------------------------------------------------
+    def begin_epoch(self, train_idx: torch.Tensor) -> _Epoch:
+        t0 = time.perf_counter()
+        self.distiller.train()
+        mid = self.progress.mid
+        if mid is not None:  # continue the stopped epoch: same batch order, same running sums
+            self.progress.mid = None
+            return _Epoch(
+                mid["order"].to(train_idx.device),
+                mid["batch"],
+                mid["seen"],
+                {k: v.to(self.device) for k, v in mid["sums"].items()},
+                mid["correct"].to(self.device),
+                t0 - mid["seconds"],
+            )
+        # The whole epoch's order up front: the draws from gen happen in the same sequence
+        # as when batch_indices is iterated lazily, and the order can be checkpointed.
+        parts = list(batch_indices(train_idx, self.recipe.batch_size, self.gen))
+        order = torch.cat(parts) if parts else train_idx
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        return _Epoch(order, 0, 0, {}, correct, t0)
+
+    def step(self, idx: torch.Tensor, ep: _Epoch, cache: torch.Tensor | None) -> None:
+        """One optimiser step on the batch of training rows ``idx``."""
+        data, device = self.data, self.device
+        x, y = fetch(data.x_train, idx, device), fetch(data.y_train, idx, device)
+        if data.augment:
+            x = augment_batch(x, data.crop_padding, data.hflip, self.gen)
+        # Cached teacher outputs are rows of the training split: keyed by sample index,
+        # never by batch position, so shuffling cannot misalign them.
+        t_out = fetch(cache, idx, device) if cache is not None else None
+        if idx.device != device:
+            idx = idx.to(device, non_blocking=True)
+        with autocast_context(device, self.amp):
+            logits, losses = self.distiller(x, y, idx, t_out)
+        loss = reduce(operator.add, losses.values())
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        # Statistics accumulate in place on the device: no host sync per step.
+        n = len(idx)
+        with torch.no_grad():
+            for k, v in losses.items():
+                if k in ep.sums:
+                    ep.sums[k].add_(v, alpha=n)
+                else:
+                    ep.sums[k] = v.float() * n
+            ep.correct += (logits.argmax(1) == y).sum()
+        ep.seen += n
+
+    def end_epoch(self, epoch: int, ep: _Epoch, val_idx: torch.Tensor, eval_bs: int) -> dict:
+        """Validate, select, record the epoch's row and checkpoint; return the row."""
+        parts = _check_finite(ep.sums, ep.seen, self.stage, epoch, self.checkpoint)
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        student, p = self.distiller.student, self.progress
+        val_acc = self.val_score(student, self.data, val_idx, eval_bs, self.amp)
+        p.elapsed += time.perf_counter() - ep.t0
+        if val_acc >= p.best_val:  # ties go to the later (usually better-converged) epoch
+            p.best_val, p.best_epoch, p.best_state = val_acc, epoch + 1, _cpu_state(student)
+        row = {
+            "stage": self.stage,
+            "epoch": epoch + 1,
+            "loss": sum(parts.values()),
+            "loss_soft": parts.get("soft"),
+            "loss_hard": parts.get("hard"),
+            **{f"loss_{k}": v for k, v in parts.items() if k not in ("soft", "hard")},
+            "train_acc": float(ep.correct) / ep.seen,
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - ep.t0,
+        }
+        p.history.append(row)
+        self.save(epoch + 1, None)
+        return row
+
+    def result(self, start_epoch: int) -> FitResult:
+        p, student = self.progress, self.distiller.student
+        if p.best_state is None:  # zero epochs left to run and nothing stored: cannot happen
+            p.best_state = _cpu_state(student)
+        return FitResult(
+            best_state=copy.deepcopy(p.best_state),
+            last_state=_cpu_state(student),
+            best_epoch=p.best_epoch,
+            best_val_acc=p.best_val,
+            last_val_acc=p.history[-1]["val_acc"] if p.history else p.best_val,
+            train_seconds=p.elapsed,
+            history=p.history,
+            resumed_from_epoch=start_epoch,
+        )
+
+
+def _usable_cache(cache: torch.Tensor | None, data: DataBundle, stage: str) -> torch.Tensor | None:
+    """The teacher cache if it can be used for this data (never with augmentation)."""
+    if cache is None or data.augment:
+        return None
+    if len(cache) != len(data.x_train):  # never train on a misaligned cache
+        raise TrainingError(
+            f"{stage}: the teacher cache has {len(cache)} rows but the training split "
+            f"has {len(data.x_train)}; it is stale: delete it from the store"
+        )
+    return cache
+
+
+def fit(
+    distiller: nn.Module,
+    data: DataBundle,
+    recipe,
+    *,
+    stage: str,
+    seed: int,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    teacher_cache: torch.Tensor | None = None,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    amp: str = "off",
+    eval_batch_size: int = 1024,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+    perf: Perf | None = None,
+    val_score: ValScore = val_accuracy,
+) -> FitResult:
+    """Train ``distiller``'s trainable parameters; select ``distiller.student`` on validation.
+
+    ``teacher_cache`` holds per-sample teacher outputs indexed like ``data.x_train``; it is
+    used only when the batch is not augmented (an augmented batch needs a fresh teacher pass,
+    which the distiller does itself when given ``teacher_out=None``).
+    ``checkpoint``: resume from it (unless ``resume`` is False) if it exists with the same
+    ``fingerprint``; rewritten atomically at each epoch end and when a stop is requested.
+    ``perf``: speed switches (kdrun.engine.perf). ``val_score``: the selection score on
+    validation, higher is better (the task's; accuracy by default).
+    """
+    perf = perf or Perf()
+    t = _Trainer(
+        distiller, data, recipe, stage, seed, amp, perf, checkpoint, fingerprint, val_score
+    )
+    if resume:
+        t.resume()
+    start_epoch = t.progress.epoch
+    cache = _usable_cache(teacher_cache, data, stage)
+    perf.prepare_distiller(distiller)
+    for epoch in range(start_epoch, recipe.epochs):
+        ep = t.begin_epoch(train_idx)
+        batches = ep.order.split(recipe.batch_size)
+        for b in range(ep.first, len(batches)):
+            if should_stop is not None and should_stop():
+                raise t.stop(epoch, ep, b, len(batches))
+            t.step(batches[b], ep, cache)
+            if on_step is not None:
+                on_step()
+        row = t.end_epoch(epoch, ep, val_idx, eval_batch_size)
+        if on_epoch is not None:
+            on_epoch(row)
+    return t.result(start_epoch)
