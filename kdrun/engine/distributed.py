@@ -16,6 +16,7 @@ so every rank reports the same numbers.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -141,11 +142,17 @@ def local_device(device: torch.device, env: DistEnv) -> torch.device:
 
 
 class Dist:
-    """The process group of one job (or a single process) and the few collectives kdrun uses."""
+    """The process group of one job (or a single process) and the few collectives kdrun uses.
 
-    def __init__(self, env: DistEnv | None = None, backend: str = "none") -> None:
+    ``sync_bn``: whether training stages convert the student's BatchNorm to SyncBatchNorm.
+    """
+
+    def __init__(
+        self, env: DistEnv | None = None, backend: str = "none", sync_bn: bool = False
+    ) -> None:
         self.env = env or DistEnv()
         self.backend = backend if self.env.world_size > 1 else "none"
+        self.sync_bn = sync_bn and self.env.world_size > 1
 
     # ---- identity ---------------------------------------------------------------------------
     @property
@@ -166,7 +173,11 @@ class Dist:
 
     def tag(self) -> str:
         """'[rank 1/4] ' in a multi-process job, '' otherwise: prefixes error lines."""
-        return f"[rank {self.rank}/{self.world_size}] " if self.enabled else ""
+        return rank_tag(self.env)
+
+    def place(self, device: torch.device) -> torch.device:
+        """This rank's device for a job configured on ``device`` (cuda -> cuda:LOCAL_RANK)."""
+        return local_device(device, self.env)
 
     # ---- collectives --------------------------------------------------------------------------
     def barrier(self) -> None:
@@ -245,6 +256,21 @@ class Dist:
         return local_n * self.world_size / global_n
 
 
+def rank_tag(env: DistEnv | None = None) -> str:
+    """'[rank 1/4] ' in a multi-process job (known from the environment before any process
+    group exists), '' otherwise."""
+    env = env or env_from()
+    return f"[rank {env.rank}/{env.world_size}] " if env.world_size > 1 else ""
+
+
+_ACTIVE: list[Dist] = []  # the job's process group, once joined (torch's own is global too)
+
+
+def current() -> Dist:
+    """The active job's Dist; a single-process one before (or without) ``init``."""
+    return _ACTIVE[-1] if _ACTIVE else Dist()
+
+
 def merge_short_tail(batches: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:
     """Fold a last global batch with fewer rows than ranks into the one before it: every rank
     then has at least one row per step (an empty slice cannot go through DDP)."""
@@ -264,21 +290,36 @@ def check_world(world_size: int, batch_sizes: Mapping[str, int]) -> None:
             )
 
 
+def _want_sync_bn(choice: str, device: torch.device, world_size: int) -> bool:
+    if choice == "on" and device.type != "cuda":
+        raise ConfigError(
+            "runtime.sync_bn=on needs CUDA (SyncBatchNorm has no CPU kernel); "
+            "use runtime.sync_bn=auto or off"
+        )
+    return world_size > 1 and (choice == "on" or (choice == "auto" and device.type == "cuda"))
+
+
 def init(
     device: torch.device,
     override: str = "auto",
     env: DistEnv | None = None,
     timeout_s: int = DEFAULT_TIMEOUT_S,
+    sync_bn: str = "auto",
 ) -> tuple[Dist, torch.device]:
-    """Join the job's process group if the launcher started several processes.
+    """Join the job's process group if the launcher started several processes, and make it
+    the active one (``current``).
 
-    Returns the Dist handle and this process's device (cuda:LOCAL_RANK under DDP on GPUs).
-    Idempotent: a second call in the same process (e.g. the next job of a sweep) reuses the
-    group. A single process gets a disabled Dist and no process group.
+    Returns the Dist handle and this process's device (cuda:LOCAL_RANK under DDP on GPUs;
+    an explicit cuda:N is made the current CUDA device). Idempotent: a second call in the same
+    process (e.g. the next job of a sweep) reuses the group. A single process gets a disabled
+    Dist and no process group.
     """
     env = env or env_from()
+    sync = _want_sync_bn(sync_bn, device, env.world_size)
     if env.world_size <= 1:
-        return Dist(env), device
+        dist = Dist(env)
+        _ACTIVE[:] = [dist]
+        return dist, local_device(device, env)
     if not 0 <= env.rank < env.world_size:
         raise ConfigError(
             f"rank {env.rank} is outside world size {env.world_size}; check the "
@@ -292,7 +333,9 @@ def init(
                 f"the process group uses {tdist.get_backend()}, this job asks "
                 f"for {backend}; keep runtime.dist_backend the same"
             )
-        return Dist(env, backend), device
+        dist = Dist(env, backend, sync)
+        _ACTIVE[:] = [dist]
+        return dist, device
     if env.master_addr is None or env.master_port is None:
         raise ConfigError("MASTER_ADDR/MASTER_PORT are unset; launch with torchrun or srun")
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
@@ -308,10 +351,13 @@ def init(
         timeout=_dt.timedelta(seconds=timeout_s),
         **kw,
     )
-    return Dist(env, backend), device
+    dist = Dist(env, backend, sync)
+    _ACTIVE[:] = [dist]
+    return dist, device
 
 
 def shutdown() -> None:
+    _ACTIVE.clear()
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
 
@@ -332,17 +378,20 @@ def wrap(distiller: nn.Module, dist: Dist, device: torch.device, sync_bn: bool) 
     """
     if not dist.enabled:
         return distiller
-    if sync_bn:
+    if sync_bn and has_batchnorm(distiller.student):
         # in place below the root: the student object the pipeline holds stays the same
         nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
     if hasattr(distiller, "gather"):  # CRD: update the banks with the global batch
         distiller.gather = dist.all_gather_cat
     ids = [device.index] if device.type == "cuda" else None
+    # torch >= 2.14 renamed broadcast_buffers=False (no broadcast at every forward)
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
     return DistributedDataParallel(
-        distiller,
-        device_ids=ids,
-        output_device=ids[0] if ids else None,
-        broadcast_buffers=False,
+        distiller, device_ids=ids, output_device=ids[0] if ids else None, **no_sync
     )
 
 
