@@ -42,6 +42,28 @@ def torchrun(*args: str, cwd: Path, log: Path | None = None) -> subprocess.Popen
     )
 
 
+def kill_all(p: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers (each in a session of its own, so not by group)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, found = [p.pid], []
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+
+
 def _payload(store: Path, kind: str) -> torch.Tensor:
     (path,) = store.glob(f"{kind}/*/payload.pt")
     return torch.load(path, weights_only=True)
@@ -76,8 +98,7 @@ def test_two_processes_match_one_process_then_resume_after_sigkill(tmp_path):
     args = [*RECIPE, f"store_dir={store}", f"hydra.run.dir={run3}"]
     p = torchrun(*args, cwd=tmp_path, log=tmp_path / "killed.log")
     wait_for((run3 / "checkpoints" / "student.partial.pt").is_file, p, limit=300)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_all(p)
     assert read_json(run3 / "metrics.json")["status"] == "running"
     p = torchrun(*args, cwd=tmp_path)
     out, _ = p.communicate(timeout=600)
