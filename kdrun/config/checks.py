@@ -52,8 +52,12 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
         for k, v in node.items():
             if k not in schema:
                 out.append(prefix + str(k))
-            elif isinstance(v, dict) and isinstance(schema[k], dict) and prefix + k != "method":
-                walk(v, schema[k], f"{prefix}{k}.")  # method.* is checked by its own Options
+            elif (
+                isinstance(v, dict)
+                and isinstance(schema[k], dict)
+                and prefix + k not in ("method", "logger")
+            ):  # method.* is checked by its own Options, logger.* by each tracker
+                walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")
     return out
