@@ -83,3 +83,71 @@ def test_crd_compiles_once_and_draws_what_eager_draws():
     torch.testing.assert_close(out, ref)
     assert comp._step == eager._step == 4
     assert torch.equal(comp.memory_s, eager.memory_s) and torch.equal(comp.z, eager.z)
+
+
+def test_amp_auto_picks_bf16_only_from_ampere_on(monkeypatch):
+    from kdrun.config import RuntimeConfig
+    from kdrun.engine.evaluate import resolve_amp
+    from kdrun.engine.perf import Perf
+
+    cuda = torch.device("cuda", 0)
+    for cap, want in (((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
+        assert resolve_amp("auto", cuda) == want
+        # fp16 goes with the GradScaler; the fused step avoids its per-step host sync
+        assert Perf.from_config(RuntimeConfig(), cuda).fused_optimizer is (want == "fp16")
+    assert resolve_amp("auto", torch.device("cpu")) == "off"
+    assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_rng_state_holds_only_the_training_devices_generator():
+    from kdrun.engine.checkpoint import rng_state, seed_everything, set_rng_state
+
+    gen = seed_everything(3)
+    state = rng_state(gen, torch.device("cpu"))
+    assert "cuda" not in state and "cuda_device" not in state
+    a = torch.rand(3, generator=gen)
+    # an old checkpoint's all-GPU list is ignored, not restored onto fewer GPUs (IndexError)
+    set_rng_state(
+        gen, {**state, "cuda": [torch.zeros(8, dtype=torch.uint8)] * 4}, torch.device("cpu")
+    )
+    assert torch.equal(torch.rand(3, generator=gen), a)
+
+
+def test_device_is_not_part_of_the_checkpoint_fingerprint():
+    from omegaconf import OmegaConf
+
+    from kdrun.config import KdrunConfig
+    from kdrun.experiments.pipeline import resumable_config
+
+    base = OmegaConf.structured(KdrunConfig(device="cuda"))
+    moved = OmegaConf.merge(base, {"device": "cuda:1", "runtime": {"dist_backend": "gloo"}})
+    assert resumable_config(base) == resumable_config(moved)
+    other = OmegaConf.merge(base, {"runtime": {"sync_bn": "off"}})  # changes results: kept
+    assert resumable_config(base) != resumable_config(other)
+
+
+def test_deterministic_switch_sets_and_unsets_the_global_flags():
+    from kdrun.engine.perf import configure_backends
+
+    try:
+        configure_backends(True, torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        configure_backends(False, torch.device("cpu"))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
+
+
+def test_augmentation_slices_draw_what_one_process_draws():
+    from kdrun.data.bundle import augment_batch
+
+    x = torch.randn(7, 3, 8, 8)
+    whole = augment_batch(x, 2, True, torch.Generator().manual_seed(5))
+    parts = [
+        augment_batch(x[a:b], 2, True, torch.Generator().manual_seed(5), (a, b, 7))
+        for a, b in ((0, 4), (4, 7))
+    ]
+    assert torch.equal(torch.cat(parts), whole)
+    assert whole.is_contiguous(memory_format=torch.channels_last)  # not copied back to NCHW

@@ -21,7 +21,7 @@ from kdrun.config import to_container
 from kdrun.data import DATASETS, DataBundle
 from kdrun.engine import FitResult, accuracy, fit, place_data, resolve_device, set_threads
 from kdrun.engine import distributed as dist_
-from kdrun.engine.perf import Perf
+from kdrun.engine.perf import Perf, configure_backends
 from kdrun.errors import CheckpointError
 from kdrun.experiments.analyses import run_analyses
 from kdrun.experiments.kinds import register_kind
@@ -583,6 +583,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     """Train everything one job needs and return its metrics (without run bookkeeping)."""
     device = dist_.current().place(resolve_device(cfg.device))  # cuda:LOCAL_RANK under DDP
     set_threads(cfg.runtime.num_threads)
+    configure_backends(cfg.runtime.deterministic, device)
     p = Pipeline(cfg, run_dir, device, reporter)
     if should_stop is not None:
         p.should_stop = should_stop
