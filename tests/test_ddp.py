@@ -64,6 +64,31 @@ def kill_all(p: subprocess.Popen) -> None:
     p.wait()
 
 
+def _rank_pid(p: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank (from /proc/PID/environ)."""
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            text = env.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in text and b"TORCHELASTIC_RUN_ID" in b"".join(text):
+            pid = int(env.parent.name)
+            if pid != p.pid and _is_descendant(pid, p.pid):
+                return pid
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def _is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            return False
+    return False
+
+
 def _payload(store: Path, kind: str) -> torch.Tensor:
     (path,) = store.glob(f"{kind}/*/payload.pt")
     return torch.load(path, weights_only=True)
@@ -93,13 +118,20 @@ def test_two_processes_match_one_process_then_resume_after_sigkill(tmp_path):
         "teacher.pt",
     ]
 
-    # the same 2-process job killed (every process, SIGKILL) after a student checkpoint
+    # the same 2-process job: rank 1 alone SIGKILLed (torchrun then stops rank 0), then
+    # every process SIGKILLed, each after a student checkpoint; then run to the end
     run3 = tmp_path / "run3"
     args = [*RECIPE, f"store_dir={store}", f"hydra.run.dir={run3}"]
-    p = torchrun(*args, cwd=tmp_path, log=tmp_path / "killed.log")
-    wait_for((run3 / "checkpoints" / "student.partial.pt").is_file, p, limit=300)
+    partial = run3 / "checkpoints" / "student.partial.pt"
+    p = torchrun(*args, cwd=tmp_path, log=tmp_path / "rank1.log")
+    wait_for(partial.is_file, p, limit=300)
+    os.kill(_rank_pid(p, 1), signal.SIGKILL)
+    assert p.wait(timeout=120) != 0
+    assert read_json(run3 / "metrics.json")["status"] != "completed"
+    first = partial.stat().st_mtime_ns
+    p = torchrun(*args, cwd=tmp_path, log=tmp_path / "all.log")
+    wait_for(lambda: partial.is_file() and partial.stat().st_mtime_ns != first, p, limit=300)
     kill_all(p)
-    assert read_json(run3 / "metrics.json")["status"] == "running"
     p = torchrun(*args, cwd=tmp_path)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
