@@ -186,3 +186,56 @@ def test_collectives_on_two_gloo_processes(tmp_path):
         assert got == expected_gather
         assert rows == [2.0 * i for i in range(7)]
         assert flag is True and obj == {"from": 0} and t == 0.0 and backend == "gloo"
+
+
+def _crd_worker(rank: int, world: int, port: int, out: dict) -> None:
+    torch.set_num_threads(1)
+    env = D.DistEnv(rank, world, rank, "127.0.0.1", str(port), "torchrun")
+    dist, _ = D.init(torch.device("cpu"), env=env, timeout_s=60)
+    try:
+        d = _crd()
+        d.gather = dist.all_gather_cat
+        idx, v_s, v_t = _global_batch()
+        a, b = dist.bounds(len(idx))
+        d._update_memory(idx[a:b], v_s[a:b], v_t[a:b])
+        out[rank] = (d.memory_s.clone(), d.memory_t.clone())
+    finally:
+        D.shutdown()
+
+
+def _crd():
+    from torch import nn
+
+    from kdrun.methods.crd import CRD, CRDOptions
+
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4)) for _ in range(2)]
+    for net in nets:
+        net.kd_stages, net.kd_head = ["0"], "2"
+    labels = torch.arange(20) % 4
+    return CRD(
+        nets[0], nets[1], CRDOptions(nce_k=8, feat_dim=6), (5, 5), labels, torch.arange(20), 0
+    )
+
+
+def _global_batch():
+    g = torch.Generator().manual_seed(3)
+    return (
+        torch.randperm(20, generator=g)[:7],
+        torch.randn(7, 6, generator=g),
+        torch.randn(7, 6, generator=g),
+    )
+
+
+@pytest.mark.slow
+def test_crd_banks_stay_identical_across_ranks_and_equal_one_process():
+    """Each rank updates the banks with the all-gathered embeddings and indices of the global
+    batch: both ranks end with the banks one process gets from the whole batch."""
+    ref = _crd()
+    ref._update_memory(*_global_batch())
+    with mp.Manager() as m:
+        out = m.dict()
+        mp.spawn(_crd_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        res = dict(out)
+    for rank in (0, 1):
+        assert torch.equal(res[rank][0], ref.memory_s) and torch.equal(res[rank][1], ref.memory_t)
