@@ -389,8 +389,6 @@ def best_by_val(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def plot_heatmap(s: Summary, path: Path) -> bool:
     """Student test accuracy over T × alpha; colours centred on the baseline's accuracy."""
-    if is_search(s):
-        return plot_search(s, path)
     import matplotlib
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure  # no pyplot: no global backend state
@@ -604,7 +602,8 @@ def summarize(sweep_dir: str | Path, console: Console | None = None) -> Summary:
     atomic_write_text(_csv(keys, jobs, s.aggregates), sweep_dir / "summary.csv")
     atomic_write_json(_json_safe(doc), sweep_dir / "summary.json")
     s.files = [sweep_dir / "summary.csv", sweep_dir / "summary.json"]
-    for name, plot in (("heatmap.png", plot_heatmap), ("acc_vs_T.png", plot_lines)):
+    heat = plot_search if is_search(s) else plot_heatmap  # a search's trials are scattered
+    for name, plot in (("heatmap.png", heat), ("acc_vs_T.png", plot_lines)):
         try:
             if plot(s, sweep_dir / name):
                 s.files.append(sweep_dir / name)
