@@ -351,7 +351,11 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | Non
         msg = str(e) if isinstance(e, Interrupted) else "stopped by a second Ctrl-C"
         rec.finish("interrupted", error=msg)
         hint = "" if multirun else f"; resume with: {resume_hint(run_dir)}"  # sweeps: cli
-        print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
+        env = dist_.env_from()
+        if env.world_size > 1:  # every rank stopped at the same batch: rank 0 says so
+            hint = "; resume by rerunning the same command (or on one process: kdrun resume)"
+        if env.rank == 0:
+            print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
         return Interrupted.exit_code
     except KdrunError as e:
         rec.finish("failed", error=str(e), error_type=type(e).__name__)
