@@ -342,8 +342,22 @@ def test_nce_loss_matches_written_formula():
     total = 0.0
     for b in range(2):
         total += math.log(pos[b] / (pos[b] + k / n + 1e-7))
-        total += sum(keep[b, j] * math.log((k / n) / (neg[b, j] + k / n + 1e-7)) for j in range(k))
+        kept = float(keep[b].sum())  # the kept negatives stand for all K draws
+        for j in range(k):
+            term = math.log((k / n) / (float(neg[b, j]) + k / n + 1e-7))
+            total += float(keep[b, j]) * k / kept * term
     assert nce_loss(pos, neg, n, keep).item() == pytest.approx(-total / 2, rel=1e-6)
+
+
+def test_nce_negative_term_does_not_shrink_with_same_class_draws():
+    """Masking same-class draws must not scale the negative term by (N - N_y) / N: with K
+    draws of which some are masked, the term equals that of K other-class draws."""
+    pos = torch.tensor([1.0, 1.0])
+    neg = torch.full((2, 10), 0.3)
+    keep = torch.ones(2, 10)
+    keep[1, :3] = 0  # row 1 drew 3 negatives of its own class
+    per_row = [nce_loss(pos[i : i + 1], neg[i : i + 1], 100, keep[i : i + 1]) for i in range(2)]
+    assert per_row[0].item() == pytest.approx(per_row[1].item(), rel=1e-6)
 
 
 def test_nce_loss_rewards_the_positive_and_punishes_negatives():
@@ -446,7 +460,7 @@ def _ctx(student_name="cnn", **skw):
     ],
 )
 def test_feature_methods_train_student_and_adapters_only(name, student):
-    cfg = OmegaConf.create({"method": {"name": name}, "seed": 0})
+    cfg = OmegaConf.create({"method": {"name": name}, "seed": 0, "T": 4.0})
     d = METHODS[name].build(cfg, _ctx(student))
     d.train()
     assert not d.teacher.training and not METHODS[name].cacheable

@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import hydra
@@ -17,11 +18,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.cli.explain import explain, missing_launcher
+from kdrun.cli.explain import explain, missing_key, missing_launcher
+from kdrun.cli.plugins import load_plugins
 from kdrun.config import config_dir, register_configs
 from kdrun.engine.distributed import env_from
-from kdrun.errors import EXIT, find_os_error, os_error_message
+from kdrun.errors import EXIT, ConfigError, find_os_error, os_error_message
 from kdrun.experiments.job import run_job, search_objective
+from kdrun.methods import METHODS, unknown_option
 
 register_configs()
 
@@ -36,6 +39,7 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_job(cfg: DictConfig) -> int:
+    load_plugins()  # a no-op where `kdrun` loaded them; a launcher's worker process needs it
     hc = HydraConfig.get()
     _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
     multirun = hc.mode == RunMode.MULTIRUN
@@ -81,6 +85,35 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
     return out
 
 
+def method_option_error(cfg: DictConfig) -> str | None:
+    """``method.*`` checked against the chosen method's typed options (unknown keys get a
+    did-you-mean, like top-level keys); an unknown method is left to validate()."""
+    method = METHODS.get(cfg.method.get("name"))
+    if method is None:
+        return None
+    try:
+        method.options(cfg.method)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _method_key_error(e: BaseException, overrides: list[str]) -> str | None:
+    """``method.<typo>=...``: the chosen method's options, with the closest one."""
+    key = missing_key(e)
+    if key is None or not key.startswith("method."):
+        return None
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        name = compose(config_name="config", overrides=rest).method.get("name")
+    except Exception:  # another error as well: explain() reports the first one
+        return None
+    if name not in METHODS:
+        return None
+    known = [f.name for f in fields(METHODS[name].Options)]
+    return unknown_option(name, key.split(".", 1)[1], known)
+
+
 def precheck(args: list[str]) -> str | None:
     """Compose the config once per override value, so a typo fails fast with one line.
 
@@ -95,9 +128,11 @@ def precheck(args: list[str]) -> str | None:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             for ov in candidates:
                 try:
-                    compose(config_name="config", overrides=ov)
+                    cfg = compose(config_name="config", overrides=ov)
                 except Exception as e:
-                    return explain(e)
+                    return _method_key_error(e, ov) or explain(e)
+                if (err := method_option_error(cfg)) is not None:
+                    return err
     finally:
         GlobalHydra.instance().clear()
     return None

@@ -22,6 +22,13 @@ _NOT_A_LIST = re.compile(
 )
 
 
+def missing_key(e: BaseException) -> str | None:
+    """The key of a ``key=value`` override that names no config key, if that is the error."""
+    text = _one_line(e)
+    m = _KEY_MISSING.search(text)
+    return m.group(1).lstrip("+~") if m and "not in" in text else None
+
+
 def _schema_keys() -> list[str]:
     out: list[str] = []
 

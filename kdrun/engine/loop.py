@@ -313,6 +313,11 @@ class _Trainer:
             "lr": lr,
             "seconds": time.perf_counter() - ep.t0,
         }
+        # Per-epoch values a method reports besides its losses (e.g. CTKD's learned T); the
+        # engine does not know methods, so any module with epoch_metrics() may add columns.
+        epoch_metrics = getattr(self.distiller, "epoch_metrics", None)
+        if epoch_metrics is not None:
+            row.update(epoch_metrics())
         p.history.append(row)
         self.save(epoch + 1, None)
         return row

@@ -410,11 +410,14 @@ class Pipeline:
         cfg = self.cfg
         if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
             return None
-        if distiller.teacher is None:
+        outputs_spec = distiller.teacher_output_spec()
+        if outputs_spec is None:
             return None
+        # One cache per (teachers, data, what the method caches): method options that only
+        # shape the student's loss (DKD's beta, ...) are not in the key.
         spec = {
             "teachers": list(self.teacher_keys),
-            "method": to_container(cfg.method),
+            "outputs": outputs_spec,
             "data": data_spec(cfg, student=False),
         }
         x, n = self.data.x_train, len(self.data.y_train)
@@ -595,7 +598,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     # Test-set numbers, computed once here; model selection used validation only.
     t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
     student_rep, _ = _student_report(p, student, res, t_logits)
+    effective = distiller.effective()
     metrics: dict[str, Any] = {
+        # What the method actually used: T/alpha it ignores are null, not the config's values
+        "T": effective.get("T"),
+        "alpha": effective.get("alpha"),
+        "effective": effective,
         "teacher": p.reports["teacher"].as_dict() if teacher is not None else None,
         "baseline": None,
         "student": student_rep,

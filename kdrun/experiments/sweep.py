@@ -121,8 +121,12 @@ def _stage(m: dict[str, Any], stage: str, key: str) -> Any:
 def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> dict[str, Any]:
     m = read_metrics(job_dir / "metrics.json") or {}
     row: dict[str, Any] = {"job": name, **dict.fromkeys(keys)}  # filled last, as swept
+    eff = m.get("effective")
     for k, kind in (("T", float), ("alpha", float), ("seed", int)):
-        row[k] = _num(m[k] if m.get(k) is not None else ov.get(k), kind)
+        if eff is not None and k in eff:  # what the method used; null: a knob it ignores
+            row[k] = eff[k]
+        else:
+            row[k] = _num(m[k] if m.get(k) is not None else ov.get(k), kind)
     status = m.get("status", "missing")
     error = m.get("error")
     if status == "missing":
@@ -539,8 +543,10 @@ def summary_table(s: Summary) -> Table:
         secs = r.get(f"student_seconds{sfx}")
         t.add_row(
             *[str(r[k]) for k in s.keys],
-            f"{r['T']:g}" if _finite(r["T"]) else str(r["T"]),
-            f"{r['alpha']:g}" if _finite(r["alpha"]) else str(r["alpha"]),
+            f"{r['T']:g}" if _finite(r["T"]) else ("-" if r["T"] is None else str(r["T"])),
+            f"{r['alpha']:g}"
+            if _finite(r["alpha"])
+            else ("-" if r["alpha"] is None else str(r["alpha"])),
             seed,
             _fmt_pct_std(r.get(f"student_acc{sfx}"), r.get("student_acc_std") if agg else None),
             _fmt_pct_std(gain, r.get("kd_gain_std") if agg else None).replace("%", " pt")

@@ -4,14 +4,33 @@
 import kdrun.methods.at  # noqa: F401
 import kdrun.methods.born_again  # noqa: F401
 import kdrun.methods.crd  # noqa: F401
+import kdrun.methods.ctkd  # noqa: F401
+import kdrun.methods.dist  # noqa: F401
 import kdrun.methods.dkd  # noqa: F401
 import kdrun.methods.dml  # noqa: F401
 import kdrun.methods.fitnet  # noqa: F401
 import kdrun.methods.kd  # noqa: F401
+import kdrun.methods.mlkd  # noqa: F401
 import kdrun.methods.multi_teacher  # noqa: F401
+import kdrun.methods.nkd  # noqa: F401
+import kdrun.methods.reviewkd  # noqa: F401
 import kdrun.methods.rkd  # noqa: F401
 import kdrun.methods.sp  # noqa: F401
 import kdrun.methods.takd  # noqa: F401
-from kdrun.methods.base import METHODS, BuildContext, Distiller, HardLabels, register_method
+from kdrun.methods.base import (
+    METHODS,
+    BuildContext,
+    Distiller,
+    HardLabels,
+    register_method,
+    unknown_option,
+)
 
-__all__ = ["METHODS", "BuildContext", "Distiller", "HardLabels", "register_method"]
+__all__ = [
+    "METHODS",
+    "BuildContext",
+    "Distiller",
+    "HardLabels",
+    "register_method",
+    "unknown_option",
+]

@@ -3,6 +3,7 @@
 The spatial attention map of a (N, C, H, W) feature is Q = mean_c |f_c|^p, flattened and
 L2-normalised per sample; for each paired stage the loss is mean over batch and positions of
 (Q_s - Q_t)^2 (the authors' and RepDistiller's code), summed over pairs and weighted by beta.
+|f|^p is the paper's; RepDistiller/mdistiller compute f^p (equal for even p, the default 2).
 When the pair's resolutions differ, the larger feature is average-pooled to the smaller.
 
 Stages pair by resolution by default: for each H x W present in both models, the last
@@ -143,7 +144,7 @@ class AT(FeatureDistiller):
                 )
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), opts, cls.in_shape(ctx))
 

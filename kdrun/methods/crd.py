@@ -13,9 +13,12 @@ teacher as anchor against M_s; loss = beta * (both). After the step, M[i] <- nor
 momentum * M[i] + (1 - momentum) * v_i). N is the size of the student's transfer set.
 
 Negatives are drawn uniformly from the transfer set, K per step and shared by the batch (a
-(B, K) score matrix instead of RepDistiller's (B, K, d) gather: the same objective in
-expectation, far cheaper on a CPU); those of the anchor's own class are masked out, as
-RepDistiller draws negatives from other classes. K is capped at N - 1 for tiny data sets.
+(B, K) score matrix instead of RepDistiller's (B, K, d) gather, far cheaper on a CPU).
+RepDistiller draws each anchor's K negatives from the *other* classes; here those of the
+anchor's own class are masked out and the K_i kept ones of row i are reweighted by K / K_i,
+so the negative sum is K times the mean over other-class negatives, as with K draws from
+other classes (masking alone would scale its expectation by (N - N_y) / N, 0.9 on 10
+balanced classes). K is capped at N - 1 for tiny data sets.
 
 Several processes (DDP): every rank draws the same negatives (a function of seed and step) and
 the banks are updated with the embeddings and indices of the GLOBAL batch (all-gathered through
@@ -53,13 +56,16 @@ def nce_loss(
     """NCE with a uniform noise distribution (P_n = 1/n_data) and K = neg.shape[1] draws.
 
     ``pos`` (B,) and ``neg`` (B, K) are the normalised scores P; ``neg_mask`` (B, K) keeps
-    (1) or drops (0) each negative term.
+    (1) or drops (0) each negative term, and the K_i kept terms of row i are weighted by
+    K / K_i: the estimator of K draws from the kept (other-class) population.
     """
-    k_pn = neg.shape[1] / n_data
+    k = neg.shape[1]
+    k_pn = k / n_data
     log_d1 = torch.log(pos / (pos + k_pn + eps))
     log_d0 = torch.log(k_pn / (neg + k_pn + eps))
     if neg_mask is not None:
-        log_d0 = log_d0 * neg_mask
+        kept = neg_mask.sum(1, keepdim=True).clamp(min=1)
+        log_d0 = log_d0 * neg_mask * (k / kept)
     return -(log_d1.sum() + log_d0.sum()) / pos.shape[0]
 
 
@@ -124,7 +130,7 @@ class CRD(FeatureDistiller):
         check(0 <= opts.momentum < 1, f"method.momentum must be in [0, 1) (got {opts.momentum})")
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         student, teacher = ctx.new_student(), ctx.teacher()
         shape = cls.in_shape(ctx)

@@ -11,6 +11,8 @@ DKD drops the (1 - p_t[target]) coupling and weights the parts freely:
     loss = ce_weight * CE + w(epoch) * T^2 * (alpha * TCKD + beta * NCKD)
 
 with w rising linearly to 1 over the first ``warmup`` epochs (epoch e, 1-based: w = e/warmup).
+T is the run's top-level ``T``; alpha and beta here are DKD's own TCKD/NCKD weights (the
+top-level alpha, KD's soft-term weight, is not used).
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ class DKDOptions(MethodOptions):
     ce_weight: float = 1.0
     alpha: float = 1.0
     beta: float = 8.0
-    T: float = 4.0
     warmup: int = 20  # epochs; clamped to the student's epochs
 
 
@@ -84,9 +85,11 @@ class DKD(Distiller):
 
     Options = DKDOptions
 
-    def __init__(self, student, teacher, opts: DKDOptions, steps_per_epoch: int, epochs: int):
+    def __init__(
+        self, student, teacher, opts: DKDOptions, steps_per_epoch: int, epochs: int, T: float = 4.0
+    ):
         super().__init__(student, teacher)
-        self.opts = opts
+        self.opts, self.T = opts, T  # T: the run's top-level T (mdistiller CFG.DKD.T = 4)
         self.steps_per_epoch = max(1, steps_per_epoch)
         # mdistiller warms up over 20 of 240 epochs; kdrun recipes are short, so never longer
         # than the run itself (warmup >= epochs: the full weight is reached in the last epoch).
@@ -97,7 +100,6 @@ class DKD(Distiller):
     @classmethod
     def check_config(cls, cfg) -> None:
         o = cls.options(cfg.method)
-        check(o.T > 0, f"method.T must be > 0 (got {o.T}); try method.T=4")
         for k in ("ce_weight", "alpha", "beta", "warmup"):
             check(getattr(o, k) >= 0, f"method.{k} must be >= 0 (got {getattr(o, k)})")
 
@@ -106,7 +108,7 @@ class DKD(Distiller):
         opts = cls.options(cfg.method)
         recipe = cfg.student.train
         steps = math.ceil(len(ctx.data.student_idx) / recipe.batch_size)
-        return cls(ctx.new_student(), ctx.teacher(), opts, steps, recipe.epochs)
+        return cls(ctx.new_student(), ctx.teacher(), opts, steps, recipe.epochs, cfg.T)
 
     def warmup_factor(self) -> torch.Tensor:
         """min(epoch / warmup, 1) for the current 1-based epoch, as a tensor (no device sync)."""
@@ -123,7 +125,7 @@ class DKD(Distiller):
         w = self.warmup_factor()
         if self.training:
             self.step += 1
-        parts = dkd_loss(logits, teacher_out, y, o.T, o.alpha, o.beta)
+        parts = dkd_loss(logits, teacher_out, y, self.T, o.alpha, o.beta)
         losses = {"hard": o.ce_weight * F.cross_entropy(logits.float(), y)}
         losses.update({k: w * v for k, v in parts.items()})
         return logits, losses

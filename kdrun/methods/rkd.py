@@ -75,7 +75,7 @@ class RKD(FeatureDistiller):
             check(getattr(opts, k) >= 0, f"method.{k} must be >= 0 (got {getattr(opts, k)})")
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         return cls(ctx.new_student(), ctx.teacher(), cls.options(cfg.method))
 
     def feature_losses(self, s: Taps, t: Taps, y, idx):

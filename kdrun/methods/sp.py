@@ -60,7 +60,7 @@ class SP(FeatureDistiller):
         check_layer_options(opts, cfg)
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         return cls(ctx.new_student(), ctx.teacher(), cls.options(cfg.method))
 
     def feature_losses(self, s: Taps, t: Taps, y, idx):

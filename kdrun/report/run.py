@@ -80,9 +80,24 @@ def fmt_acc(x: float | None) -> str:
     return f"{100 * x:.2f}%"
 
 
+def knob_text(m: dict[str, Any]) -> str:
+    """'T=4 · alpha=0.9' as the method used them (metrics.json ``effective``); a knob the
+    method does not use is left out, a learned T says so."""
+    eff = m.get("effective") or {"T": m.get("T"), "alpha": m.get("alpha")}
+    parts = []
+    if eff.get("T") is not None:
+        parts.append(f"T={eff['T']:g}")
+    elif eff.get("T_learned") is not None:
+        parts.append(f"T learned ({eff['T_learned']:.3g})")
+    if eff.get("alpha") is not None:
+        parts.append(f"alpha={eff['alpha']:g}")
+    return " · ".join(parts)
+
+
 def results_table(m: dict[str, Any]) -> Table:
+    knobs = knob_text(m)
     title = (
-        f"kdrun · {m['dataset']} · method={m['method']} · T={m['T']:g} · alpha={m['alpha']:g}"
+        f"kdrun · {m['dataset']} · method={m['method']}{' · ' + knobs if knobs else ''}"
         f" · seed={m['seed']}"
     )
     t = Table(title=title, title_style="bold")
