@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.config.schema import KdrunConfig
-from kdrun.data import DATASETS
+from kdrun.data import DATASETS, parse_size
 from kdrun.errors import ConfigError
 from kdrun.models import MODELS
 
@@ -49,8 +49,9 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     out: list[str] = []
 
     def walk(node: dict, schema: dict, prefix: str) -> None:
+        custom = prefix in ("teacher.", "student.") and node.get("name") == "custom"
         for k, v in node.items():
-            if k not in schema:
+            if k not in schema and not custom:  # a custom model's own constructor arguments
                 out.append(prefix + str(k))
             elif (
                 isinstance(v, dict)
@@ -71,6 +72,7 @@ def _check_models(cfg: DictConfig) -> None:
             f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
         )
         _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
+        _check(m.finetune_epochs >= 0, f"{role}.finetune_epochs must be >= 0")
         _check_train(f"{role}.train", m.train)
 
 
@@ -79,7 +81,13 @@ def _check_dataset(ds: DictConfig) -> None:
         0 < ds.train_fraction <= 1,
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
     )
+    _check(
+        ds.on_bad_image in ("skip", "error"),
+        f"unknown dataset.on_bad_image '{ds.on_bad_image}'; choose one of: skip, error",
+    )
     n_cls = DATASETS[ds.name].num_classes
+    if not n_cls:  # the user's own data: its classes are counted when it is loaded
+        n_cls = 1 << 30
     bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
     _check(
         not bad,
@@ -110,6 +118,7 @@ def _check_runtime(rt: DictConfig) -> None:
     )
     _check(rt.num_threads >= 0, "runtime.num_threads must be >= 0 (0 = torch's default)")
     _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
+    parse_size(rt.max_data_memory)
     _check(
         rt.dist_backend in ("auto", "nccl", "gloo"),
         f"unknown runtime.dist_backend '{rt.dist_backend}'; choose one of: auto, nccl, gloo",

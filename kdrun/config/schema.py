@@ -51,6 +51,15 @@ class ModelConfig:
     widen_factor: int = 1  # wrn widening / resnet "x4" multiplier
     dropout: float = 0.0
     checkpoint: str | None = None  # load weights instead of training (teacher only)
+    # Models from outside kdrun (torchvision, timm, hf, custom: kdrun.models.external).
+    arch: str | None = None  # torchvision/timm architecture name
+    weights: str | None = None  # state-dict file, DEFAULT (torchvision) or hub (timm)
+    path: str | None = None  # hf: a save_pretrained directory
+    num_classes_from_data: bool = False  # resize a pretrained head to the data's class count
+    trust_remote_code: bool = False  # hf: run the model repository's own code (opt-in)
+    finetune_epochs: int = 0  # a pretrained teacher: fine-tune it this many epochs first
+    _target_: str | None = None  # custom: the nn.Module class by import path
+    kwargs: dict[str, Any] = field(default_factory=dict)  # custom: constructor arguments
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -70,6 +79,16 @@ class DatasetConfig:
     augment: bool = False  # batched random crop + flip (image sets)
     crop_padding: int = 4
     hflip: bool = True
+    # The user's own data (image_folder, tensors, hf: kdrun.data.external).
+    path: str | None = None  # tensors: FILE.npz; hf: a datasets directory
+    image_size: Any = None  # N or [H, W]; None: the images' own, or a pretrained teacher's
+    mean: list[float] | None = None  # per channel on [0, 1] pixels; None: computed on train
+    std: list[float] | None = None
+    on_bad_image: str = "skip"  # skip (one warning) | error
+    in_memory: bool = True  # false: stream from disk per batch
+    num_workers: int = 2  # image decoding threads
+    image_column: str = "image"  # hf
+    label_column: str = "label"  # hf
 
 
 @dataclass
@@ -92,6 +111,7 @@ class RuntimeConfig:
     sync_bn: str = "auto"  # auto (on for CUDA jobs of >1 process with BatchNorm) | on | off
     dist_timeout_s: int = 1800  # a rank waiting longer at a collective fails the job
     deterministic: bool = False  # deterministic kernels (CUDA: slower; see docs/distributed.md)
+    max_data_memory: str = "8GB"  # the user's image data above this size streams from disk
 
 
 @dataclass

@@ -3,19 +3,22 @@
 Importing this package registers every built-in data set.
 """
 
-from kdrun.data import builtin  # noqa: F401  (registration)
+from kdrun.data import builtin, external  # noqa: F401  (registration)
 from kdrun.data.builtin import read_idx
 from kdrun.data.bundle import DataBundle, augment_batch, batch_indices, load_data
+from kdrun.data.external import LoadHints, parse_size
 from kdrun.data.registry import DATASETS, DatasetSpec, RawData, register_dataset
 
 __all__ = [
     "DATASETS",
     "DataBundle",
     "DatasetSpec",
+    "LoadHints",
     "RawData",
     "augment_batch",
     "batch_indices",
     "load_data",
+    "parse_size",
     "read_idx",
     "register_dataset",
 ]

@@ -1,8 +1,10 @@
 """Data sets as in-memory tensors: a registry of loaders, fixed splits, batched augmentation.
 
-Every data set is read once into float32 tensors (N, C, H, W), normalised with statistics of
-the training split, and moved to the training device. Batches are index slices; augmentation
-is a batched tensor op. Nothing in the hot loop touches PIL or per-item Python.
+Every built-in data set is read once into float32 tensors (N, C, H, W), normalised with
+statistics of the training split, and moved to the training device. The user's own data
+(kdrun.data.external) is held as uint8 rows normalised per batch, or streamed from disk; the
+loop reads both the same way (``x.index_select(0, idx)``). Batches are index slices;
+augmentation is a batched tensor op.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kdrun.data.registry import DATASETS, RawData
+from kdrun.data.external import ExternalRaw, LoadHints, load_external, split_rows, take
+from kdrun.data.registry import DATASETS, DatasetSpec, RawData
 from kdrun.errors import DataError
 
 # --------------------------------------------------------------------------- the bundle
@@ -91,9 +94,10 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _split(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation rows of ``raw``'s training split (fixed ``split_seed``); limits
-    the test split in place when ``limit_test`` is set."""
+def _split(raw: RawData | ExternalRaw, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows of ``raw``'s training split (fixed ``split_seed``; none for
+    validation when the data set has its own validation split); limits the test split in
+    place when ``limit_test`` is set."""
     perm = np.random.default_rng(cfg.split_seed).permutation(len(raw.y_train))
     if cfg.limit_train:
         perm = perm[: cfg.limit_train]
@@ -101,7 +105,9 @@ def _split(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray]:
         keep = np.sort(
             np.random.default_rng(cfg.split_seed).permutation(len(raw.y_test))[: cfg.limit_test]
         )
-        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
+        raw.x_test, raw.y_test = take(raw.x_test, keep), raw.y_test[keep]
+    if getattr(raw, "x_val", None) is not None:
+        return np.sort(perm), np.zeros(0, np.int64)
     n_val = _split_counts(len(perm), cfg.val_size)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -128,19 +134,65 @@ def _normaliser(mean: np.ndarray, std: np.ndarray):
     return norm
 
 
-def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
-    """Load, split (fixed ``split_seed``), normalise with train statistics, move to device."""
+def _check_classes(cfg, num_classes: int) -> None:
+    for c in list(cfg.omit_classes) + list(cfg.keep_classes):
+        if not 0 <= c < num_classes:
+            raise DataError(
+                f"class {c} is out of range for {cfg.name} (classes 0..{num_classes - 1})"
+            )
+
+
+def _external_bundle(cfg, spec: DatasetSpec, hints: LoadHints) -> DataBundle:
+    """The user's own data: uint8 or streamed rows, normalised per batch (kdrun.data.rows)."""
+    raw = load_external(cfg.name, cfg, hints)
+    _check_classes(cfg, raw.num_classes)
+    tr_i, val_i = _split(raw, cfg)
+    rows = split_rows(raw, tr_i, val_i)
+    y_tr = raw.y_train[tr_i]
+    s_idx, sv_idx = _student_rows(y_tr, rows["y_val"], cfg)
+    first = raw.x_train if isinstance(raw.x_train, np.ndarray) else None
+    pixel_max = spec.pixel_max if first is None or first.dtype == np.uint8 else 1.0
+    content = {
+        "fingerprint": raw.fingerprint,
+        "mean": [float(v) for v in rows["mean"]],
+        "std": [float(v) for v in rows["std"]],
+        "shape": list(rows["x_train"].shape[1:]),
+    }
+    return DataBundle(
+        name=cfg.name,
+        x_train=rows["x_train"],
+        y_train=torch.from_numpy(y_tr),
+        x_val=rows["x_val"],
+        y_val=torch.from_numpy(rows["y_val"]),
+        x_test=rows["x_test"],
+        y_test=torch.from_numpy(raw.y_test),
+        num_classes=raw.num_classes,
+        class_names=list(raw.class_names),
+        mean=rows["mean"],
+        std=rows["std"],
+        student_idx=torch.from_numpy(s_idx),
+        student_val_idx=torch.from_numpy(sv_idx),
+        augment=bool(cfg.augment),
+        crop_padding=int(cfg.crop_padding),
+        hflip=bool(cfg.hflip),
+        extra={"content": content, "pixel_max": pixel_max, "load": raw.info},
+    )
+
+
+def load_data(
+    cfg, device: torch.device | str = "cpu", hints: LoadHints | None = None
+) -> DataBundle:
+    """Load, split (fixed ``split_seed``), normalise with train statistics, move to device.
+    ``hints``: a pretrained teacher's preprocessing and the memory limit (the user's data)."""
     if cfg.name not in DATASETS:
         raise DataError(
             f"unknown dataset '{cfg.name}'; choose one of: {', '.join(sorted(DATASETS))}"
         )
     spec = DATASETS[cfg.name]
+    if spec.external:
+        return _external_bundle(cfg, spec, hints or LoadHints()).to(torch.device(device))
     raw = spec.load(cfg)
-    for c in list(cfg.omit_classes) + list(cfg.keep_classes):
-        if not 0 <= c < spec.num_classes:
-            raise DataError(
-                f"class {c} is out of range for {cfg.name} (classes 0..{spec.num_classes - 1})"
-            )
+    _check_classes(cfg, spec.num_classes)
     tr_i, val_i = _split(raw, cfg)
     x_tr, y_tr = raw.x_train[tr_i], raw.y_train[tr_i]
     x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
@@ -166,6 +218,7 @@ def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
         augment=bool(cfg.augment),
         crop_padding=int(cfg.crop_padding),
         hflip=bool(cfg.hflip),
+        extra={"pixel_max": spec.pixel_max},
     )
     return bundle.to(torch.device(device))
 

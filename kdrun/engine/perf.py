@@ -97,6 +97,8 @@ def fetch(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
     data bound for CUDA is gathered straight into pinned memory, so the copy is asynchronous;
     the caching host allocator keeps the buffer alive until the copy has finished.
     """
+    if not isinstance(t, torch.Tensor):  # a row source (kdrun.data.rows): decodes on the CPU
+        return t.index_select(0, idx).to(device, non_blocking=True)
     if t.device == device:
         return t.index_select(0, idx)
     if device.type == "cuda":

@@ -18,21 +18,23 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.config import to_container
-from kdrun.data import DATASETS, DataBundle
+from kdrun.data import DATASETS, DataBundle, LoadHints, parse_size
 from kdrun.engine import FitResult, accuracy, fit, place_data, resolve_device, set_threads
 from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import Perf, configure_backends
 from kdrun.errors import CheckpointError
 from kdrun.experiments.analyses import run_analyses
+from kdrun.experiments.export import PREPROCESSING_FILE, preprocessing_record
 from kdrun.experiments.kinds import register_kind
 from kdrun.methods import METHODS, Distiller
 from kdrun.methods.kd import KD
 from kdrun.methods.losses import kl_soft
-from kdrun.models import count_params
+from kdrun.models import count_params, is_pretrained, preprocessing, weights_identity
 from kdrun.store import (
     ArtifactStore,
     CorruptArtifact,
     atomic_torch_save,
+    atomic_write_json,
     content_key,
     load_weights,
     sha256_file,
@@ -42,14 +44,68 @@ from kdrun.tasks import task_named
 log = logging.getLogger("kdrun")
 
 
+# Keys for models from outside kdrun, left out of store keys at their defaults so the keys of
+# kdrun's own models (stored before these keys existed) stay what they were.
+_EXTERNAL_DEFAULTS = {
+    "arch": None,
+    "weights": None,
+    "path": None,
+    "num_classes_from_data": False,
+    "trust_remote_code": False,
+    "finetune_epochs": 0,
+    "_target_": None,
+    "kwargs": {},
+}
+
+
 def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     spec = to_container(model_cfg)
     spec.pop("checkpoint", None)
+    for k, default in _EXTERNAL_DEFAULTS.items():
+        if spec.get(k, default) == default:
+            spec.pop(k, None)
+    ident = weights_identity(model_cfg)  # the weights' content, not their file name
+    if ident:
+        spec["weights"] = ident
+        spec.pop("path", None)
     return spec
 
 
-def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
-    """The data set fields that change what a model trained on it learns."""
+def model_label(model_cfg: DictConfig) -> str:
+    """The model's name in tables: kdrun's name, or e.g. torchvision:resnet18 / hf:vit-tiny."""
+    if model_cfg.get("arch") and model_cfg.name in ("torchvision", "timm"):
+        return f"{model_cfg.name}:{model_cfg.arch}"
+    if model_cfg.name == "hf" and model_cfg.get("path"):
+        return f"hf:{Path(model_cfg.path).name}"
+    if model_cfg.name == "custom" and model_cfg.get("_target_"):
+        return str(model_cfg._target_).rsplit(".", 1)[-1]
+    return str(model_cfg.name)
+
+
+def load_hints(cfg: DictConfig) -> LoadHints:
+    """A pretrained teacher's preprocessing (the user's data follows it unless dataset.*
+    says otherwise) and the memory limit above which the user's images stream from disk."""
+    pre = preprocessing(cfg.teacher) if is_pretrained(cfg.teacher) else None
+    return LoadHints(
+        image_size=pre.image_size if pre else None,
+        mean=pre.mean if pre else None,
+        std=pre.std if pre else None,
+        max_data_memory=parse_size(cfg.runtime.max_data_memory),
+    )
+
+
+def run_test_inputs(run_dir: Path, n: int) -> torch.Tensor:
+    """The first ``n`` test inputs of a finished run's data, preprocessed as it trained
+    (what `kdrun export` checks an ONNX file on)."""
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    task = task_named(DATASETS[cfg.dataset.name].task)
+    data = task.load_data(cfg.dataset, load_hints(cfg))
+    return data.x_test[0:n]
+
+
+def data_spec(cfg: DictConfig, student: bool, content: dict | None = None) -> dict[str, Any]:
+    """The data set fields that change what a model trained on it learns; ``content``: the
+    user's data's fingerprint and statistics (two folders under one name differ by it)."""
     ds = cfg.dataset
     spec = {
         "name": ds.name,
@@ -68,6 +124,8 @@ def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
             omit_classes=list(ds.omit_classes),
             keep_classes=list(ds.keep_classes),
         )
+    if content:
+        spec["content"] = content
     return spec
 
 
@@ -115,6 +173,7 @@ class StageReport:
     best_epoch: int
     train_seconds: float
     from_cache: bool = False
+    source: str = "trained"  # trained | store | pretrained | checkpoint | finetuned
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -132,7 +191,7 @@ class Pipeline:
         self.perf = Perf.from_config(cfg.runtime, device)
         self.task = task_named(DATASETS[cfg.dataset.name].task)
         self.data: DataBundle = place_data(
-            self.task.load_data(cfg.dataset), cfg.runtime.data_on_device, device
+            self.task.load_data(cfg.dataset, load_hints(cfg)), cfg.runtime.data_on_device, device
         )
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
@@ -193,7 +252,7 @@ class Pipeline:
         last = self._test_acc(model, res.last_state)
         best = self._test_acc(model, res.best_state)  # leaves the best weights loaded
         return {
-            "model": cfg_m.name,
+            "model": model_label(cfg_m),
             "params": count_params(model),
             "test_acc": best,
             "val_acc": res.best_val_acc,
@@ -249,8 +308,12 @@ class Pipeline:
             meta["best_epoch"],
             meta["train_seconds"],
             art.from_cache,
+            "store" if art.from_cache else "trained",
         )
         return model, rep
+
+    def data_spec(self, student: bool) -> dict[str, Any]:
+        return data_spec(self.cfg, student, self.data.extra.get("content"))
 
     # ---- BuildContext ----------------------------------------------------------------
     def teacher(self) -> nn.Module:
@@ -261,6 +324,8 @@ class Pipeline:
     def _make_teacher(self) -> nn.Module:
         cfg = self.cfg
         tcfg = cfg.teacher
+        if is_pretrained(tcfg) and not tcfg.checkpoint:
+            return self._pretrained_teacher()
         if tcfg.checkpoint:
             model = self._build(tcfg)
             path = Path(tcfg.checkpoint).expanduser()
@@ -296,11 +361,38 @@ class Pipeline:
                 0,
                 0.0,
                 True,
+                "checkpoint",
             )
             # Keyed by content, so overwriting the file never reuses stale cached logits.
             self.teacher_keys.append(f"file:{sha256_file(path)}")
             return model
         return self.model(tcfg, "teacher")
+
+    def _pretrained_teacher(self) -> nn.Module:
+        """A pretrained teacher is evaluated, never retrained: its test accuracy on this data
+        set's test split is reported with source 'pretrained' and 0 s of training. With
+        ``teacher.finetune_epochs=N`` it is fine-tuned first, through the store."""
+        tcfg = self.cfg.teacher
+        if tcfg.finetune_epochs > 0:
+            ft = OmegaConf.merge(tcfg, {"train": {"epochs": tcfg.finetune_epochs}})
+            model = self.model(ft, "teacher")
+            self.reports["teacher"].source = "finetuned"
+            return model
+        model = self._build(tcfg)
+        acc = self.task.test_score(self.evaluate(model), self.data)
+        self.reports["teacher"] = StageReport(
+            model_label(tcfg),
+            count_params(model),
+            acc,
+            float("nan"),
+            float("nan"),
+            0,
+            0.0,
+            False,
+            "pretrained",
+        )
+        self.teacher_keys.append(f"pretrained:{content_key(_model_spec(tcfg))}")
+        return model
 
     def model(
         self,
@@ -322,7 +414,7 @@ class Pipeline:
         spec = {
             "role": kind,
             "model": _model_spec(model_cfg),
-            "data": data_spec(cfg, student=False),
+            "data": self.data_spec(student=False),
             "seed": seed,
         }
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
@@ -377,7 +469,7 @@ class Pipeline:
         s_cfg = cfg.student
         if epochs:
             s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
-        data = data_spec(cfg, student=True)
+        data = self.data_spec(student=True)
         if full_data:
             data.update(train_fraction=1.0, omit_classes=[], keep_classes=[])
         spec = {
@@ -418,7 +510,7 @@ class Pipeline:
         spec = {
             "teachers": list(self.teacher_keys),
             "outputs": outputs_spec,
-            "data": data_spec(cfg, student=False),
+            "data": self.data_spec(student=False),
         }
         x, n = self.data.x_train, len(self.data.y_train)
 
@@ -452,12 +544,14 @@ class Pipeline:
         # rank 0 computes it alone, in the batches of a single process: the same bytes
         art = dist_.get_or_build(self.store, self.dist, "teacher_logits", spec, build, check)
         self.from_store["teacher_logits"] = art.from_cache
-        return art.payload.to(x.device)  # beside the data: rows are fetched with the batch
+        # Beside the labels (where the batch indices live): a streamed split stays on the
+        # host while labels and indices may sit on the GPU.
+        return art.payload.to(self.data.y_train.device)
 
     def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
         """The teacher's test-set outputs, computed once per teacher and split (store)."""
         n = len(self.data.y_test)
-        spec = {"teacher": self.teacher_keys[0], "data": data_spec(self.cfg, student=False)}
+        spec = {"teacher": self.teacher_keys[0], "data": self.data_spec(student=False)}
 
         def check(t: Any) -> None:
             if not isinstance(t, torch.Tensor) or t.shape[0] != n:
@@ -516,7 +610,7 @@ def _student_report(
     s_logits = p.evaluate(student)
     kl = None if t_logits is None else float(kl_soft(s_logits, t_logits, 1.0))
     rep = {
-        "model": p.cfg.student.name,
+        "model": model_label(p.cfg.student),
         "params": count_params(student),
         "test_acc": accuracy(s_logits, y),
         "val_acc": res.best_val_acc,
@@ -617,6 +711,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         metrics["baseline"] = _baseline_report(p, baseline, t_logits)
         metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
     _save_models(run_dir / "checkpoints", teacher, baseline, res)
+    # What `kdrun export` needs to rebuild and feed the student without loading the data.
+    atomic_write_json(
+        preprocessing_record(p.data, cfg.student), run_dir / "checkpoints" / PREPROCESSING_FILE
+    )
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:
         metrics.update(extra(p))

@@ -28,6 +28,7 @@ from kdrun.methods.feature_base import (
     FeatureOptions,
     check,
     probe_models,
+    probe_shape,
 )
 from kdrun.models import MODELS, build_model
 from kdrun.models.features import Taps, probe, resolve_stage
@@ -124,21 +125,27 @@ class AT(FeatureDistiller):
             f"empty to pair stages by resolution",
         )
         s, t = probe_models(cfg)
+        shape = probe_shape(cfg)
         for role, model, model_cfg, names in (
             ("student", s, cfg.student, opts.student_layers),
             ("teacher", t, cfg.teacher, opts.teacher_layers),
         ):
-            spatial = _spatial_stages(model, PROBE_SHAPE)
+            spatial = _spatial_stages(model, shape)
             if not spatial:
+                why = (
+                    " (a transformer: its features are tokens)"
+                    if getattr(model, "kd_kind", "") == "tokens"
+                    else ""
+                )
                 raise ConfigError(
                     f"method=at needs spatial (N, C, H, W) feature maps but {role} "
-                    f"'{model_cfg.name}' has none; models that have them: "
-                    f"{', '.join(spatial_models())} (e.g. {role}=cnn)"
+                    f"'{model_cfg.name}' has none{why}; use kd, dkd, rkd, sp or crd, or a model "
+                    f"that has them: {', '.join(spatial_models())} (e.g. {role}=cnn)"
                 )
             for spec in names:
                 n = resolve_stage(model, spec, f"method.{role}_layers")
                 check(
-                    probe(model, PROBE_SHAPE, [n]).stages[n].dim() == 4,
+                    probe(model, shape, [n]).stages[n].dim() == 4,
                     f"method.{role}_layers: '{n}' of {role} '{model_cfg.name}' is not a spatial "
                     f"map; spatial stages: {', '.join(spatial)}",
                 )

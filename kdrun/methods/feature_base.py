@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Distiller, MethodOptions
 from kdrun.methods.losses import kl_soft
-from kdrun.models import build_model
+from kdrun.models import build_model, is_pretrained, preprocessing
 from kdrun.models.features import Taps, capture, probe, resolve_stage
 
 # Shape probes before any data is loaded (check_config) use this input: every image model
@@ -45,12 +45,27 @@ def check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def probe_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """The probe input: 32x32 RGB, or the input size a pretrained teacher prescribes (a ViT
+    takes no other size)."""
+    pre = preprocessing(cfg.teacher) if is_pretrained(cfg.teacher) else None
+    return (3, *pre.image_size) if pre and pre.image_size else PROBE_SHAPE
+
+
+def _structure_only(model_cfg: DictConfig) -> DictConfig:
+    """The model's architecture without its weights: checks read module names and shapes."""
+    c = OmegaConf.merge(model_cfg, {"weights": None, "num_classes_from_data": True})
+    c._set_parent(model_cfg._get_parent())  # keep its role (teacher/student) for messages
+    return c
+
+
 def probe_models(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Student and teacher built on the CPU for shape checks, leaving the RNG untouched."""
-    n_cls = DATASETS[cfg.dataset.name].num_classes
+    n_cls = DATASETS[cfg.dataset.name].num_classes or 10  # 0: the user's data, not yet counted
+    shape = probe_shape(cfg)
     with torch.random.fork_rng(devices=[]):
-        s = build_model(cfg.student, PROBE_SHAPE, n_cls)
-        t = build_model(cfg.teacher, PROBE_SHAPE, n_cls)
+        s = build_model(_structure_only(cfg.student), shape, n_cls)
+        t = build_model(_structure_only(cfg.teacher), shape, n_cls)
     return s, t
 
 

@@ -3,8 +3,31 @@
 Importing this package registers every built-in model (basic, then the CIFAR families).
 """
 
-from kdrun.models import basic, cifar  # noqa: F401  (registration)
+from kdrun.models import basic, cifar, external  # noqa: F401  (registration)
 from kdrun.models.basic import MLP, SmallCNN
+from kdrun.models.external import (
+    Preprocessing,
+    is_pretrained,
+    load_state_file,
+    preprocessing,
+    require,
+    weights_identity,
+    with_weights,
+)
 from kdrun.models.registry import MODELS, build_model, count_params, register_model
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "build_model", "count_params", "register_model"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "Preprocessing",
+    "SmallCNN",
+    "build_model",
+    "count_params",
+    "is_pretrained",
+    "load_state_file",
+    "preprocessing",
+    "register_model",
+    "require",
+    "weights_identity",
+    "with_weights",
+]

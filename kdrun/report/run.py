@@ -121,7 +121,7 @@ def results_table(m: dict[str, Any]) -> Table:
         r = m.get(stage) if stage not in extra else extra[stage]
         if not r:
             continue
-        src = "store" if r.get("from_cache") else "trained"
+        src = r.get("source") or ("store" if r.get("from_cache") else "trained")
         if stage == "student":
             src = (
                 "trained"

@@ -20,8 +20,9 @@ from kdrun.errors import ConfigError
 class Task(Protocol):
     name: str
 
-    def load_data(self, ds_cfg: DictConfig) -> Any:
-        """The data bundle (on the CPU) the loop trains on: splits, index sets, shapes."""
+    def load_data(self, ds_cfg: DictConfig, hints: Any = None) -> Any:
+        """The data bundle (on the CPU) the loop trains on: splits, index sets, shapes.
+        ``hints``: a pretrained teacher's preprocessing and the memory limit (LoadHints)."""
 
     def build_model(self, model_cfg: DictConfig, data: Any) -> nn.Module:
         """A model from the registry, sized for this data (input shape, classes, vocabulary)."""
