@@ -113,6 +113,7 @@ def test_two_processes_match_one_process_then_resume_after_sigkill(tmp_path):
         assert abs(m[stage]["val_acc"] - ref[stage]["val_acc"]) <= ACC_TOLERANCE, stage
     assert sorted(os.listdir(run / "checkpoints")) == [
         "baseline.pt",
+        "preprocessing.json",
         "student.pt",
         "student_last.pt",
         "teacher.pt",

@@ -712,9 +712,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
     _save_models(run_dir / "checkpoints", teacher, baseline, res)
     # What `kdrun export` needs to rebuild and feed the student without loading the data.
-    atomic_write_json(
-        preprocessing_record(p.data, cfg.student), run_dir / "checkpoints" / PREPROCESSING_FILE
-    )
+    if p.dist.is_main:  # rank 0 writes the run's files for all ranks
+        atomic_write_json(
+            preprocessing_record(p.data, cfg.student), run_dir / "checkpoints" / PREPROCESSING_FILE
+        )
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:
         metrics.update(extra(p))
