@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.machine import machine_line  # noqa: E402
 
 # A CPU-sized recipe (minutes per run on one core): the teacher, a small CNN, learns from
 # 9,000 training images (+1,000 for validation); the student, an MLP, from a fixed 10% of
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods or registered_methods()
     out = args.out or Path(f"/tmp/kdrun-compare-{time.strftime('%Y%m%d-%H%M%S')}")
     store = args.store or out / "store"
+    print(machine_line(), flush=True)
     print(f"kdrun {' '.join(RECIPE + args.overrides)} method=<m> seed=<s> ({out})", flush=True)
     # kd first: it trains each seed's teacher and baseline, which every other run reuses.
     order = [(m, s) for m in (["kd"] if "kd" in methods else []) for s in args.seeds]

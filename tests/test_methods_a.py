@@ -352,13 +352,15 @@ def test_nce_loss_matches_written_formula():
     neg = torch.tensor([[0.1, 0.3, 0.2], [1.0, 0.05, 0.4]])
     n, k = 10, 3
     keep = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    total = 0.0
+    total = 0.0  # by hand, in Python floats: pytest.approx needs numbers, not 0-d tensors
+    pos_f = pos.tolist()
     for b in range(2):
-        total += math.log(pos[b] / (pos[b] + k / n + 1e-7))
+        total += math.log(pos_f[b] / (pos_f[b] + k / n + 1e-7))
         kept = float(keep[b].sum())  # the kept negatives stand for all K draws
         for j in range(k):
             term = math.log((k / n) / (float(neg[b, j]) + k / n + 1e-7))
             total += float(keep[b, j]) * k / kept * term
+    assert isinstance(total, float)
     assert nce_loss(pos, neg, n, keep).item() == pytest.approx(-total / 2, rel=1e-6)
 
 

@@ -17,7 +17,7 @@ from kdrun.models import MODELS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "bf16_force", "fp16", "off")
 DATA_PLACEMENTS = ("auto", "device", "host")
 
 
@@ -99,7 +99,8 @@ def _check_dataset(ds: DictConfig) -> None:
         "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
-    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
+    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size:g})")
+    _check(ds.val_max >= 0, f"dataset.val_max must be >= 0 (got {ds.val_max}); 0 = no cap")
     _check(
         not (ds.omit_classes and ds.keep_classes),
         "set either dataset.omit_classes or dataset.keep_classes, not both",
@@ -116,7 +117,11 @@ def _check_runtime(rt: DictConfig) -> None:
         f"unknown runtime.data_on_device '{rt.data_on_device}'; choose one of: "
         f"{', '.join(DATA_PLACEMENTS)}",
     )
-    _check(rt.num_threads >= 0, "runtime.num_threads must be >= 0 (0 = torch's default)")
+    _check(
+        rt.num_threads == "auto" or (isinstance(rt.num_threads, int) and rt.num_threads >= 0),
+        f"runtime.num_threads must be auto or a count >= 0 (got {rt.num_threads!r}); "
+        "try runtime.num_threads=auto",
+    )
     _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
     parse_size(rt.max_data_memory)
     _check(

@@ -70,6 +70,7 @@ class DatasetConfig:
     download: bool = False  # opt-in torchvision download when the files are absent
     mirror: str | None = None  # base URL to download from instead of torchvision's mirrors
     val_size: float = 0.1  # validation split from train: a fraction (<1) or a count (>=1)
+    val_max: int = 0  # at most this many validation images from a fraction (0 = no cap)
     split_seed: int = 0  # fixed so every job of a sweep sees the same split
     train_fraction: float = 1.0  # students train on a fixed random subset of this size
     omit_classes: list[int] = field(default_factory=list)  # absent from the student's transfer set
@@ -95,8 +96,12 @@ class DatasetConfig:
 class RuntimeConfig:
     """Speed switches: none changes what is computed (see kdrun/perf.py, bench/bench_perf.py)."""
 
-    num_threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 (CUDA, with loss scaling) | off
+    # auto: usable cores (affinity, cgroup quota, SLURM_CPUS_PER_TASK) // the multirun's
+    # joblib n_jobs; N: torch.set_num_threads(N); 0: torch's default (every core)
+    num_threads: Any = "auto"
+    # auto (bf16 on CUDA, float32 on CPU) | bf16 (on a CPU without native bf16: float32 and a
+    # warning) | bf16_force | fp16 (CUDA, with loss scaling) | off
+    amp: str = "auto"
     compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
     compile_backend: str = "inductor"  # "eager" only traces (tests)
     channels_last: bool = True  # NHWC layout for conv nets (CPU and CUDA)

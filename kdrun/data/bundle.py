@@ -9,6 +9,7 @@ augmentation is a batched tensor op.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -68,11 +69,36 @@ class DataBundle:
         return self
 
 
-def _split_counts(n: int, val_size: float) -> int:
-    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if not 0 <= n_val < n:
-        raise DataError(f"dataset.val_size={val_size} leaves no training data (n={n})")
+def _split_counts(n: int, cfg) -> int:
+    """Validation images out of ``n``: a fraction (capped at ``val_max``) or a count. Each
+    impossible setting says which override fixes it."""
+    val_size, cap = float(cfg.val_size), int(getattr(cfg, "val_max", 0) or 0)
+    if val_size < 1:
+        n_val = int(round(val_size * n))
+        n_val = min(n_val, cap) if cap else n_val
+    else:
+        n_val = int(val_size)
+    pool = f"{n} images" + (
+        f" after dataset.limit_train={cfg.limit_train}" if cfg.limit_train else ""
+    )
+    if n_val >= n:
+        raise DataError(
+            f"dataset.val_size={val_size:g} leaves no training data (the training split has "
+            f"{pool}); try dataset.val_size=0.1"
+        )
+    if n_val == 0:
+        fix = "0.1" if n >= 5 else "0.5"
+        raise DataError(
+            f"dataset.val_size={val_size:g} leaves no validation images (the training split has "
+            f"{pool}) and model selection needs some; try dataset.val_size={fix}"
+        )
     return n_val
+
+
+def _too_few(what: str, n: int, classes: int, fix: str) -> None:
+    """Fewer training images than classes: some class cannot even appear once."""
+    if n < classes:
+        raise DataError(f"{what} leaves {n} training images for {classes} classes; try {fix}")
 
 
 def _class_filter(y: np.ndarray, cfg) -> np.ndarray:
@@ -108,7 +134,7 @@ def _split(raw: RawData | ExternalRaw, cfg) -> tuple[np.ndarray, np.ndarray]:
         raw.x_test, raw.y_test = take(raw.x_test, keep), raw.y_test[keep]
     if getattr(raw, "x_val", None) is not None:
         return np.sort(perm), np.zeros(0, np.int64)
-    n_val = _split_counts(len(perm), cfg.val_size)
+    n_val = _split_counts(len(perm), cfg)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
@@ -120,6 +146,14 @@ def _student_rows(y_tr: np.ndarray, y_va: np.ndarray, cfg) -> tuple[np.ndarray, 
         raise DataError("the student's transfer set is empty: every class is omitted")
     if cfg.train_fraction < 1:
         k = max(1, int(round(cfg.train_fraction * len(s_idx))))
+        classes = len(np.unique(y_tr[s_idx]))
+        need = f"{math.ceil(1000 * classes / len(s_idx)) / 1000:g}"  # rounded up: enough
+        _too_few(
+            f"dataset.train_fraction={cfg.train_fraction:g}",
+            k,
+            classes,
+            f"dataset.train_fraction={need}",
+        )
         sub_rng = np.random.default_rng(cfg.split_seed + 1)
         s_idx = np.sort(sub_rng.choice(s_idx, size=k, replace=False))
     return s_idx, np.flatnonzero(_class_filter(y_va, cfg))
@@ -194,6 +228,13 @@ def load_data(
     raw = spec.load(cfg)
     _check_classes(cfg, spec.num_classes)
     tr_i, val_i = _split(raw, cfg)
+    if cfg.limit_train:
+        _too_few(
+            f"dataset.limit_train={cfg.limit_train}",
+            len(tr_i),
+            spec.num_classes,
+            f"dataset.limit_train={20 * spec.num_classes} or 0 (all)",
+        )
     x_tr, y_tr = raw.x_train[tr_i], raw.y_train[tr_i]
     x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
     # Normalisation statistics from the training split only (never val/test).
@@ -233,8 +274,12 @@ def batch_indices(
     if shuffle:
         order = torch.randperm(len(idx), generator=generator).to(idx.device)
         idx = idx[order]
-    for start in range(0, len(idx), batch_size):
-        yield idx[start : start + batch_size]
+    starts = list(range(0, len(idx), batch_size))
+    if len(starts) > 1 and len(idx) - starts[-1] == 1:
+        starts.pop()  # a last batch of one joins the one before: BatchNorm cannot train on one
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else len(idx)
+        yield idx[start:stop]
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

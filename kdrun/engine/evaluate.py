@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from kdrun.engine.device import effective_amp
 from kdrun.engine.distributed import current
 
 
@@ -15,17 +16,19 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
     'auto' is off on CPU; on CUDA bf16 where the GPU computes it natively (compute capability
     >= 8, Ampere and later), else fp16 (V100, T4 emulate bf16 slowly), which the training loop
-    pairs with a GradScaler.
+    pairs with a GradScaler. Explicit modes go through effective_amp (bf16 on a CPU without
+    native bf16 falls back to float32; bf16_force is bf16).
     """
     if amp != "auto":
-        return amp
+        return effective_amp(amp, device)
     if device.type != "cuda":
         return "off"
     return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
 def autocast_context(device: torch.device, amp: str):
-    """Autocast for ``runtime.amp`` on ``device`` (see resolve_amp); fp16 only on CUDA."""
+    """Autocast for ``runtime.amp`` on ``device`` (see resolve_amp): bf16 on CUDA by default,
+    opt-in bf16 on CPU, fp16 only on CUDA."""
     mode = resolve_amp(amp, device)
     if mode == "off":
         return nullcontext()

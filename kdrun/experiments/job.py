@@ -29,7 +29,7 @@ from kdrun.engine import resolve_device
 from kdrun.errors import Interrupted, KdrunError, find_os_error, os_error_message
 from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
-from kdrun.report import Reporter, results_table, write_history
+from kdrun.report import Reporter, results_table, round_floats, write_history
 from kdrun.store import atomic_write_json
 from kdrun.trackers import Trackers, make_trackers
 
@@ -234,9 +234,9 @@ class _Record:
         atomic_write_json(
             {
                 **self.base,
-                **m,
+                **round_floats(m),  # results only: the config is stored as given
                 "status": "completed",
-                "wall_seconds": time.perf_counter() - self.t0,
+                "wall_seconds": round_floats(time.perf_counter() - self.t0),
                 "finished_at": _now(),
             },
             self.path,
@@ -250,7 +250,7 @@ class _Record:
             **self.base,
             **extra,
             "status": status,
-            "wall_seconds": time.perf_counter() - self.t0,
+            "wall_seconds": round_floats(time.perf_counter() - self.t0),
             "finished_at": _now(),
         }
         try:

@@ -19,7 +19,15 @@ from torch import nn
 
 from kdrun.config import to_container
 from kdrun.data import DATASETS, DataBundle, LoadHints, parse_size
-from kdrun.engine import FitResult, accuracy, fit, place_data, resolve_device, set_threads
+from kdrun.engine import (
+    FitResult,
+    accuracy,
+    calibrated_threads,
+    fit,
+    place_data,
+    resolve_device,
+    set_threads,
+)
 from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import Perf, configure_backends
 from kdrun.errors import CheckpointError
@@ -110,6 +118,7 @@ def data_spec(cfg: DictConfig, student: bool, content: dict | None = None) -> di
     spec = {
         "name": ds.name,
         "val_size": ds.val_size,
+        "val_max": ds.val_max,
         "split_seed": ds.split_seed,
         "augment": ds.augment,
         "crop_padding": ds.crop_padding,
@@ -201,6 +210,9 @@ class Pipeline:
         self._student_init: dict[str, torch.Tensor] | None = None
         self.should_stop = lambda: False
         self.dist = dist_.current()  # rank 0 alone writes the store and the run's files
+        # runtime.num_threads=auto: each stage measures 1 thread against this budget.
+        self.thread_budget = torch.get_num_threads()
+        self.stage_threads: dict[str, int] = {}
 
     # ---- helpers -------------------------------------------------------------------
     def _build(self, model_cfg: DictConfig) -> nn.Module:
@@ -220,6 +232,7 @@ class Pipeline:
         rt = self.cfg.runtime
         n = len(d.student_idx if student else d.teacher_idx)
         steps = recipe.epochs * -(-n // recipe.batch_size)
+        self._choose_threads(distiller.student, recipe.batch_size, stage)
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
                 distiller,
@@ -238,6 +251,17 @@ class Pipeline:
                 **hooks,
                 **kw,
             )
+
+    def _choose_threads(self, model: nn.Module, batch_size: int, stage: str) -> None:
+        """runtime.num_threads=auto on a CPU: 1 thread or the whole budget, whichever trains
+        this model faster (measured once per machine and model, remembered in the store)."""
+        if str(self.cfg.runtime.num_threads) != "auto" or self.device.type != "cpu":
+            return
+        x = self.data.x_train[:batch_size]
+        cache_file = Path(self.cfg.store_dir) / "threads.json"
+        n = calibrated_threads(model, x, self.thread_budget, cache_file)
+        torch.set_num_threads(n)
+        self.stage_threads[stage] = n
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
         """The model's outputs on the test split."""
@@ -679,7 +703,7 @@ def _save_models(
 def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
     """Train everything one job needs and return its metrics (without run bookkeeping)."""
     device = dist_.current().place(resolve_device(cfg.device))  # cuda:LOCAL_RANK under DDP
-    set_threads(cfg.runtime.num_threads)
+    threads = set_threads(cfg.runtime.num_threads)
     configure_backends(cfg.runtime.deterministic, device)
     p = Pipeline(cfg, run_dir, device, reporter)
     if should_stop is not None:
@@ -706,6 +730,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "data": _data_sizes(p),
         "world_size": p.dist.world_size,
         "dist_backend": p.dist.backend,
+        "threads": {"job": threads, **p.stage_threads},  # runtime.num_threads resolved
     }
     if baseline is not None:
         metrics["baseline"] = _baseline_report(p, baseline, t_logits)
