@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from kdrun.cli.explain import explain, missing_key, missing_launcher
 from kdrun.cli.plugins import load_plugins
 from kdrun.config import config_dir, register_configs
+from kdrun.engine.distributed import env_from
 from kdrun.errors import EXIT, ConfigError, find_os_error, os_error_message
-from kdrun.experiments.job import run_job
+from kdrun.experiments.job import run_job, search_objective
 from kdrun.methods import METHODS, unknown_option
 
 register_configs()
@@ -55,6 +56,8 @@ def _hydra_job(cfg: DictConfig) -> int:
     EXIT.raise_to(code)
     if multirun and code == 130:
         raise SweepInterrupted
+    if "optuna" in str(hc.sweeper.get("_target_", "")):  # a search: the sweeper wants a number
+        return search_objective(Path(hc.runtime.output_dir), cfg.optimized_metric)
     return code
 
 
@@ -66,9 +69,9 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
         return explain(e)
     fixed, sweeps = [], []
     for o, text in zip(parsed, overrides, strict=True):
+        if (hint := missing_launcher(text)) is not None:
+            return hint
         if o.is_hydra_override():
-            if (hint := missing_launcher(text)) is not None:
-                return hint
             continue
         if o.is_sweep_override():
             key = text.split("=", 1)[0]
@@ -161,8 +164,32 @@ def _launch(user_full_error: str | None) -> int | None:
     return None
 
 
+def _torchrun_args(args: list[str]) -> list[str] | str:
+    """Under torchrun every rank runs this command: one job, in one directory. The run
+    directory is named after torchrun's run id (${now:...} could differ between ranks); a
+    sweep (each rank would run its own) is refused. An error line, or the arguments."""
+    env = env_from()
+    if env.source != "torchrun" or env.world_size < 2:
+        return args
+    if any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args):
+        return (
+            "torchrun runs one job on several processes, not a sweep; sweep DDP jobs with "
+            "hydra/launcher=slurm_ddp, or run the sweep without torchrun"
+        )
+    if any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id in ("", "none"):
+        return "under torchrun without --standalone or --rdzv_id, give hydra.run.dir=DIR"
+    return [*args, f"hydra.run.dir=outputs/runs/ddp-{run_id[:8]}"]
+
+
 def run_hydra(args: list[str]) -> int:
     """Run a job or a sweep with these overrides; return the exit status of the command."""
+    args = _torchrun_args(args)
+    if isinstance(args, str):
+        print(f"kdrun: error: {args}", file=sys.stderr)
+        return 2
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     passthrough = any(a.startswith("-") and a not in ("-m", "--multirun") for a in args)
     if not passthrough and not user_full_error:

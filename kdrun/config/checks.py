@@ -53,8 +53,12 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
         for k, v in node.items():
             if k not in schema and not custom:  # a custom model's own constructor arguments
                 out.append(prefix + str(k))
-            elif isinstance(v, dict) and isinstance(schema[k], dict) and prefix + k != "method":
-                walk(v, schema[k], f"{prefix}{k}.")  # method.* is checked by its own Options
+            elif (
+                isinstance(v, dict)
+                and isinstance(schema[k], dict)
+                and prefix + k not in ("method", "logger")
+            ):  # method.* is checked by its own Options, logger.* by each tracker
+                walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")
     return out
@@ -121,6 +125,15 @@ def _check_runtime(rt: DictConfig) -> None:
     _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
     parse_size(rt.max_data_memory)
     _check(
+        rt.dist_backend in ("auto", "nccl", "gloo"),
+        f"unknown runtime.dist_backend '{rt.dist_backend}'; choose one of: auto, nccl, gloo",
+    )
+    _check(
+        rt.sync_bn in ("auto", "on", "off"),
+        f"unknown runtime.sync_bn '{rt.sync_bn}'; choose one of: auto, on, off",
+    )
+    _check(rt.dist_timeout_s >= 1, "runtime.dist_timeout_s must be >= 1 (seconds)")
+    _check(
         rt.progress in ("auto", "on", "off"),
         f"unknown runtime.progress '{rt.progress}'; choose one of: auto, on, off",
     )
@@ -149,6 +162,11 @@ def validate_config(cfg: DictConfig) -> None:
         f"every key)",
     )
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
+    _check(
+        "test" not in str(cfg.optimized_metric),
+        f"optimized_metric={cfg.optimized_metric}: a search selects on validation, never on the "
+        f"test split; use student.val_acc",
+    )
     _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
     _check(
         cfg.dataset.name in DATASETS,

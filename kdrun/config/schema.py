@@ -111,6 +111,12 @@ class RuntimeConfig:
     cache_teacher_logits: bool = True
     progress: str = "auto"  # auto | on | off
     eval_batch_size: int = 1024
+    # Several processes (torchrun / Slurm tasks; docs/distributed.md). These change results
+    # (sync_bn) or only reproducibility (deterministic), never what a single process computes.
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    sync_bn: str = "auto"  # auto (on for CUDA jobs of >1 process with BatchNorm) | on | off
+    dist_timeout_s: int = 1800  # a rank waiting longer at a collective fails the job
+    deterministic: bool = False  # deterministic kernels (CUDA: slower; see docs/distributed.md)
     max_data_memory: str = "8GB"  # the user's image data above this size streams from disk
 
 
@@ -148,6 +154,10 @@ class KdrunConfig:
     experiment: str | None = None  # name of the recipe, set by experiment/*.yaml
     kind: str = "distill"  # what the job does (kdrun.experiments.KINDS): distill | condense
     condense: CondenseConfig = field(default_factory=CondenseConfig)  # kind=condense only
+    # Experiment trackers from the `logger` group ({name: options}; conf/logger/*.yaml)
+    logger: dict[str, Any] = field(default_factory=dict)
+    # What a search (hparams_search=...) maximises: a metrics.json key, never a test metric
+    optimized_metric: str = "student.val_acc"
 
 
 def register_configs() -> None:

@@ -285,20 +285,40 @@ def batch_indices(
         yield idx[start:stop]
 
 
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device``: through pinned memory without blocking on CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def augment_batch(
-    x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator | None
+    x: torch.Tensor,
+    padding: int,
+    hflip: bool,
+    generator: torch.Generator | None,
+    part: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once.
+
+    The offsets and flips are drawn on the CPU generator (the same draws on every device).
+    ``part`` = (start, stop, n): ``x`` is rows start..stop of a batch of n (one rank's slice
+    of a global batch): the draws are made for all n rows and this slice's are used, so the
+    generator advances as in one process.
+    """
     b, _, h, w = x.shape
+    start, stop, n = part if part is not None else (0, b, b)
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        oy = _to(torch.randint(0, 2 * padding + 1, (n,), generator=generator)[start:stop], x.device)
+        ox = _to(torch.randint(0, 2 * padding + 1, (n,), generator=generator)[start:stop], x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
         bi = torch.arange(b, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2)
     if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        flip = _to(torch.rand(n, generator=generator)[start:stop] < 0.5, x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x.contiguous()
+    # The gather above leaves NHWC memory: keep it (channels_last convolutions want it);
+    # a plain .contiguous() would copy it back to NCHW.
+    return x.contiguous(memory_format=torch.channels_last)

@@ -33,8 +33,13 @@ def dkd_per_sample(
     """Per-sample (TCKD, NCKD) at temperature T, without the T^2 factor or weights."""
     s = student_logits.float() / T
     t = teacher_logits.float() / T
-    b, c = s.shape
-    gt = F.one_hot(targets, c).bool()
+    c = s.shape[1]
+    # Index arithmetic, not one_hot / boolean masks: those check values or size their output
+    # from the data, which syncs with a GPU and breaks torch.compile graphs.
+    cls = torch.arange(c, device=s.device)
+    gt = cls[None, :] == targets[:, None]
+    # the C - 1 non-target classes of each row, in class order: j, or j + 1 past the target
+    rest = cls[None, : c - 1] + (cls[None, : c - 1] >= targets[:, None]).long()
 
     def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
         # log [p_target, 1 - p_target], from log-sum-exps so neither part underflows to log 0
@@ -46,8 +51,8 @@ def dkd_per_sample(
     bs, bt = binary_log_probs(s), binary_log_probs(t)
     tckd = (bt.exp() * (bt - bs)).sum(1)
     # the C - 1 non-target logits of each row, in class order
-    ls = F.log_softmax(s[~gt].view(b, c - 1), 1)
-    lt = F.log_softmax(t[~gt].view(b, c - 1), 1)
+    ls = F.log_softmax(s.gather(1, rest), 1)
+    lt = F.log_softmax(t.gather(1, rest), 1)
     nckd = (lt.exp() * (lt - ls)).sum(1)
     return tckd, nckd
 

@@ -7,6 +7,10 @@ L2-normalise each row of G, and match the matrices:
 
 Only within-batch similarities are compared, so student and teacher features may differ in
 size (even an MLP student against a CNN teacher).
+
+Several processes (DDP): the batch here is the rank's LOCAL slice of the global batch, so
+relations between samples on different ranks are not compared; keep the per-rank batch of a
+single-process recipe by scaling batch_size with the number of processes.
 """
 
 from __future__ import annotations

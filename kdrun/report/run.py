@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,22 @@ def round_floats(value: Any, digits: int = STORED_DIGITS) -> Any:
 class Reporter:
     """Rich progress bars in an interactive terminal; one log line per epoch otherwise."""
 
-    def __init__(self, console: Console, progress: bool):
+    def __init__(
+        self,
+        console: Console,
+        progress: bool,
+        on_row: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
+        """``on_row(stage, row)``: also called with every epoch's row (experiment trackers)."""
         self.console = console
         self.progress = progress
+        self.on_row = on_row
 
     @contextmanager
     def stage(self, name: str, total_steps: int) -> Iterator[dict[str, Any]]:
         def log_epoch(row: dict[str, Any]) -> None:
+            if self.on_row is not None:
+                self.on_row(name, row)
             log.info(
                 "%s epoch %d: loss %.4f train_acc %.4f val_acc %.4f (%.1fs)",
                 name,
@@ -72,6 +81,8 @@ class Reporter:
             task = bar.add_task(name, total=total_steps, info="")
 
             def on_epoch(row: dict[str, Any]) -> None:
+                if self.on_row is not None:
+                    self.on_row(name, row)
                 info = f"epoch {row['epoch']} loss {row['loss']:.3f} val {row['val_acc']:.4f}"
                 bar.update(task, info=info)
                 logging.getLogger("kdrun.file").debug("%s", info)

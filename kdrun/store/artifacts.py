@@ -142,5 +142,9 @@ class ArtifactStore:
         finally:
             lock.release()
 
+    def has(self, kind: str, spec: Any, check: Callable[[Any], None] | None = None) -> bool:
+        """Whether a sound artifact for ``spec`` is stored (loads and checks it; no lock)."""
+        return self._try_load(self.dir(kind, content_key(spec)), check) is not None
+
     def remove(self, kind: str, key: str) -> None:
         shutil.rmtree(self.dir(kind, key), ignore_errors=True)
