@@ -1,6 +1,7 @@
 """The typed config: the schema Hydra merges conf/ onto, and its semantic checks."""
 
 from kdrun.config.checks import unknown_keys, validate_config
+from kdrun.config.condense import CondenseConfig
 from kdrun.config.schema import (
     AnalysisConfig,
     DatasetConfig,
@@ -15,6 +16,7 @@ from kdrun.config.schema import (
 
 __all__ = [
     "AnalysisConfig",
+    "CondenseConfig",
     "DatasetConfig",
     "KdrunConfig",
     "ModelConfig",

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from kdrun.config.condense import CondenseConfig
 from kdrun.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ class DatasetConfig:
     crop_padding: int = 4
     hflip: bool = True
     # The user's own data (image_folder, tensors, hf: kdrun.data.external).
-    path: str | None = None  # tensors: FILE.npz; hf: a datasets directory
+    path: str | None = None  # tensors: FILE.npz; hf: a datasets directory; synthetic: synthetic.pt
     image_size: Any = None  # N or [H, W]; None: the images' own, or a pretrained teacher's
     mean: list[float] | None = None  # per channel on [0, 1] pixels; None: computed on train
     std: list[float] | None = None
@@ -151,6 +152,8 @@ class KdrunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: str | None = None  # name of the recipe, set by experiment/*.yaml
+    kind: str = "distill"  # what the job does (kdrun.experiments.KINDS): distill | condense
+    condense: CondenseConfig = field(default_factory=CondenseConfig)  # kind=condense only
     # Experiment trackers from the `logger` group ({name: options}; conf/logger/*.yaml)
     logger: dict[str, Any] = field(default_factory=dict)
     # What a search (hparams_search=...) maximises: a metrics.json key, never a test metric

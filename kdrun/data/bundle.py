@@ -226,14 +226,15 @@ def load_data(
     if spec.external:
         return _external_bundle(cfg, spec, hints or LoadHints()).to(torch.device(device))
     raw = spec.load(cfg)
-    _check_classes(cfg, spec.num_classes)
+    n_cls = len(raw.class_names) if raw.class_names else spec.num_classes  # synthetic: its file's
+    _check_classes(cfg, n_cls)
     tr_i, val_i = _split(raw, cfg)
     if cfg.limit_train:
         _too_few(
             f"dataset.limit_train={cfg.limit_train}",
             len(tr_i),
-            spec.num_classes,
-            f"dataset.limit_train={20 * spec.num_classes} or 0 (all)",
+            n_cls,
+            f"dataset.limit_train={20 * n_cls} or 0 (all)",
         )
     x_tr, y_tr = raw.x_train[tr_i], raw.y_train[tr_i]
     x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
@@ -250,8 +251,8 @@ def load_data(
         y_val=torch.from_numpy(y_va),
         x_test=norm(raw.x_test),
         y_test=torch.from_numpy(raw.y_test),
-        num_classes=spec.num_classes,
-        class_names=list(spec.class_names),
+        num_classes=n_cls,
+        class_names=list(raw.class_names or spec.class_names),
         mean=torch.from_numpy(mean),
         std=torch.from_numpy(std),
         student_idx=torch.from_numpy(s_idx),
@@ -261,6 +262,8 @@ def load_data(
         hflip=bool(cfg.hflip),
         extra={"pixel_max": spec.pixel_max},
     )
+    if raw.fingerprint:
+        bundle.extra["content"] = {"fingerprint": raw.fingerprint}
     return bundle.to(torch.device(device))
 
 

@@ -18,6 +18,12 @@ class RawData:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # A loader whose classes depend on its file (dataset=synthetic) names them here; None =
+    # the registered class names.
+    class_names: list[str] | None = None
+    # A loader whose content a name does not fix (dataset=synthetic: which file) fingerprints
+    # it here, so stored models trained on two different files never collide.
+    fingerprint: str | None = None
 
 
 @dataclass

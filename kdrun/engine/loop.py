@@ -342,13 +342,15 @@ class _Trainer:
 
     def result(self, start_epoch: int) -> FitResult:
         p, student = self.progress, self.distiller.student
-        if p.best_state is None:  # zero epochs left to run and nothing stored: cannot happen
+        # No epoch had a validation score (no validation rows: data-free students, the tiny
+        # sets of dataset condensation): the last weights are the result, with no score.
+        if p.best_state is None:
             p.best_state = _cpu_state(student)
         return FitResult(
             best_state=copy.deepcopy(p.best_state),
             last_state=_cpu_state(student),
             best_epoch=p.best_epoch,
-            best_val_acc=p.best_val,
+            best_val_acc=p.best_val if p.best_epoch else float("nan"),
             last_val_acc=p.history[-1]["val_acc"] if p.history else p.best_val,
             train_seconds=p.elapsed,
             history=p.history,

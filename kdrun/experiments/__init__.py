@@ -4,7 +4,7 @@ kdrun.experiments.pipeline) is the default kind; analyses run after it; sweeps s
 Importing this package registers every built-in experiment kind.
 """
 
-from kdrun.experiments import pipeline  # noqa: F401  (registration of the "distill" kind)
+from kdrun.experiments import condense, pipeline  # noqa: F401  (registration of the kinds)
 from kdrun.experiments.checks import validate
 from kdrun.experiments.job import read_metrics, run_job
 from kdrun.experiments.kinds import KINDS, register_kind, run_kind

@@ -6,12 +6,14 @@ from omegaconf import DictConfig
 
 from kdrun.config import validate_config
 from kdrun.errors import ConfigError
+from kdrun.experiments.kinds import check_kind
 from kdrun.methods import METHODS
 
 
 def validate(cfg: DictConfig) -> None:
     """Every semantic check that must pass before anything is trained or written."""
     validate_config(cfg)
+    check_kind(cfg)
     name = cfg.method.name
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")

@@ -15,14 +15,25 @@ from kdrun.errors import ConfigError
 # (cfg, run_dir, reporter, should_stop) -> metrics (with "_history": rows for history.csv)
 Runner = Callable[..., dict[str, Any]]
 KINDS: dict[str, Runner] = {}
+# name -> the kind's own config check (cfg -> None, raises ConfigError), run by validate()
+KIND_CHECKS: dict[str, Callable[[DictConfig], None]] = {}
 
 
-def register_kind(name: str) -> Callable[[Runner], Runner]:
+def register_kind(
+    name: str, check: Callable[[DictConfig], None] | None = None
+) -> Callable[[Runner], Runner]:
     def deco(fn: Runner) -> Runner:
         KINDS[name] = fn
+        KIND_CHECKS[name] = check or (lambda _cfg: None)
         return fn
 
     return deco
+
+
+def check_kind(cfg: DictConfig) -> None:
+    """The chosen kind exists and its own checks pass."""
+    runner_for(cfg)
+    KIND_CHECKS[cfg.get("kind", "distill")](cfg)
 
 
 def runner_for(cfg: DictConfig) -> Runner:

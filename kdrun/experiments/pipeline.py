@@ -226,9 +226,10 @@ class Pipeline:
         stage: str,
         student: bool,
         seed: int | None = None,
+        data: DataBundle | None = None,
         **kw,
     ) -> FitResult:
-        d = self.data
+        d = self.data if data is None else data
         rt = self.cfg.runtime
         n = len(d.student_idx if student else d.teacher_idx)
         steps = recipe.epochs * -(-n // recipe.batch_size)
@@ -607,6 +608,7 @@ class Pipeline:
             cfg.student.train,
             "student",
             student=True,
+            data=distiller.transfer_set(self.data, cfg.student.train.batch_size),
             teacher_cache=cache,
             checkpoint=ckpt_dir / "student.partial.pt",
             fingerprint=fp,
@@ -624,10 +626,11 @@ def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
 
 
 def _student_report(
-    p: Pipeline, student: nn.Module, res: FitResult, t_logits: torch.Tensor | None
+    p: Pipeline, distiller: Distiller, res: FitResult, t_logits: torch.Tensor | None
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """The distilled student's test numbers (its last epoch's too), and its test logits."""
     y = p.data.y_test.to(p.device)
+    student = distiller.student
     student.load_state_dict(res.last_state)
     last_test = accuracy(p.evaluate(student), p.data.y_test)
     student.load_state_dict(res.best_state)
@@ -646,6 +649,7 @@ def _student_report(
         "kl_to_teacher": kl,
         "per_class_acc": per_class_accuracy(s_logits.argmax(1), y, p.data.num_classes),
         "resumed_from_epoch": res.resumed_from_epoch,
+        "train_images_seen": distiller.real_images_seen(p.data),
     }
     return rep, s_logits
 
@@ -715,7 +719,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     student = distiller.student
     # Test-set numbers, computed once here; model selection used validation only.
     t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
-    student_rep, _ = _student_report(p, student, res, t_logits)
+    student_rep, _ = _student_report(p, distiller, res, t_logits)
     effective = distiller.effective()
     metrics: dict[str, Any] = {
         # What the method actually used: T/alpha it ignores are null, not the config's values
@@ -728,6 +732,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "kd_gain": None,
         "from_store": p.from_store,
         "data": _data_sizes(p),
+        "stage_labels": dict(distiller.stage_labels),
         "world_size": p.dist.world_size,
         "dist_backend": p.dist.backend,
         "threads": {"job": threads, **p.stage_threads},  # runtime.num_threads resolved

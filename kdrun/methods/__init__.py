@@ -5,6 +5,7 @@ import kdrun.methods.at  # noqa: F401
 import kdrun.methods.born_again  # noqa: F401
 import kdrun.methods.crd  # noqa: F401
 import kdrun.methods.ctkd  # noqa: F401
+import kdrun.methods.data_free  # noqa: F401
 import kdrun.methods.dist  # noqa: F401
 import kdrun.methods.dkd  # noqa: F401
 import kdrun.methods.dml  # noqa: F401

@@ -114,6 +114,18 @@ class Distiller(nn.Module):
         frozen = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
 
+    # How the run table names the baseline and the distilled student for this method.
+    stage_labels: ClassVar[dict[str, str]] = {}
+
+    def transfer_set(self, data: Any, batch_size: int) -> Any:
+        """The bundle the student's loop iterates over: the run's data (its ``student_idx``
+        rows); a method that brings its own images (data-free) returns a stand-in."""
+        return data
+
+    def real_images_seen(self, data: Any) -> int:
+        """Distinct real training images the student learned from (metrics.json)."""
+        return len(data.student_idx)
+
     def effective(self) -> dict[str, Any]:
         """The run-level knobs this method actually used (metrics.json ``effective``, the run
         header, the sweep table): None for one it does not use."""

@@ -3,7 +3,7 @@
 Importing this package registers every built-in model (basic, then the CIFAR families).
 """
 
-from kdrun.models import basic, cifar, external  # noqa: F401  (registration)
+from kdrun.models import basic, cifar, convnet, external  # noqa: F401  (registration)
 from kdrun.models.basic import MLP, SmallCNN
 from kdrun.models.external import (
     Preprocessing,

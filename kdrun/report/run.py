@@ -133,6 +133,7 @@ def results_table(m: dict[str, Any]) -> Table:
         )
     # Models a method trains besides the student (assistants, generations, members, peers).
     extra = m.get("extra_models") or {}
+    labels = {"student": "distilled", **(m.get("stage_labels") or {})}
     for stage in ("teacher", *extra, "baseline", "student"):
         r = m.get(stage) if stage not in extra else extra[stage]
         if not r:
@@ -145,7 +146,7 @@ def results_table(m: dict[str, Any]) -> Table:
                 else f"resumed@{r['resumed_from_epoch']}"
             )
         t.add_row(
-            {"student": "distilled"}.get(stage, stage),
+            labels.get(stage, stage),
             r["model"],
             f"{r['params']:,}",
             fmt_acc(r["test_acc"]),
