@@ -42,16 +42,19 @@ from rich.console import Console  # noqa: E402
 
 from kdrun.config import KdrunConfig  # noqa: E402
 from kdrun.data import load_data  # noqa: E402
+from kdrun.engine import Perf, fit  # noqa: E402
+from kdrun.experiments.pipeline import Pipeline, resolve_device, run_pipeline  # noqa: E402
 from kdrun.methods.base import HardLabels  # noqa: E402
 from kdrun.models import MLP  # noqa: E402
-from kdrun.perf import Perf  # noqa: E402
-from kdrun.pipeline import Pipeline, resolve_device, run_pipeline  # noqa: E402
 from kdrun.report import Reporter  # noqa: E402
-from kdrun.train import fit  # noqa: E402
 
 FASHION = Path(os.environ.get("KDRUN_FASHION", "/usr/share/datasets/fashion-mnist"))
-IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]  # fmt: skip
+IDX = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 
 
 @dataclass
@@ -192,8 +195,11 @@ def run_kdrun(r: Recipe, tmp: Path, device: str, threads: int, amp: str = "auto"
     t0 = time.perf_counter()
     m = run_pipeline(cfg, store / "run", quiet_reporter())
     sync()
-    return {"seconds": time.perf_counter() - t0, "store": store,
-            **{k: 100 * m[k]["test_acc"] for k in ("teacher", "baseline", "student")}}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - t0,
+        "store": store,
+        **{k: 100 * m[k]["test_acc"] for k in ("teacher", "baseline", "student")},
+    }
 
 
 def sync() -> None:
@@ -239,8 +245,11 @@ def run_reference(r: Recipe, root: Path, split, device: torch.device) -> dict:
                 if teacher is not None:
                     with torch.no_grad():
                         t_out = teacher(x)
-                    soft = F.kl_div(F.log_softmax(out / r.T, 1), F.softmax(t_out / r.T, 1),
-                                    reduction="batchmean")  # fmt: skip
+                    soft = F.kl_div(
+                        F.log_softmax(out / r.T, 1),
+                        F.softmax(t_out / r.T, 1),
+                        reduction="batchmean",
+                    )
                     loss = r.alpha * r.T**2 * soft + (1 - r.alpha) * loss
                 opt.zero_grad()
                 loss.backward()
@@ -288,10 +297,19 @@ def run_torchdistill(r: Recipe, root: Path, split, device: torch.device, tmp: Pa
     logging.getLogger("torchdistill").setLevel(logging.WARNING)
     tr_idx, val_idx, mean, std = split
     text = (REPO / "bench" / "torchdistill_fashion_mnist.yaml").read_text()
-    fill = {"ROOT": str(root), "MEAN": repr(mean), "STD": repr(std), "EPOCHS": r.epochs,
-            "BATCH_SIZE": r.batch_size, "EVAL_BATCH_SIZE": r.eval_batch_size, "LR": r.lr,
-            "T": r.T, "HARD_WEIGHT": round(1 - r.alpha, 10), "TEACHER_HIDDEN": r.teacher,
-            "STUDENT_HIDDEN": r.student}  # fmt: skip
+    fill = {
+        "ROOT": str(root),
+        "MEAN": repr(mean),
+        "STD": repr(std),
+        "EPOCHS": r.epochs,
+        "BATCH_SIZE": r.batch_size,
+        "EVAL_BATCH_SIZE": r.eval_batch_size,
+        "LR": r.lr,
+        "T": r.T,
+        "HARD_WEIGHT": round(1 - r.alpha, 10),
+        "TEACHER_HIDDEN": r.teacher,
+        "STUDENT_HIDDEN": r.student,
+    }
     for k, v in fill.items():
         text = text.replace(f"@{k}@", str(v))
     path = tmp / "torchdistill.yaml"
@@ -340,8 +358,9 @@ def run_torchdistill(r: Recipe, root: Path, split, device: torch.device, tmp: Pa
     box = get_training_box(baseline, datasets, config["train_ce"], device, None, False, 1)
     train(box, baseline)
     out["baseline"] = evaluate(baseline, test_loader)
-    box = get_distillation_box(teacher, student, datasets, config["train_kd"], device, None,
-                               False, 1)  # fmt: skip
+    box = get_distillation_box(
+        teacher, student, datasets, config["train_kd"], device, None, False, 1
+    )
     train(box, student)
     out["student"] = evaluate(student, test_loader)
     sync()
@@ -372,15 +391,27 @@ def epoch_times(r: Recipe, store: Path, device: str, threads: int, reps: int) ->
             )
             dist.student.load_state_dict(init)
             model = HardLabels(dist.student) if kind == "plain" else dist
-            res = fit(model, d, cfg.student.train, stage=kind, seed=r.seed,
-                      train_idx=d.student_idx, val_idx=d.student_val_idx,
-                      teacher_cache=cache if kind == "kd_cached" else None,
-                      amp=cfg.runtime.amp, eval_batch_size=r.eval_batch_size,
-                      perf=p.perf)  # fmt: skip
+            res = fit(
+                model,
+                d,
+                cfg.student.train,
+                stage=kind,
+                seed=r.seed,
+                train_idx=d.student_idx,
+                val_idx=d.student_val_idx,
+                teacher_cache=cache if kind == "kd_cached" else None,
+                amp=cfg.runtime.amp,
+                eval_batch_size=r.eval_batch_size,
+                perf=p.perf,
+            )
             times[kind].append(res.history[0]["seconds"])
     n, n_val = len(d.student_idx), len(d.student_val_idx)
-    return {"n": n, "n_val": n_val, "peak": median(peak),
-            **{k: median(v) for k, v in times.items()}}  # fmt: skip
+    return {
+        "n": n,
+        "n_val": n_val,
+        "peak": median(peak),
+        **{k: median(v) for k, v in times.items()},
+    }
 
 
 # --------------------------------------------------------------------------- switches
@@ -391,8 +422,9 @@ def switch_effects(r: Recipe, device_name: str, threads: int, reps: int, tmp: Pa
     device = resolve_device(device_name)
     rows = []
 
-    def epoch(model_kind: str, hidden, amp="off", n_threads=threads, limit=0, place="auto",
-              **perf) -> float:  # fmt: skip
+    def epoch(
+        model_kind: str, hidden, amp="off", n_threads=threads, limit=0, place="auto", **perf
+    ) -> float:
         torch.set_num_threads(n_threads)
         cfg = kdrun_cfg(r, tmp, device_name, n_threads)
         cfg.dataset.limit_train = limit
@@ -408,33 +440,62 @@ def switch_effects(r: Recipe, device_name: str, threads: int, reps: int, tmp: Pa
         for _ in range(reps):
             torch.manual_seed(0)
             m = pf.prepare_model(build_model(cfg.student, data.in_shape, 10).to(device))
-            res = fit(HardLabels(m), data, cfg.student.train, stage="s", seed=0,
-                      train_idx=data.student_idx, val_idx=data.student_val_idx, amp=amp,
-                      perf=pf)  # fmt: skip
+            res = fit(
+                HardLabels(m),
+                data,
+                cfg.student.train,
+                stage="s",
+                seed=0,
+                train_idx=data.student_idx,
+                val_idx=data.student_val_idx,
+                amp=amp,
+                perf=pf,
+            )
             ts.append(res.history[-1]["seconds"])  # the 2nd epoch: after any compilation
         torch.set_num_threads(threads)
         return median(ts)
 
     cnn, limit, ncpu = [8, 16], 10000, os.cpu_count() or 1
     cases = [
-        (f"num_threads 1 -> {ncpu} (MLP)", lambda: epoch("mlp", r.student, n_threads=1),
-         lambda: epoch("mlp", r.student, n_threads=ncpu)),
-        ("channels_last (CNN [8,16])", lambda: epoch("cnn", cnn, limit=limit),
-         lambda: epoch("cnn", cnn, limit=limit, channels_last=True)),
-        ("fused_optimizer (MLP)", lambda: epoch("mlp", r.student),
-         lambda: epoch("mlp", r.student, fused_optimizer=True)),
-        ("amp=bf16 (MLP)", lambda: epoch("mlp", r.student),
-         lambda: epoch("mlp", r.student, amp="bf16")),
-        ("amp=bf16 (CNN [8,16], channels_last)",
-         lambda: epoch("cnn", cnn, limit=limit, channels_last=True),
-         lambda: epoch("cnn", cnn, limit=limit, channels_last=True, amp="bf16")),
-        ("compile (MLP, inductor)", lambda: epoch("mlp", r.student),
-         lambda: epoch("mlp", r.student, compile=True)),
-    ]  # fmt: skip
+        (
+            f"num_threads 1 -> {ncpu} (MLP)",
+            lambda: epoch("mlp", r.student, n_threads=1),
+            lambda: epoch("mlp", r.student, n_threads=ncpu),
+        ),
+        (
+            "channels_last (CNN [8,16])",
+            lambda: epoch("cnn", cnn, limit=limit),
+            lambda: epoch("cnn", cnn, limit=limit, channels_last=True),
+        ),
+        (
+            "fused_optimizer (MLP)",
+            lambda: epoch("mlp", r.student),
+            lambda: epoch("mlp", r.student, fused_optimizer=True),
+        ),
+        (
+            "amp=bf16 (MLP)",
+            lambda: epoch("mlp", r.student),
+            lambda: epoch("mlp", r.student, amp="bf16"),
+        ),
+        (
+            "amp=bf16 (CNN [8,16], channels_last)",
+            lambda: epoch("cnn", cnn, limit=limit, channels_last=True),
+            lambda: epoch("cnn", cnn, limit=limit, channels_last=True, amp="bf16"),
+        ),
+        (
+            "compile (MLP, inductor)",
+            lambda: epoch("mlp", r.student),
+            lambda: epoch("mlp", r.student, compile=True),
+        ),
+    ]
     if device.type == "cuda":
-        cases.append(("data_on_device host -> device (MLP)",
-                      lambda: epoch("mlp", r.student, place="host"),
-                      lambda: epoch("mlp", r.student, place="device")))  # fmt: skip
+        cases.append(
+            (
+                "data_on_device host -> device (MLP)",
+                lambda: epoch("mlp", r.student, place="host"),
+                lambda: epoch("mlp", r.student, place="device"),
+            )
+        )
     print(f"\nruntime switches: seconds per epoch (2nd epoch, median of {reps}), on {device}")
     print(f"{'switch':<40} {'off':>8} {'on':>8} {'speed-up':>9}")
     for name, off, on in cases:
@@ -484,9 +545,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_start) -> int:
-    print(f"recipe: teacher MLP {r.teacher}, student MLP {r.student}, {r.epochs} epochs per "
-          f"model, batch {r.batch_size}, Adam lr {r.lr} cosine, T={r.T}, alpha={r.alpha}; "
-          f"{args.reps} repetitions")  # fmt: skip
+    print(
+        f"recipe: teacher MLP {r.teacher}, student MLP {r.student}, {r.epochs} epochs per "
+        f"model, batch {r.batch_size}, Adam lr {r.lr} cosine, T={r.T}, alpha={r.alpha}; "
+        f"{args.reps} repetitions"
+    )
     peak = [matmul_gflops()] if device.type == "cpu" else []
     root = torchvision_root(tmp / "tv")
     split = kdrun_split(r)  # also reads the IDX files once: every contender finds them cached
@@ -520,35 +583,49 @@ def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_st
 
     print(f"\n== 1. distilled vs plain student epoch (kdrun, median of {max(3, args.reps)}) ==")
     print(f"plain student epoch            {ep['plain']:.3f} s")
-    print(f"distilled, cached logits       {ep['kd_cached']:.3f} s   ratio "
-          f"{ep['kd_cached'] / ep['plain']:.3f}  (target <= 1.10)")  # fmt: skip
-    print(f"distilled, teacher every step  {ep['kd_teacher']:.3f} s   ratio "
-          f"{ep['kd_teacher'] / ep['plain']:.3f}  (what the cache saves)")  # fmt: skip
+    print(
+        f"distilled, cached logits       {ep['kd_cached']:.3f} s   ratio "
+        f"{ep['kd_cached'] / ep['plain']:.3f}  (target <= 1.10)"
+    )
+    print(
+        f"distilled, teacher every step  {ep['kd_teacher']:.3f} s   ratio "
+        f"{ep['kd_teacher'] / ep['plain']:.3f}  (what the cache saves)"
+    )
 
     def versus(num: str, title: str, target: str, base: str = "kdrun") -> None:
         k_s, o_s = med(base, "seconds"), med(num, "seconds")
         print(f"\n== {title} (end to end, median of {len(results[num])}) ==")
         print(f"{'':14}{'seconds':>9}{'teacher':>9}{'baseline':>9}{'student':>9}  (test acc %)")
         for name in (base, num):
-            print(f"{name:<14}{med(name, 'seconds'):9.1f}" + "".join(
-                f"{med(name, k):9.2f}" for k in ("teacher", "baseline", "student")))  # fmt: skip
+            print(
+                f"{name:<14}{med(name, 'seconds'):9.1f}"
+                + "".join(f"{med(name, k):9.2f}" for k in ("teacher", "baseline", "student"))
+            )
         gap = max(abs(med(base, k) - med(num, k)) for k in ("teacher", "baseline", "student"))
-        print(f"speed-up {o_s / k_s:.2f}x ({target}); largest test accuracy gap "
-              f"{gap:.2f} points (target <= 0.5)")  # fmt: skip
+        print(
+            f"speed-up {o_s / k_s:.2f}x ({target}); largest test accuracy gap "
+            f"{gap:.2f} points (target <= 0.5)"
+        )
 
     # How close each contender runs to the machine's matmul rate over the job's FLOPs.
     floor = pipeline_flops(r, ep["n"], ep["n_val"], 10000) / 1e9
     pk = median(peak)
-    print(f"\nthe job's matmul work: {floor:.0f} GFLOP = {floor / pk:.1f} s at the matmul rate "
-          f"({pk:.1f} GFLOP/s); each contender's time is that floor times:")  # fmt: skip
+    print(
+        f"\nthe job's matmul work: {floor:.0f} GFLOP = {floor / pk:.1f} s at the matmul rate "
+        f"({pk:.1f} GFLOP/s); each contender's time is that floor times:"
+    )
     for name, runs in results.items():
         if runs:
             print(f"  {name:<13} {med(name, 'seconds') / (floor / pk):5.2f}x")
 
     versus("reference", "2. kdrun vs reference loop", "target >= 3x")
     if args.bf16:
-        versus("reference", "2b. kdrun with runtime.amp=bf16 vs reference loop (fp32)",
-               "target >= 3x", base="kdrun_bf16")  # fmt: skip
+        versus(
+            "reference",
+            "2b. kdrun with runtime.amp=bf16 vs reference loop (fp32)",
+            "target >= 3x",
+            base="kdrun_bf16",
+        )
     if results["torchdistill"]:
         versus("torchdistill", "3. kdrun vs torchdistill", "target >= 3x")
         if td_missing:
@@ -560,13 +637,17 @@ def run_all(r: Recipe, args, device: torch.device, threads: int, tmp: Path, t_st
     fwd = mlp_forward_flops(784, r.student, 10)
     flops = mlp_train_flops(784, r.student, 10) + fwd * ep["n_val"] / ep["n"]
     print(f"\n== 4. MLP student throughput vs float32 matmul rate ({device}) ==")
-    print(f"matmul rate {ep['peak']:.1f} GFLOP/s (float32 torch.mm, median of "
-          f"{3 * max(3, args.reps)} runs between the epochs below, {threads} threads)")  # fmt: skip
+    print(
+        f"matmul rate {ep['peak']:.1f} GFLOP/s (float32 torch.mm, median of "
+        f"{3 * max(3, args.reps)} runs between the epochs below, {threads} threads)"
+    )
     for kind in ("plain", "kd_cached"):
         sps = ep["n"] / ep[kind]
-        print(f"{kind:<10} {sps:10.0f} samples/s x {flops / 1e3:.1f} kFLOP/sample = "
-              f"{sps * flops / 1e9:6.1f} GFLOP/s = {100 * sps * flops / 1e9 / ep['peak']:5.1f}% "
-              f"of the matmul rate (target >= 50%)")  # fmt: skip
+        print(
+            f"{kind:<10} {sps:10.0f} samples/s x {flops / 1e3:.1f} kFLOP/sample = "
+            f"{sps * flops / 1e9:6.1f} GFLOP/s = {100 * sps * flops / 1e9 / ep['peak']:5.1f}% "
+            f"of the matmul rate (target >= 50%)"
+        )
     print(
         f"\nload average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
         f"total {time.perf_counter() - t_start:.0f} s"
@@ -581,8 +662,9 @@ def warm_up(device: torch.device) -> None:
 
     m = MLP(784, [64], 10, 0.0).to(device)
     opt = torch.optim.Adam(m.parameters())
-    F.cross_entropy(m(torch.randn(8, 784, device=device)), torch.zeros(8, dtype=torch.long,
-                    device=device)).backward()  # fmt: skip
+    F.cross_entropy(
+        m(torch.randn(8, 784, device=device)), torch.zeros(8, dtype=torch.long, device=device)
+    ).backward()
     opt.step()
 
 

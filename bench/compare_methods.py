@@ -33,12 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 # them (900 images: the small-transfer-set regime where soft targets carry the most); every
 # model is tested on the full 10,000-image test set.
 RECIPE = [
-    "dataset=fashion_mnist", "dataset.limit_train=10000", "dataset.val_size=1000",
+    "dataset=fashion_mnist",
+    "dataset.limit_train=10000",
+    "dataset.val_size=1000",
     "dataset.train_fraction=0.1",
-    "teacher=cnn", "teacher.channels=[16,32]", "teacher.train.epochs=6",
-    "student=mlp", "student.hidden=[256]", "student.train.epochs=100",
-    "runtime.progress=off", "runtime.num_threads=1",
-]  # fmt: skip
+    "teacher=cnn",
+    "teacher.channels=[16,32]",
+    "teacher.train.epochs=6",
+    "student=mlp",
+    "student.hidden=[256]",
+    "student.train.epochs=100",
+    "runtime.progress=off",
+    "runtime.num_threads=1",
+]
 
 
 def registered_methods() -> list[str]:
@@ -50,8 +57,17 @@ def registered_methods() -> list[str]:
 
 def run_one(method: str, seed: int, out: Path, store: Path, extra: list[str]) -> dict[str, Any]:
     run_dir = out / method / f"seed{seed}"
-    cmd = [sys.executable, "-m", "kdrun", *RECIPE, *extra, f"method={method}", f"seed={seed}",
-           f"store_dir={store}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdrun",
+        *RECIPE,
+        *extra,
+        f"method={method}",
+        f"seed={seed}",
+        f"store_dir={store}",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
@@ -64,9 +80,12 @@ def run_one(method: str, seed: int, out: Path, store: Path, extra: list[str]) ->
     m["bench_wall_seconds"] = wall
     status = m.get("status")
     acc = m.get("student", {}).get("test_acc") if status == "completed" else None
-    print(f"  {method:<14} seed {seed}: {status}"
-          + (f", student {100 * acc:.2f}%" if acc is not None else f" ({m.get('error')})")
-          + f" [{wall:.0f}s]", flush=True)  # fmt: skip
+    print(
+        f"  {method:<14} seed {seed}: {status}"
+        + (f", student {100 * acc:.2f}%" if acc is not None else f" ({m.get('error')})")
+        + f" [{wall:.0f}s]",
+        flush=True,
+    )
     return m
 
 
@@ -98,8 +117,9 @@ def table(methods: list[str], results: dict[tuple[str, int], dict[str, Any]], se
         accs = [m["student"]["test_acc"] for m in ok]
         gains = [m["kd_gain"] for m in ok if m.get("kd_gain") is not None]
         secs = statistics.fmean(method_seconds(m) for m in ok)
-        lines.append(f"| {method} | {mean_std(accs)} | {mean_std(gains, signed=True)} | "
-                     f"{secs:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {method} | {mean_std(accs)} | {mean_std(gains, signed=True)} | {secs:.1f} |"
+        )
     done = [m for m in results.values() if m.get("status") == "completed"]
     by_seed: dict[int, dict[str, Any]] = {}
     for m in done:
@@ -107,8 +127,10 @@ def table(methods: list[str], results: dict[tuple[str, int], dict[str, Any]], se
     base = [m["baseline"]["test_acc"] for m in by_seed.values() if m.get("baseline")]
     teach = [m["teacher"]["test_acc"] for m in by_seed.values() if m.get("teacher")]
     lines.append("")
-    lines.append(f"Teacher {mean_std(teach)} %, student from scratch (baseline) "
-                 f"{mean_std(base)} %, over seeds {', '.join(map(str, seeds))}.")  # fmt: skip
+    lines.append(
+        f"Teacher {mean_std(teach)} %, student from scratch (baseline) "
+        f"{mean_std(base)} %, over seeds {', '.join(map(str, seeds))}."
+    )
     return "\n".join(lines)
 
 

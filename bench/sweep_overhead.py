@@ -41,11 +41,15 @@ def children_cpu() -> float:
 
 def cli(args: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one kdrun command."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
     t0, c0 = time.perf_counter(), children_cpu()
-    r = subprocess.run([sys.executable, "-m", "kdrun", *args], cwd=cwd, env=env,
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "kdrun", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     if r.returncode != 0:
         sys.exit(f"kdrun {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
@@ -59,8 +63,8 @@ def student_seconds(overrides: list[str], store: Path, run_dir: Path) -> tuple[f
     from hydra.core.global_hydra import GlobalHydra
 
     from kdrun.config import config_dir, register_configs
-    from kdrun.job import make_console
-    from kdrun.pipeline import Pipeline
+    from kdrun.experiments.job import make_console
+    from kdrun.experiments.pipeline import Pipeline
     from kdrun.report import Reporter
 
     register_configs()
@@ -90,14 +94,31 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="kdrun-bench-") as tmp:
             tmp = Path(tmp)
             t, al = cells[0]
-            single = cli([*base, f"T={t}", f"alpha={al}", f"store_dir={tmp}/store1",
-                          f"hydra.run.dir={tmp}/single"], tmp)  # fmt: skip
+            single = cli(
+                [
+                    *base,
+                    f"T={t}",
+                    f"alpha={al}",
+                    f"store_dir={tmp}/store1",
+                    f"hydra.run.dir={tmp}/single",
+                ],
+                tmp,
+            )
             more = [
                 student_seconds([*base, f"T={t}", f"alpha={al}"], tmp / "store1", tmp / f"lib{i}")
                 for i, (t, al) in enumerate(cells[1:])
             ]
-            sweep = cli(["-m", *base, f"T={a.T}", f"alpha={a.alpha}", f"store_dir={tmp}/store2",
-                         f"hydra.sweep.dir={tmp}/sweep"], tmp)  # fmt: skip
+            sweep = cli(
+                [
+                    "-m",
+                    *base,
+                    f"T={a.T}",
+                    f"alpha={a.alpha}",
+                    f"store_dir={tmp}/store2",
+                    f"hydra.sweep.dir={tmp}/sweep",
+                ],
+                tmp,
+            )
             doc = json.loads((tmp / "sweep" / "summary.json").read_text())
             trained = sum(j["teacher_from_cache"] is False for j in doc["jobs"])
             if trained != 1 or doc["n_failed"]:
@@ -107,8 +128,10 @@ def main() -> None:
                 extra = sum(m[i] for m in more)
                 ref, s = single[i] + extra, sweep[i]
                 ratios[kind].append(s / ref)
-                line.append(f"{kind}: R = {single[i]:.2f} + {extra:.2f} = {ref:.2f}s, "
-                            f"S = {s:.2f}s, S/R = {s / ref:.3f};")  # fmt: skip
+                line.append(
+                    f"{kind}: R = {single[i]:.2f} + {extra:.2f} = {ref:.2f}s, "
+                    f"S = {s:.2f}s, S/R = {s / ref:.3f};"
+                )
             print(" ".join(line))
     for kind, rs in ratios.items():
         print(

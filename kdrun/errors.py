@@ -70,3 +70,23 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     """An exception's text squeezed onto one line (third-party messages span several)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ExitStatus:
+    """The exit status of the whole command: the worst of its jobs and of the sweep summary.
+
+    Hydra returns none of its own, so the CLI resets it, the jobs and the end-of-sweep callback
+    raise it, and the CLI returns it. It lives here, below both, so neither imports the other.
+    """
+
+    def __init__(self) -> None:
+        self.code = 0
+
+    def raise_to(self, code: int) -> None:
+        self.code = max(self.code, code)
+
+    def reset(self) -> None:
+        self.code = 0
+
+
+EXIT = ExitStatus()

@@ -42,8 +42,10 @@ def ms(runs: list[dict], path: str, pct: bool = True, digits: int = 1) -> str:
 
 def omitted_table(root: Path, exp: str) -> None:
     print(f"\n### {exp}: accuracy (%) on the full test set, mean ± std over seeds\n")
-    print("| data set | model | test acc | acc on unseen | bias | adjusted test acc "
-          "| adjusted acc on unseen |")  # fmt: skip
+    print(
+        "| data set | model | test acc | acc on unseen | bias | adjusted test acc "
+        "| adjusted acc on unseen |"
+    )
     print("|---|---|---|---|---|---|---|")
     for ds in ("digits", "fashion_mnist"):
         runs = load(root, ds, exp)
@@ -51,32 +53,44 @@ def omitted_table(root: Path, exp: str) -> None:
             continue
         o = "omitted."
         n = f"{ds} ({len(runs)} seeds)"
-        print(f"| {n} | teacher | {ms(runs, 'teacher.test_acc')} | "
-              f"{ms(runs, o + 'teacher_acc_on_omitted')} | | | |")  # fmt: skip
-        print(f"| | scratch | {ms(runs, o + 'baseline_test_acc')} | "
-              f"{ms(runs, o + 'baseline_acc_on_omitted')} | "
-              f"{ms(runs, o + 'baseline_bias', False, 2)} | "
-              f"{ms(runs, o + 'baseline_test_acc_adjusted')} | "
-              f"{ms(runs, o + 'baseline_acc_on_omitted_adjusted')} |")  # fmt: skip
-        print(f"| | distilled (val-selected) | {ms(runs, o + 'student_test_acc')} | "
-              f"{ms(runs, o + 'student_acc_on_omitted')} | {ms(runs, o + 'bias', False, 2)} | "
-              f"{ms(runs, o + 'student_test_acc_adjusted')} | "
-              f"{ms(runs, o + 'student_acc_on_omitted_adjusted')} |")  # fmt: skip
+        print(
+            f"| {n} | teacher | {ms(runs, 'teacher.test_acc')} | "
+            f"{ms(runs, o + 'teacher_acc_on_omitted')} | | | |"
+        )
+        print(
+            f"| | scratch | {ms(runs, o + 'baseline_test_acc')} | "
+            f"{ms(runs, o + 'baseline_acc_on_omitted')} | "
+            f"{ms(runs, o + 'baseline_bias', False, 2)} | "
+            f"{ms(runs, o + 'baseline_test_acc_adjusted')} | "
+            f"{ms(runs, o + 'baseline_acc_on_omitted_adjusted')} |"
+        )
+        print(
+            f"| | distilled (val-selected) | {ms(runs, o + 'student_test_acc')} | "
+            f"{ms(runs, o + 'student_acc_on_omitted')} | {ms(runs, o + 'bias', False, 2)} | "
+            f"{ms(runs, o + 'student_test_acc_adjusted')} | "
+            f"{ms(runs, o + 'student_acc_on_omitted_adjusted')} |"
+        )
         le = o + "last_epoch."
-        print(f"| | distilled (last epoch) | {ms(runs, le + 'student_test_acc')} | "
-              f"{ms(runs, le + 'student_acc_on_omitted')} | {ms(runs, le + 'bias', False, 2)} | "
-              f"{ms(runs, le + 'student_test_acc_adjusted')} | "
-              f"{ms(runs, le + 'student_acc_on_omitted_adjusted')} |")  # fmt: skip
+        print(
+            f"| | distilled (last epoch) | {ms(runs, le + 'student_test_acc')} | "
+            f"{ms(runs, le + 'student_acc_on_omitted')} | {ms(runs, le + 'bias', False, 2)} | "
+            f"{ms(runs, le + 'student_test_acc_adjusted')} | "
+            f"{ms(runs, le + 'student_acc_on_omitted_adjusted')} |"
+        )
         cnt = runs[0]["omitted"]
-        print(f"| | *(test images: {cnt['test_count']}, of unseen classes: "
-              f"{cnt['test_count_omitted']})* | | | | | |")  # fmt: skip
+        print(
+            f"| | *(test images: {cnt['test_count']}, of unseen classes: "
+            f"{cnt['test_count_omitted']})* | | | | | |"
+        )
 
 
 def small_table(root: Path, exp: str) -> None:
     print(f"\n### {exp}: test accuracy (%), mean ± std over seeds\n")
-    print("| data set | students' train set | scratch (subset) | distilled (subset) | "
-          "distilled, last epoch | scratch (all data) | teacher | gap closed | "
-          "gap closed, last epoch |")  # fmt: skip
+    print(
+        "| data set | students' train set | scratch (subset) | distilled (subset) | "
+        "distilled, last epoch | scratch (all data) | teacher | gap closed | "
+        "gap closed, last epoch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for ds in ("digits", "fashion_mnist"):
         runs = load(root, ds, exp)
@@ -85,11 +99,13 @@ def small_table(root: Path, exp: str) -> None:
         s = "small_data."
         sd = runs[0]["small_data"]
         size = f"{sd['train_size']} of {sd['full_train_size']}"
-        print(f"| {ds} ({len(runs)} seeds) | {size} | {ms(runs, s + 'baseline_test_acc')} | "
-              f"{ms(runs, s + 'student_test_acc')} | {ms(runs, s + 'student_test_acc_last_epoch')}"
-              f" | {ms(runs, s + 'full_data_baseline_test_acc')} | "
-              f"{ms(runs, s + 'teacher_test_acc')} | {ms(runs, s + 'gap_closed', True, 0)} | "
-              f"{ms(runs, s + 'gap_closed_last_epoch', True, 0)} |")  # fmt: skip
+        print(
+            f"| {ds} ({len(runs)} seeds) | {size} | {ms(runs, s + 'baseline_test_acc')} | "
+            f"{ms(runs, s + 'student_test_acc')} | {ms(runs, s + 'student_test_acc_last_epoch')}"
+            f" | {ms(runs, s + 'full_data_baseline_test_acc')} | "
+            f"{ms(runs, s + 'teacher_test_acc')} | {ms(runs, s + 'gap_closed', True, 0)} | "
+            f"{ms(runs, s + 'gap_closed_last_epoch', True, 0)} |"
+        )
 
 
 def soft_table(root: Path) -> None:
@@ -107,10 +123,13 @@ def soft_table(root: Path) -> None:
         print("| T | " + " | ".join(f"{t:g}" for t in temps) + " |")
         print("|---|" + "---|" * len(temps))
         for who in ("teacher", "distilled", "scratch"):
-            for key, lab in (("mean_entropy", "entropy (nats)"),
-                             ("non_target_mass", "non-target mass")):  # fmt: skip
-                cells = [ms(runs, f"soft_targets.{who}.{key}.{i}", False, 3)
-                         for i in range(len(temps))]  # fmt: skip
+            for key, lab in (
+                ("mean_entropy", "entropy (nats)"),
+                ("non_target_mass", "non-target mass"),
+            ):
+                cells = [
+                    ms(runs, f"soft_targets.{who}.{key}.{i}", False, 3) for i in range(len(temps))
+                ]
                 print(f"| {who} {lab} | " + " | ".join(cells) + " |")
 
 

@@ -32,8 +32,14 @@ def kdrun_env(**extra: str) -> dict[str, str]:
 def run_kdrun(tmp_path):
     """run_kdrun(*overrides, run_dir=None) -> CompletedProcess; store and outputs in tmp_path."""
 
-    def run(*args: str, run_dir: Path | None = None, cwd: Path | None = None, timeout: int = 600,
-            store: Path | None = None, env: dict[str, str] | None = None):  # fmt: skip
+    def run(
+        *args: str,
+        run_dir: Path | None = None,
+        cwd: Path | None = None,
+        timeout: int = 600,
+        store: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         argv = list(args)
         is_sub = bool(argv) and not argv[0].startswith("-") and "=" not in argv[0]
         if not is_sub:
@@ -43,9 +49,13 @@ def run_kdrun(tmp_path):
                 argv.append(f"hydra.run.dir={run_dir}")
         cmd = [sys.executable, "-m", "kdrun", *argv]
         return subprocess.run(
-            cmd, cwd=cwd or tmp_path, env=kdrun_env(**(env or {})),
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            cmd,
+            cwd=cwd or tmp_path,
+            env=kdrun_env(**(env or {})),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 

@@ -16,12 +16,24 @@ from pathlib import Path
 from tests.conftest import kdrun_env, read_json
 
 # The smoke recipe with epochs long enough to be stopped part-way (~1 s of training).
-RECIPE = ("experiment=smoke", "student.train.epochs=4", "student.train.batch_size=16",
-          "runtime.num_threads=1")  # fmt: skip
+RECIPE = (
+    "experiment=smoke",
+    "student.train.epochs=4",
+    "student.train.batch_size=16",
+    "runtime.num_threads=1",
+)
 
 # Numbers that must not depend on timing, process or interruption.
-STAGE_KEYS = ("test_acc", "val_acc", "last_test_acc", "best_epoch", "params", "agreement",
-              "kl_to_teacher", "per_class_acc")  # fmt: skip
+STAGE_KEYS = (
+    "test_acc",
+    "val_acc",
+    "last_test_acc",
+    "best_epoch",
+    "params",
+    "agreement",
+    "kl_to_teacher",
+    "per_class_acc",
+)
 VOLATILE_COLUMNS = ("seconds", "from_store")
 
 
@@ -32,9 +44,13 @@ def kdrun_cmd(*args: str) -> list[str]:
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
     """Run `kdrun ARGS` to completion; returns the CompletedProcess (text)."""
     return subprocess.run(
-        kdrun_cmd(*args), cwd=cwd, env=kdrun_env(**(env or {})), capture_output=True,
-        text=True, timeout=timeout,
-    )  # fmt: skip
+        kdrun_cmd(*args),
+        cwd=cwd,
+        env=kdrun_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(*args: str, cwd: Path, log: Path) -> subprocess.Popen:

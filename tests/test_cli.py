@@ -41,10 +41,20 @@ def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     run_dir = tmp / "run"
     p = subprocess.run(
-        [sys.executable, "-m", "kdrun", "experiment=smoke", f"hydra.run.dir={run_dir}",
-         f"store_dir={tmp / 'store'}"],
-        cwd=tmp, env=kdrun_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kdrun",
+            "experiment=smoke",
+            f"hydra.run.dir={run_dir}",
+            f"store_dir={tmp / 'store'}",
+        ],
+        cwd=tmp,
+        env=kdrun_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     return run_dir, p, tmp
 
@@ -99,12 +109,14 @@ def test_teacher_checkpoint_loads_and_mismatch_is_clear(smoke_run, run_kdrun, tm
     assert p.returncode == 0, p.stderr
     m = read_json(tmp_path / "ck" / "metrics.json")
     assert m["teacher"]["test_acc"] == read_json(run_dir / "metrics.json")["teacher"]["test_acc"]
-    bad = run_kdrun("experiment=smoke", "teacher=mlp", f"teacher.checkpoint={ckpt}",
-                    run_dir=tmp_path / "bad")  # fmt: skip
+    bad = run_kdrun(
+        "experiment=smoke", "teacher=mlp", f"teacher.checkpoint={ckpt}", run_dir=tmp_path / "bad"
+    )
     assert bad.returncode != 0
     assert "does not fit teacher=mlp" in bad.stderr and "Traceback" not in bad.stderr
-    missing = run_kdrun("experiment=smoke", "teacher.checkpoint=/nonexistent/t.pt",
-                        run_dir=tmp_path / "missing")  # fmt: skip
+    missing = run_kdrun(
+        "experiment=smoke", "teacher.checkpoint=/nonexistent/t.pt", run_dir=tmp_path / "missing"
+    )
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 
@@ -116,8 +128,14 @@ def test_no_baseline(run_kdrun, tmp_path):
 
 
 def test_design_card_example_resnet18_teacher(run_kdrun, tmp_path):
-    p = run_kdrun("experiment=smoke", "teacher=resnet18", "teacher.width=8", "student=mlp", "T=4",
-                  run_dir=tmp_path / "r18")  # fmt: skip
+    p = run_kdrun(
+        "experiment=smoke",
+        "teacher=resnet18",
+        "teacher.width=8",
+        "student=mlp",
+        "T=4",
+        run_dir=tmp_path / "r18",
+    )
     assert p.returncode == 0, p.stderr
     m = read_json(tmp_path / "r18" / "metrics.json")
     assert m["teacher"]["model"] == "resnet18" and m["student"]["model"] == "mlp"
@@ -158,8 +176,9 @@ def test_smoke_on_fashion_mnist(run_kdrun, tmp_path):
 
 def test_teacherless_method_with_a_small_transfer_set(run_kdrun, tmp_path):
     """Analyses that need a teacher are skipped for dml; small_data still reports."""
-    p = run_kdrun("experiment=smoke", "method=dml", "dataset.train_fraction=0.5",
-                  run_dir=tmp_path / "dml")  # fmt: skip
+    p = run_kdrun(
+        "experiment=smoke", "method=dml", "dataset.train_fraction=0.5", run_dir=tmp_path / "dml"
+    )
     assert p.returncode == 0, p.stderr
     m = read_json(tmp_path / "dml" / "metrics.json")
     assert m["teacher"] is None and m["small_data"]["teacher_test_acc"] is None

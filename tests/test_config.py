@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 
 import kdrun.cli  # noqa: F401  (registers the schema)
 from kdrun.cli import precheck
-from kdrun.config import config_dir, validate
+from kdrun.config import config_dir
 from kdrun.errors import ConfigError
+from kdrun.experiments import validate
 
 CONF = Path(config_dir())
 GROUPS = ["dataset", "teacher", "student", "method", "experiment"]

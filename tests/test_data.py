@@ -153,9 +153,10 @@ def test_download_through_torchvision_from_loopback(tmp_path, monkeypatch, loopb
     # upstream archives; point the table at the served files (same images, same labels).
     served = tmp_path / "served"
     monkeypatch.setattr(
-        torchvision.datasets.FashionMNIST, "resources",
+        torchvision.datasets.FashionMNIST,
+        "resources",
         [(f.name, hashlib.md5(f.read_bytes()).hexdigest()) for f in sorted(served.glob("*.gz"))],
-    )  # fmt: skip
+    )
     monkeypatch.setenv("KDRUN_SYSTEM_DATASETS", str(tmp_path / "none"))
     monkeypatch.setenv("KDRUN_DATA", str(tmp_path / "cache"))
     root = tmp_path / "data"
@@ -182,6 +183,12 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("KDRUN_DATA", str(tmp_path / "cache"))
     # a loopback port with nothing listening: fails at once, never leaves the machine
     with pytest.raises(DataError, match="downloading Fashion-MNIST") as e:
-        load_data(ds(name="fashion_mnist", root=str(tmp_path), download=True,
-                     mirror="http://127.0.0.1:9/"))  # fmt: skip
+        load_data(
+            ds(
+                name="fashion_mnist",
+                root=str(tmp_path),
+                download=True,
+                mirror="http://127.0.0.1:9/",
+            )
+        )
     assert "\n" not in str(e.value)

@@ -13,14 +13,15 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from kdrun.analyses import adjust, bias_to_match, omitted, predicted_fraction, unseen_classes
-from kdrun.soft_targets import (
-    CLASSIC_LOGITS,
-    dark_knowledge_command,
-    softmax_command,
-    softmax_table,
-    temperature_curves,
+from kdrun.cli.commands import dark_knowledge_command, softmax_command
+from kdrun.experiments.analyses import (
+    adjust,
+    bias_to_match,
+    omitted,
+    predicted_fraction,
+    unseen_classes,
 )
+from kdrun.experiments.soft_targets import CLASSIC_LOGITS, softmax_table, temperature_curves
 from tests.conftest import read_json
 
 # /work/shared/REFERENCE.md: softmax of cat -5, dog 2, donkey 7, horse 9 and its entropy
@@ -93,16 +94,19 @@ def test_bias_to_match_hits_the_target_frequency():
 
 def _fake_context(tmp_path: Path, y_val_transform=None):
     """An omitted-class context on real digits with fixed random models (nothing trained)."""
-    from kdrun.analyses import Context
     from kdrun.config import KdrunConfig
     from kdrun.data import load_data
+    from kdrun.experiments.analyses import Context
     from kdrun.models import build_model
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(KdrunConfig),
-        {"dataset": {"name": "digits", "omit_classes": [3]}, "teacher": {"name": "mlp"},
-         "student": {"name": "mlp", "hidden": [32]}},
-    )  # fmt: skip
+        {
+            "dataset": {"name": "digits", "omit_classes": [3]},
+            "teacher": {"name": "mlp"},
+            "student": {"name": "mlp", "hidden": [32]},
+        },
+    )
     data = load_data(cfg.dataset)
     if y_val_transform is not None:
         data.y_val = y_val_transform(data.y_val)
@@ -171,8 +175,14 @@ def test_omit_class_on_digits(run_kdrun, tmp_path, store):
 
 def test_small_data_on_digits(run_kdrun, tmp_path, store):
     run = tmp_path / "run"
-    r = run_kdrun("experiment=small_data", *FAST, "student.train.epochs=40",
-                  "analysis.full_data_epochs=5", run_dir=run, store=store)  # fmt: skip
+    r = run_kdrun(
+        "experiment=small_data",
+        *FAST,
+        "student.train.epochs=40",
+        "analysis.full_data_epochs=5",
+        run_dir=run,
+        store=store,
+    )
     assert r.returncode == 0, r.stderr
     m = read_json(run / "metrics.json")
     sd = m["small_data"]
@@ -182,8 +192,9 @@ def test_small_data_on_digits(run_kdrun, tmp_path, store):
     )
     assert sd["baseline_test_acc"] == m["baseline"]["test_acc"]
     assert sd["student_test_acc"] == m["student"]["test_acc"]
-    full, base, stud = (sd[k] for k in ("full_data_baseline_test_acc", "baseline_test_acc",
-                                        "student_test_acc"))  # fmt: skip
+    full, base, stud = (
+        sd[k] for k in ("full_data_baseline_test_acc", "baseline_test_acc", "student_test_acc")
+    )
     assert full > base  # 39 images vs 1294
     assert sd["gap_closed"] == pytest.approx((stud - base) / (full - base))
     assert (run / "small_data.png").is_file()
@@ -195,8 +206,7 @@ def test_small_data_on_digits(run_kdrun, tmp_path, store):
 
 def test_soft_targets_and_dark_knowledge(run_kdrun, tmp_path, store, capsys):
     run = tmp_path / "run"
-    r = run_kdrun("experiment=soft_targets", *FAST, "analysis.examples=3", run_dir=run,
-                  store=store)  # fmt: skip
+    r = run_kdrun("experiment=soft_targets", *FAST, "analysis.examples=3", run_dir=run, store=store)
     assert r.returncode == 0, r.stderr
     st = read_json(run / "metrics.json")["soft_targets"]
     assert st["temperatures"] == [1, 2, 3, 5, 10, 20]
@@ -223,13 +233,14 @@ def test_soft_targets_and_dark_knowledge(run_kdrun, tmp_path, store, capsys):
 
 
 def test_bad_analysis_option_is_rejected():
-    from kdrun.config import KdrunConfig, validate
+    from kdrun.config import KdrunConfig
     from kdrun.errors import ConfigError
+    from kdrun.experiments import validate
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(KdrunConfig),
         {"dataset": {"name": "digits"}, "teacher": {"name": "mlp"}, "student": {"name": "mlp"}},
-    )  # fmt: skip
+    )
     validate(cfg)
     cfg.analysis.bias_prior = "median"
     with pytest.raises(ConfigError, match="analysis.bias_prior"):

@@ -29,10 +29,20 @@ def _venv(path: Path) -> Path:
 
 def _pip(bindir: Path, *args: str) -> None:
     subprocess.run(
-        [str(bindir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         *args],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(bindir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _clean_env() -> dict[str, str]:
@@ -44,31 +54,61 @@ def _clean_env() -> dict[str, str]:
 def _smoke(bindir: Path, where: Path) -> dict:
     run_dir = where / "run"
     p = subprocess.run(
-        [str(bindir / "kdrun"), "experiment=smoke", f"hydra.run.dir={run_dir}",
-         f"store_dir={where / 'store'}"],
-        cwd=where, env=_clean_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(bindir / "kdrun"),
+            "experiment=smoke",
+            f"hydra.run.dir={run_dir}",
+            f"store_dir={where / 'store'}",
+        ],
+        cwd=where,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     return read_json(run_dir / "metrics.json")
 
 
 def _kdrun_location(bindir: Path, where: Path) -> str:
     code = "import kdrun.config as c; print(c.__file__); print(c.config_dir())"
-    p = subprocess.run([str(bindir / "python"), "-c", code], cwd=where, env=_clean_env(),
-                       capture_output=True, text=True, check=True)  # fmt: skip
+    p = subprocess.run(
+        [str(bindir / "python"), "-c", code],
+        cwd=where,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return p.stdout
 
 
 def test_wheel_ships_the_configs(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (wheel,) = tmp_path.glob("kdrun-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for must in ("kdrun/conf/config.yaml", "kdrun/conf/dataset/digits.yaml",
-                 "kdrun/conf/experiment/smoke.yaml", "kdrun/cli.py"):  # fmt: skip
+    for must in (
+        "kdrun/conf/config.yaml",
+        "kdrun/conf/dataset/digits.yaml",
+        "kdrun/conf/experiment/smoke.yaml",
+        "kdrun/cli.py",
+    ):
         assert must in names, must
     assert not any(n.startswith("conf/") for n in names)
 

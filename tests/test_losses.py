@@ -6,14 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdrun.losses import kd_loss, kl_soft, soft_targets
+from kdrun.methods.losses import kd_loss, kl_soft, soft_targets
 
 
 def test_soft_targets_classic_example():
     # cat, dog, donkey, horse logits from the reference table (REFERENCE.md)
     z = torch.tensor([-5.0, 2.0, 7.0, 9.0])
-    expected = {1: [7.3e-7, 0.0008, 0.1191, 0.8801], 5: [0.0307, 0.1247, 0.3389, 0.5056],
-                20: [0.1599, 0.2269, 0.2913, 0.3219]}  # fmt: skip
+    expected = {
+        1: [7.3e-7, 0.0008, 0.1191, 0.8801],
+        5: [0.0307, 0.1247, 0.3389, 0.5056],
+        20: [0.1599, 0.2269, 0.2913, 0.3219],
+    }
     for T, probs in expected.items():
         q = soft_targets(z, T)
         assert torch.allclose(q, torch.tensor(probs), atol=1e-4), (T, q)
@@ -73,7 +76,7 @@ def test_extreme_logits_stay_finite():
 
 
 def test_fast_log_softmax_matches_torch():
-    from kdrun.losses import log_softmax_rows
+    from kdrun.methods.losses import log_softmax_rows
 
     for shape in [(7, 10), (3, 100), (1, 2)]:
         z = torch.randn(*shape) * 20

@@ -20,16 +20,16 @@ from torch import nn
 
 from kdrun.config import ModelConfig
 from kdrun.errors import ConfigError
-from kdrun.features import capture, probe, resolve_stage
-from kdrun.losses import kd_loss, standardize_logits
 from kdrun.methods import METHODS
 from kdrun.methods.at import at_loss, attention_map, pair_by_resolution
 from kdrun.methods.crd import CRD, CRDOptions, nce_loss
 from kdrun.methods.dkd import DKD, DKDOptions, dkd_loss, dkd_per_sample
 from kdrun.methods.fitnet import HintAdapter, hint_loss
+from kdrun.methods.losses import kd_loss, standardize_logits
 from kdrun.methods.rkd import angles, normalized_distances, rkd_angle_loss, rkd_distance_loss
 from kdrun.methods.sp import sp_loss
 from kdrun.models import MODELS, build_model
+from kdrun.models.features import capture, probe, resolve_stage
 from tests.conftest import read_json
 
 MY_METHODS = ["dkd", "fitnet", "at", "rkd", "sp", "crd"]
@@ -167,8 +167,14 @@ def test_dkd_decomposes_kd_and_vanishes_when_student_equals_teacher():
     assert torch.allclose(kl, tckd + (1 - pt[torch.arange(8), y]) * nckd, atol=1e-5)
     zero = dkd_loss(t, t.clone(), y, T, 1.0, 8.0)
     assert zero["tckd"].abs().item() < 1e-6 and zero["nckd"].abs().item() < 1e-6
-    extreme = dkd_loss(torch.tensor([[500.0, -500.0, 0.0]]), torch.tensor([[-500.0, 500.0, 0.0]]),
-                       torch.tensor([0]), 1.0, 1.0, 8.0)  # fmt: skip
+    extreme = dkd_loss(
+        torch.tensor([[500.0, -500.0, 0.0]]),
+        torch.tensor([[-500.0, 500.0, 0.0]]),
+        torch.tensor([0]),
+        1.0,
+        1.0,
+        8.0,
+    )
     assert all(torch.isfinite(v) for v in extreme.values())
 
 
@@ -200,9 +206,14 @@ def test_hint_loss_is_the_mean_squared_error():
 
 @pytest.mark.parametrize(
     "s_shape,t_shape",
-    [((8, 14, 14), (32, 7, 7)), ((8, 4, 4), (16, 8, 8)), ((64,), (32, 7, 7)), ((16, 7, 7), (128,)),
-     ((8, 7, 7), (8, 7, 7))],
-)  # fmt: skip
+    [
+        ((8, 14, 14), (32, 7, 7)),
+        ((8, 4, 4), (16, 8, 8)),
+        ((64,), (32, 7, 7)),
+        ((16, 7, 7), (128,)),
+        ((8, 7, 7), (8, 7, 7)),
+    ],
+)
 def test_hint_adapter_maps_any_student_feature_to_the_teacher_shape(s_shape, t_shape):
     a = HintAdapter(s_shape, t_shape)
     out = a(torch.randn(3, *s_shape))
@@ -416,8 +427,9 @@ def test_crd_memory_update_negatives_and_cap():
 
 
 def _ctx(student_name="cnn", **skw):
-    data = SimpleNamespace(in_shape=(1, 8, 8), student_idx=torch.arange(30),
-                           y_train=torch.arange(30) % 10)  # fmt: skip
+    data = SimpleNamespace(
+        in_shape=(1, 8, 8), student_idx=torch.arange(30), y_train=torch.arange(30) % 10
+    )
     teacher = model("cnn", channels=[8, 16, 32])
     return SimpleNamespace(
         data=data, new_student=lambda: model(student_name, **skw), teacher=lambda: teacher
@@ -426,9 +438,13 @@ def _ctx(student_name="cnn", **skw):
 
 @pytest.mark.parametrize(
     "name,student",  # at needs spatial maps: its mlp case is the ConfigError test below
-    [(n, s) for n in ["fitnet", "at", "rkd", "sp", "crd"] for s in ["cnn", "mlp"]
-     if (n, s) != ("at", "mlp")],
-)  # fmt: skip
+    [
+        (n, s)
+        for n in ["fitnet", "at", "rkd", "sp", "crd"]
+        for s in ["cnn", "mlp"]
+        if (n, s) != ("at", "mlp")
+    ],
+)
 def test_feature_methods_train_student_and_adapters_only(name, student):
     cfg = OmegaConf.create({"method": {"name": name}, "seed": 0})
     d = METHODS[name].build(cfg, _ctx(student))
@@ -446,11 +462,14 @@ def test_feature_methods_train_student_and_adapters_only(name, student):
 
 
 def test_at_refuses_an_mlp_before_training():
-    cfg = OmegaConf.create({
-        "method": {"name": "at"}, "dataset": {"name": "digits"},
-        "student": OmegaConf.structured(ModelConfig(name="mlp")),
-        "teacher": OmegaConf.structured(ModelConfig(name="cnn")),
-    })  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "method": {"name": "at"},
+            "dataset": {"name": "digits"},
+            "student": OmegaConf.structured(ModelConfig(name="mlp")),
+            "teacher": OmegaConf.structured(ModelConfig(name="cnn")),
+        }
+    )
     with pytest.raises(ConfigError, match=r"spatial.*student 'mlp'.*cnn"):
         METHODS["at"].check_config(cfg)
 
@@ -464,9 +483,13 @@ def shared_store(tmp_path_factory):
 
 
 LOSS_COLUMNS = {
-    "dkd": ["loss_tckd", "loss_nckd"], "fitnet": ["loss_hint"], "at": ["loss_at"],
-    "rkd": ["loss_rkd_distance", "loss_rkd_angle"], "sp": ["loss_sp"], "crd": ["loss_crd"],
-}  # fmt: skip
+    "dkd": ["loss_tckd", "loss_nckd"],
+    "fitnet": ["loss_hint"],
+    "at": ["loss_at"],
+    "rkd": ["loss_rkd_distance", "loss_rkd_angle"],
+    "sp": ["loss_sp"],
+    "crd": ["loss_crd"],
+}
 
 
 @pytest.mark.slow
@@ -488,8 +511,13 @@ def test_smoke_pipeline(run_kdrun, tmp_path, shared_store, name):
 
 @pytest.mark.slow
 def test_smoke_logit_standardization(run_kdrun, tmp_path, shared_store):
-    r = run_kdrun("experiment=smoke", "method.logit_standardization=true", "T=2",
-                  run_dir=tmp_path / "run", store=shared_store)  # fmt: skip
+    r = run_kdrun(
+        "experiment=smoke",
+        "method.logit_standardization=true",
+        "T=2",
+        run_dir=tmp_path / "run",
+        store=shared_store,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_json(tmp_path / "run" / "metrics.json")["config"]["method"] == {
         "name": "kd",
@@ -499,8 +527,9 @@ def test_smoke_logit_standardization(run_kdrun, tmp_path, shared_store):
 
 @pytest.mark.slow
 def test_cli_at_with_mlp_student_is_one_line_error(run_kdrun, tmp_path, shared_store):
-    r = run_kdrun("experiment=smoke", "method=at", "student=mlp", run_dir=tmp_path / "run",
-                  store=shared_store)  # fmt: skip
+    r = run_kdrun(
+        "experiment=smoke", "method=at", "student=mlp", run_dir=tmp_path / "run", store=shared_store
+    )
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "spatial" in err[0] and "Traceback" not in r.stderr, r.stderr

@@ -14,15 +14,16 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kdrun.config import ModelConfig, config_dir, register_configs, validate
+from kdrun.config import ModelConfig, config_dir, register_configs
 from kdrun.errors import ConfigError
-from kdrun.losses import kd_loss
+from kdrun.experiments import validate
 from kdrun.methods.dml import mutual_losses
+from kdrun.methods.losses import kd_loss
 from kdrun.methods.model_options import midway_overrides
 from kdrun.methods.multi_teacher import ensemble_logits, member_configs
 from kdrun.methods.takd import assistant_config
 from kdrun.models import build_model, count_params
-from kdrun.models_cifar import CIFAR_ARCHS
+from kdrun.models.cifar import CIFAR_ARCHS
 from tests.conftest import read_json
 
 register_configs()
@@ -173,10 +174,18 @@ def test_default_assistant_is_between_teacher_and_student(overrides, expected):
 # ---------------------------------------------------------------- CIFAR models
 
 PUBLISHED_PARAMS_M = {  # CIFAR-100 parameter counts as in CRD (Tian et al. 2020) / RepDistiller
-    "resnet20": 0.28, "resnet32": 0.47, "resnet56": 0.86, "resnet110": 1.74,
-    "resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_16_2": 0.70, "wrn_40_1": 0.57,
-    "wrn_40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46,
-}  # fmt: skip
+    "resnet20": 0.28,
+    "resnet32": 0.47,
+    "resnet56": 0.86,
+    "resnet110": 1.74,
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "wrn_16_2": 0.70,
+    "wrn_40_1": 0.57,
+    "wrn_40_2": 2.26,
+    "vgg8": 3.96,
+    "vgg13": 9.46,
+}
 
 
 def model_cfg(name: str, **kw):
@@ -227,8 +236,15 @@ def shared_store(tmp_path_factory):
 def smoke(run_kdrun, tmp_path, store, name: str, *extra: str) -> dict:
     run_dir = tmp_path / name
     # a narrow teacher: born_again and multi_teacher train two more models of its size
-    r = run_kdrun("experiment=smoke", f"method={name}", "teacher.channels=[8,16]",
-                  "runtime.num_threads=1", *extra, run_dir=run_dir, store=store)  # fmt: skip
+    r = run_kdrun(
+        "experiment=smoke",
+        f"method={name}",
+        "teacher.channels=[8,16]",
+        "runtime.num_threads=1",
+        *extra,
+        run_dir=run_dir,
+        store=store,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = read_json(run_dir / "metrics.json")
     assert m["status"] == "completed" and m["method"] == name
@@ -247,8 +263,9 @@ def test_smoke_multi_teacher(run_kdrun, tmp_path, shared_store):
     assert ens["members"] == 3 and len(ens["member_test_acc"]) == 3
     assert ens["member_test_acc"][0] == m["teacher"]["test_acc"]
     assert set(m["extra_models"]) == {"teacher1", "teacher2"}
-    assert {"teacher", "teacher1", "teacher2"} <= history_stages(tmp_path / "multi_teacher" /
-                                                                 "history.csv")  # fmt: skip
+    assert {"teacher", "teacher1", "teacher2"} <= history_stages(
+        tmp_path / "multi_teacher" / "history.csv"
+    )
 
 
 @pytest.mark.slow

@@ -14,15 +14,14 @@ from rich.console import Console
 from torch import nn
 
 from kdrun.config import KdrunConfig
+from kdrun.engine import Perf, data_device, fetch, fit, predict
 from kdrun.errors import TrainingError
+from kdrun.experiments.pipeline import Pipeline
 from kdrun.methods.base import HardLabels
 from kdrun.methods.kd import KD
 from kdrun.models import build_model
-from kdrun.perf import Perf, data_device, fetch
-from kdrun.pipeline import Pipeline
 from kdrun.report import Reporter
 from kdrun.store import sha256_file
-from kdrun.train import fit, predict
 
 torch.set_num_threads(1)  # deterministic and polite on the shared CI machine
 
@@ -87,8 +86,16 @@ def test_cached_logits_match_fresh_teacher_under_shuffling(tmp_path):
     cache = p.teacher_cache(dist)
     assert cache is not None and cache.shape == (len(p.data.y_train), 10)
     d = p.data
-    fit(dist, d, p.cfg.student.train, stage="student", seed=3, train_idx=d.student_idx,
-        val_idx=d.student_val_idx, teacher_cache=cache)  # fmt: skip
+    fit(
+        dist,
+        d,
+        p.cfg.student.train,
+        stage="student",
+        seed=3,
+        train_idx=d.student_idx,
+        val_idx=d.student_val_idx,
+        teacher_cache=cache,
+    )
     first = torch.cat([s["idx"] for s in dist.steps[:5]])
     assert not torch.equal(first, first.sort().values)  # the batches really are shuffled
     for s in dist.steps:
@@ -153,9 +160,16 @@ def test_fit_refuses_a_cache_of_the_wrong_length(tmp_path):
     p = make_pipeline(tmp_path)
     d = p.data
     with pytest.raises(TrainingError, match="stale"):
-        fit(kd(p, random_teacher(p)), d, p.cfg.student.train, stage="student", seed=0,
-            train_idx=d.student_idx, val_idx=d.student_val_idx,
-            teacher_cache=torch.zeros(len(d.y_train) - 1, 10))  # fmt: skip
+        fit(
+            kd(p, random_teacher(p)),
+            d,
+            p.cfg.student.train,
+            stage="student",
+            seed=0,
+            train_idx=d.student_idx,
+            val_idx=d.student_val_idx,
+            teacher_cache=torch.zeros(len(d.y_train) - 1, 10),
+        )
 
 
 def test_augmented_batches_reach_teacher_and_student_identically(tmp_path):
@@ -168,8 +182,16 @@ def test_augmented_batches_reach_teacher_and_student_identically(tmp_path):
     d = p.data
     # A poisoned cache: if it were used for augmented batches the loss would be NaN.
     poison = torch.full((len(d.y_train), 10), float("nan"))
-    fit(dist, d, p.cfg.student.train, stage="student", seed=0, train_idx=d.student_idx,
-        val_idx=d.student_val_idx, teacher_cache=poison)  # fmt: skip
+    fit(
+        dist,
+        d,
+        p.cfg.student.train,
+        stage="student",
+        seed=0,
+        train_idx=d.student_idx,
+        val_idx=d.student_val_idx,
+        teacher_cache=poison,
+    )
     steps = len(seen["teacher"])
     assert steps == 2 * -(-len(d.student_idx) // 64)
     # the student also runs in validation (eval) after each epoch: compare training steps only
@@ -188,9 +210,18 @@ def test_distillation_with_cache_equals_without(tmp_path):
     for use in (True, False):
         dist = kd(p, teacher)
         cache = p.teacher_cache(dist) if use else None
-        runs.append(fit(dist, d, p.cfg.student.train, stage="student", seed=0,
-                        train_idx=d.student_idx, val_idx=d.student_val_idx,
-                        teacher_cache=cache))  # fmt: skip
+        runs.append(
+            fit(
+                dist,
+                d,
+                p.cfg.student.train,
+                stage="student",
+                seed=0,
+                train_idx=d.student_idx,
+                val_idx=d.student_val_idx,
+                teacher_cache=cache,
+            )
+        )
     cached, fresh = runs
     for k, v in fresh.last_state.items():
         torch.testing.assert_close(cached.last_state[k], v, rtol=1e-5, atol=1e-6)
@@ -205,9 +236,17 @@ def _fit_switch(tmp_path, model: str = "mlp", amp: str = "off", **perf) -> tuple
     d = p.data
     torch.manual_seed(1)
     student = Perf(**perf).prepare_model(build_model(p.cfg.student, d.in_shape, 10))
-    res = fit(HardLabels(student), d, p.cfg.student.train, stage="baseline", seed=0,
-              train_idx=d.student_idx, val_idx=d.student_val_idx, amp=amp,
-              perf=Perf(**perf))  # fmt: skip
+    res = fit(
+        HardLabels(student),
+        d,
+        p.cfg.student.train,
+        stage="baseline",
+        seed=0,
+        train_idx=d.student_idx,
+        val_idx=d.student_val_idx,
+        amp=amp,
+        perf=Perf(**perf),
+    )
     return student, res
 
 
@@ -259,10 +298,17 @@ def test_cli_runs_with_the_switches(run_kdrun, tmp_path):
     """The runtime.* keys reach the pipeline (compile is covered in-process above: tracing
     three stages in a fresh process would double this test's time)."""
     r = run_kdrun(
-        "experiment=smoke", "teacher=cnn", "teacher.channels=[4,8]", "student=mlp",
-        "runtime.num_threads=1", "runtime.amp=bf16", "runtime.fused_optimizer=true",
-        "runtime.channels_last=true", "runtime.data_on_device=host", run_dir=tmp_path / "run",
-    )  # fmt: skip
+        "experiment=smoke",
+        "teacher=cnn",
+        "teacher.channels=[4,8]",
+        "student=mlp",
+        "runtime.num_threads=1",
+        "runtime.amp=bf16",
+        "runtime.fused_optimizer=true",
+        "runtime.channels_last=true",
+        "runtime.data_on_device=host",
+        run_dir=tmp_path / "run",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["student"]["test_acc"] > 0.5

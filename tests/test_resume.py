@@ -11,10 +11,10 @@ import torch
 
 from kdrun.config import DatasetConfig, TrainConfig
 from kdrun.data import load_data
+from kdrun.engine import fit
 from kdrun.errors import Interrupted
 from kdrun.methods import HardLabels
 from kdrun.models import MLP
-from kdrun.train import fit
 from tests.conftest import read_json
 from tests.reliability_util import RECIPE, cli, digest, numbers, reference_run, start, wait_for
 
@@ -36,9 +36,17 @@ def _fit(ckpt: Path | None, stop_after: int | None = None, init_seed: int = 0):
 
     recipe = TrainConfig(epochs=3, batch_size=64, lr=0.01)
     return fit(
-        HardLabels(model), data, recipe, stage="student", seed=0, train_idx=data.student_idx,
-        val_idx=data.student_val_idx, checkpoint=ckpt, fingerprint="fp", should_stop=should_stop,
-    )  # fmt: skip
+        HardLabels(model),
+        data,
+        recipe,
+        stage="student",
+        seed=0,
+        train_idx=data.student_idx,
+        val_idx=data.student_val_idx,
+        checkpoint=ckpt,
+        fingerprint="fp",
+        should_stop=should_stop,
+    )
 
 
 def test_stop_mid_epoch_then_resume_is_exact(tmp_path, caplog):
@@ -67,10 +75,17 @@ def test_resume_false_ignores_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     data = load_data(DatasetConfig(name="digits"), "cpu")
     res = fit(
-        HardLabels(MLP(64, [32], 10, 0.0)), data, TrainConfig(epochs=1), stage="student", seed=0,
-        train_idx=data.student_idx, val_idx=data.student_val_idx, checkpoint=ckpt,
-        fingerprint="fp", resume=False,
-    )  # fmt: skip
+        HardLabels(MLP(64, [32], 10, 0.0)),
+        data,
+        TrainConfig(epochs=1),
+        stage="student",
+        seed=0,
+        train_idx=data.student_idx,
+        val_idx=data.student_val_idx,
+        checkpoint=ckpt,
+        fingerprint="fp",
+        resume=False,
+    )
     assert res.resumed_from_epoch == 0
 
 

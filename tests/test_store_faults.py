@@ -15,8 +15,8 @@ import pytest
 import torch
 from filelock import FileLock
 
+from kdrun.experiments.pipeline import _check_state
 from kdrun.models import MLP
-from kdrun.pipeline import _check_state
 from kdrun.store import ArtifactStore, content_key, sha256_file
 from tests.conftest import read_json
 from tests.reliability_util import start, wait_for
@@ -94,10 +94,15 @@ def test_killed_lock_holder_does_not_block(tmp_path):
     lock = str(store.dir("teacher", content_key(SPEC))) + ".lock"
     Path(lock).parent.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from filelock import FileLock; l = FileLock({lock!r}); "
-         f"l.acquire(); print('held', flush=True); import time; time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from filelock import FileLock; l = FileLock({lock!r}); "
+            f"l.acquire(); print('held', flush=True); import time; time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(TimeoutError):  # really held (filelock.Timeout is a TimeoutError)
         FileLock(lock).acquire(timeout=0.1)
@@ -114,8 +119,14 @@ def test_racing_processes_train_the_teacher_once(tmp_path):
     """Three kdrun processes need the same teacher; the first is frozen mid-training (holding
     the store lock) until both others are waiting for it."""
     store = tmp_path / "store"
-    common = ["experiment=smoke", "teacher.train.epochs=4", "student.train.epochs=1",
-              "baseline=false", "runtime.num_threads=1", f"store_dir={store}"]  # fmt: skip
+    common = [
+        "experiment=smoke",
+        "teacher.train.epochs=4",
+        "student.train.epochs=1",
+        "baseline=false",
+        "runtime.num_threads=1",
+        f"store_dir={store}",
+    ]
     runs = [tmp_path / f"run{i}" for i in range(3)]
     procs = [start(*common, f"hydra.run.dir={runs[0]}", cwd=tmp_path, log=tmp_path / "0.out")]
     wait_for(lambda: bool(list(store.glob("teacher/*/partial.pt"))), procs[0])

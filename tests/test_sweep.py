@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdrun.cli import missing_launcher
-from kdrun.sweep import aggregate, collect, summarize
+from kdrun.experiments.sweep import aggregate, collect, summarize
 from tests.conftest import kdrun_env, read_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -21,15 +21,26 @@ SMOKE = ["experiment=smoke", "runtime.num_threads=1"]
 
 def kdrun(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
     return subprocess.run(
-        [sys.executable, "-m", "kdrun", *args], cwd=cwd, env=kdrun_env(**(env or {})),
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "kdrun", *args],
+        cwd=cwd,
+        env=kdrun_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sweep(tmp: Path, *args: str, env: dict[str, str] | None = None):
     """A multirun in tmp/sweep with its own store; returns (process, summary.json or None)."""
-    r = kdrun("-m", *SMOKE, *args, f"store_dir={tmp}/store", f"hydra.sweep.dir={tmp}/sweep",
-              cwd=tmp, env=env)  # fmt: skip
+    r = kdrun(
+        "-m",
+        *SMOKE,
+        *args,
+        f"store_dir={tmp}/store",
+        f"hydra.sweep.dir={tmp}/sweep",
+        cwd=tmp,
+        env=env,
+    )
     p = tmp / "sweep" / "summary.json"
     return r, (read_json(p) if p.is_file() else None)
 
@@ -63,8 +74,16 @@ def test_smoke_sweep_trains_teacher_once_and_summarizes(smoke_sweep):
         assert j["teacher_from_cache"] == m["teacher"]["from_cache"]
     rows = list(csv.DictReader((d / "summary.csv").open()))
     assert [r_["row"] for r_ in rows] == ["job"] * 4
-    assert {"T", "alpha", "seed", "status", "student_acc", "kd_gain", "agreement",
-            "wall_seconds"} <= set(rows[0])  # fmt: skip
+    assert {
+        "T",
+        "alpha",
+        "seed",
+        "status",
+        "student_acc",
+        "kd_gain",
+        "agreement",
+        "wall_seconds",
+    } <= set(rows[0])
     for name in ("heatmap.png", "acc_vs_T.png"):
         data = (d / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
@@ -98,9 +117,13 @@ def test_summarize_rebuilds_a_sweep_directory(smoke_sweep):
 
 @pytest.mark.parametrize(
     "args, msg",
-    [(["/no/such/dir"], "is not a directory"), ([], "usage: kdrun summarize DIR"),
-     (["{tmp}"], "holds no job"), (["{tmp}/sweeps"], "holds several sweeps")],
-)  # fmt: skip
+    [
+        (["/no/such/dir"], "is not a directory"),
+        ([], "usage: kdrun summarize DIR"),
+        (["{tmp}"], "holds no job"),
+        (["{tmp}/sweeps"], "holds several sweeps"),
+    ],
+)
 def test_summarize_bad_directory_is_one_line(tmp_path, capsys, args, msg):
     for name in ("a", "b"):
         (tmp_path / "sweeps" / name).mkdir(parents=True)
@@ -139,9 +162,15 @@ def test_failed_cell_keeps_the_others_and_seeds_share_the_teacher(tmp_path):
 def test_joblib_two_workers_train_the_teacher_once(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     # An interactive-looking terminal: parallel jobs must still log lines, not draw bars.
-    r, doc = sweep(tmp_path, "T=1,4", "alpha=0.5,0.9", "hydra/launcher=joblib",
-                   "hydra.launcher.n_jobs=2", "runtime.progress=auto",
-                   env={"TTY_COMPATIBLE": "1"})  # fmt: skip
+    r, doc = sweep(
+        tmp_path,
+        "T=1,4",
+        "alpha=0.5,0.9",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "runtime.progress=auto",
+        env={"TTY_COMPATIBLE": "1"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert doc["n_jobs"] == 4 and doc["n_failed"] == 0
     assert trained(doc, "teacher") == 1 and trained(doc, "baseline") == 1
@@ -165,15 +194,15 @@ def test_interrupted_job_is_summarised_as_interrupted(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import kdrun.job as job
-    import kdrun.pipeline
+    import kdrun.experiments.job as job
     from kdrun.config import config_dir
     from kdrun.errors import Interrupted
+    from kdrun.experiments.kinds import KINDS
 
     def stopped(*a, **k):  # what fit raises once the stop flag is set
         raise Interrupted("teacher stopped at epoch 3")
 
-    monkeypatch.setattr(kdrun.pipeline, "run_pipeline", stopped)
+    monkeypatch.setitem(KINDS, "distill", stopped)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", [*SMOKE, f"store_dir={tmp_path}/store"])
@@ -223,12 +252,17 @@ def fake_job(d: Path, overrides: list[str], **m) -> None:
 
 def fake_metrics(T: float, alpha: float, seed: int, s: float, b: float, t: float = 0.9) -> dict:
     return {
-        "status": "completed", "T": T, "alpha": alpha, "seed": seed, "dataset": "digits",
+        "status": "completed",
+        "T": T,
+        "alpha": alpha,
+        "seed": seed,
+        "dataset": "digits",
         "teacher": {"test_acc": t, "from_cache": seed > 0, "train_seconds": 1.0},
         "baseline": {"test_acc": b, "from_cache": False, "train_seconds": 0.5},
         "student": {"test_acc": s, "agreement": s - 0.01, "train_seconds": 0.5},
-        "kd_gain": s - b, "wall_seconds": 2.0,
-    }  # fmt: skip
+        "kd_gain": s - b,
+        "wall_seconds": 2.0,
+    }
 
 
 def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
@@ -236,8 +270,11 @@ def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
     accs = {(1.0, 0): 0.80, (1.0, 1): 0.84, (1.0, 2): 0.85, (4.0, 0): 0.70, (4.0, 1): 0.76}
     n = 0
     for (T, seed), acc in accs.items():
-        fake_job(tmp_path / str(n), [f"T={T:g}", "alpha=0.5", f"seed={seed}", "store_dir=s"],
-                 **fake_metrics(T, 0.5, seed, acc, 0.75 + seed / 100))  # fmt: skip
+        fake_job(
+            tmp_path / str(n),
+            [f"T={T:g}", "alpha=0.5", f"seed={seed}", "store_dir=s"],
+            **fake_metrics(T, 0.5, seed, acc, 0.75 + seed / 100),
+        )
         n += 1
     fake_job(
         tmp_path / str(n),
@@ -288,7 +325,7 @@ def test_store_key_covers_the_data_limits():
     from hydra.core.global_hydra import GlobalHydra
 
     from kdrun.config import config_dir
-    from kdrun.pipeline import data_spec
+    from kdrun.experiments.pipeline import data_spec
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -1,19 +1,39 @@
-"""Subcommands of the single ``kdrun`` entry point (besides Hydra jobs)."""
+"""Subcommands of the single ``kdrun`` entry point (besides Hydra jobs); SUBCOMMANDS lists them."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import OmegaConf
 from rich.console import Console
 
-from kdrun.cli import subcommand
+from kdrun.cli.app import run_hydra
+from kdrun.data import DATASETS
+from kdrun.engine import predict
+from kdrun.errors import CheckpointError, ConfigError, KdrunError
+from kdrun.experiments.job import read_metrics
+from kdrun.experiments.soft_targets import (
+    CLASSIC_LOGITS,
+    CLASSIC_NAMES,
+    DEFAULT_TEMPERATURES,
+    dark_knowledge,
+    load_trained,
+    render_softmax_table,
+    softmax_table,
+)
+from kdrun.experiments.sweep import summarize
+from kdrun.methods import METHODS
+from kdrun.models import MODELS
+from kdrun.store import atomic_write_json
 
 
-@subcommand("list")
 def list_registries(args: list[str]) -> int:
     """kdrun list: the registered data sets, models and methods."""
-    from kdrun.data import DATASETS
-    from kdrun.methods import METHODS
-    from kdrun.models import MODELS
-
     c = Console()
     c.print("[bold]datasets:[/]", ", ".join(sorted(DATASETS)))
     c.print("[bold]models:[/]  ", ", ".join(sorted(MODELS)))
@@ -25,7 +45,6 @@ def list_registries(args: list[str]) -> int:
 _PLACEMENT = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "hydra.job.")
 
 
-@subcommand("resume")
 def resume(args: list[str]) -> int:
     """kdrun resume DIR [overrides...]: finish a run or sweep directory with its own overrides.
 
@@ -33,19 +52,9 @@ def resume(args: list[str]) -> int:
     working directory (relative store_dir/data paths keep their meaning) in DIR itself:
     completed jobs are skipped, unfinished ones continue from their checkpoints.
     """
-    import os
-    import sys
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from kdrun.cli import run
-
     if not args or args[0].startswith("-"):
         print("usage: kdrun resume RUN_OR_SWEEP_DIR [overrides...]", file=sys.stderr)
         return 2
-    from kdrun.job import read_metrics
-
     d = Path(args[0]).expanduser().resolve()
     recorded = (read_metrics(d / "metrics.json") or {}).get("command")
     if (d / "multirun.yaml").is_file():
@@ -60,26 +69,25 @@ def resume(args: list[str]) -> int:
         task, hydra_ov, cwd = h.overrides.task, h.overrides.hydra, h.runtime.cwd
         where = f"hydra.run.dir={d}"
     else:
-        print(f"kdrun: error: {d} is not a kdrun run or sweep directory (no .hydra/hydra.yaml "
-              f"or multirun.yaml); give the directory a run printed", file=sys.stderr)  # fmt: skip
+        print(
+            f"kdrun: error: {d} is not a kdrun run or sweep directory (no .hydra/hydra.yaml "
+            f"or multirun.yaml); give the directory a run printed",
+            file=sys.stderr,
+        )
         return 2
     argv = [*task, *(o for o in hydra_ov if not o.startswith(_PLACEMENT)), where, *args[1:]]
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)
-    return run(argv)
+    return run_hydra(argv)
 
 
-@subcommand("summarize")
 def summarize_sweep(args: list[str]) -> int:
     """kdrun summarize DIR: rebuild the summary table, files and plots of a sweep directory."""
-    import sys
-
-    from kdrun.errors import KdrunError
-    from kdrun.sweep import summarize
-
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: kdrun summarize DIR   (a sweep directory, e.g. "
-              "outputs/multirun/<date>/<time>)", file=sys.stderr)  # fmt: skip
+        print(
+            "usage: kdrun summarize DIR   (a sweep directory, e.g. outputs/multirun/<date>/<time>)",
+            file=sys.stderr,
+        )
         return 0 if args and args[0] in ("-h", "--help") else 2
     try:
         s = summarize(args[0])
@@ -89,4 +97,101 @@ def summarize_sweep(args: list[str]) -> int:
     return s.exit_code
 
 
-from kdrun import soft_targets  # noqa: E402,F401  (registers softmax, dark-knowledge)
+# --------------------------------------------------------------------------- soft targets
+
+
+def _console() -> Console:
+    """Full-width tables even when the output is piped to a file."""
+    c = Console()
+    return c if c.is_terminal else Console(width=max(c.width, 160))
+
+
+def _parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace | int:
+    try:
+        return parser.parse_args(args)
+    except SystemExit as e:  # argparse already printed its one-line usage error
+        return int(e.code or 0)
+
+
+def softmax_command(args: list[str]) -> int:
+    """kdrun softmax [--logits Z ...] [--names N ...] [-T T ...]: softmax at several T."""
+    ap = argparse.ArgumentParser(
+        prog="kdrun softmax",
+        description="Softmax of the given logits at several temperatures, with entropy per T "
+        "(default: Hinton's cat/dog/donkey/horse example).",
+    )
+    ap.add_argument("--logits", type=float, nargs="+", default=CLASSIC_LOGITS)
+    ap.add_argument("--names", nargs="+", default=None, help="class names (default: classic/0..)")
+    ap.add_argument("-T", "--temperatures", type=float, nargs="+", default=DEFAULT_TEMPERATURES)
+    ap.add_argument("--json", action="store_true", help="print the table as JSON instead")
+    ns = _parse(ap, args)
+    if isinstance(ns, int):
+        return ns
+    names = ns.names
+    if names is None:
+        same = list(ns.logits) == CLASSIC_LOGITS
+        names = CLASSIC_NAMES if same else [str(i) for i in range(len(ns.logits))]
+    err = None
+    if len(names) != len(ns.logits):
+        err = f"{len(names)} names for {len(ns.logits)} logits; give one name per logit"
+    elif any(not t > 0 for t in ns.temperatures):
+        err = f"temperatures must be > 0 (got {ns.temperatures})"
+    if err:
+        print(f"kdrun softmax: error: {err}", file=sys.stderr)
+        return 2
+    rows = softmax_table(ns.logits, ns.temperatures)
+    if ns.json:
+        print(json.dumps({"names": names, "logits": ns.logits, "rows": rows}))
+        return 0
+    title = "softmax(z / T) of logits " + ", ".join(
+        f"{n} {z:g}" for n, z in zip(names, ns.logits, strict=True)
+    )
+    _console().print(render_softmax_table(rows, names, title))
+    return 0
+
+
+def dark_knowledge_command(args: list[str]) -> int:
+    """kdrun dark-knowledge RUN_DIR: a trained teacher's soft targets; PNGs in the run dir."""
+    ap = argparse.ArgumentParser(
+        prog="kdrun dark-knowledge",
+        description="Soft targets of a trained model at several temperatures: tables in the "
+        "terminal, PNG figures in RUN_DIR/dark_knowledge (or --out).",
+    )
+    ap.add_argument("path", type=Path, help="a kdrun run directory or a store artifact directory")
+    ap.add_argument("-T", "--temperatures", type=float, nargs="+", default=DEFAULT_TEMPERATURES)
+    ap.add_argument("-n", "--examples", type=int, default=6)
+    ap.add_argument("--role", default="teacher", choices=["teacher", "student", "baseline"])
+    ap.add_argument("--out", type=Path, default=None, help="figure directory")
+    ns = _parse(ap, args)
+    if isinstance(ns, int):
+        return ns
+    try:
+        if any(not t > 0 for t in ns.temperatures):
+            raise ConfigError(f"temperatures must be > 0 (got {ns.temperatures})")
+        if not ns.path.is_dir():
+            raise CheckpointError(f"{ns.path} is not a directory; give a kdrun run directory")
+        out = ns.out or (
+            ns.path / "dark_knowledge" if not (ns.path / "meta.json").is_file() else None
+        )
+        if out is None:
+            raise ConfigError("a store artifact is read-only: add --out DIR for the figures")
+        data, model = load_trained(ns.path, ns.role)
+        logits = predict(model, data.x_test)
+        console = _console()
+        m = dark_knowledge(data, {ns.role: logits}, ns.temperatures, ns.examples, out, console)
+    except KdrunError as e:
+        print(f"kdrun dark-knowledge: error: {e}", file=sys.stderr)
+        return e.exit_code
+    atomic_write_json(m, out / "dark_knowledge.json")
+    console.print(f"[dim]figures: {', '.join(str(out / f) for f in m['figures'])}[/]")
+    return 0
+
+
+# The subcommands, by the name typed after `kdrun`.
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "list": list_registries,
+    "resume": resume,
+    "summarize": summarize_sweep,
+    "softmax": softmax_command,
+    "dark-knowledge": dark_knowledge_command,
+}

@@ -7,266 +7,14 @@ is a batched tensor op. Nothing in the hot loop touches PIL or per-item Python.
 
 from __future__ import annotations
 
-import gzip
-import os
-import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from kdrun.errors import DataError, one_line
-
-
-@dataclass
-class RawData:
-    """What a loader returns: images in [0, 1] as float32 (N, C, H, W) and int64 labels."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-@dataclass
-class DatasetSpec:
-    load: Callable[..., RawData]
-    num_classes: int
-    class_names: list[str]
-
-
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register_dataset(name: str, num_classes: int, class_names: list[str]):
-    def deco(fn: Callable[..., RawData]) -> Callable[..., RawData]:
-        DATASETS[name] = DatasetSpec(fn, num_classes, class_names)
-        return fn
-
-    return deco
-
-
-def default_data_root() -> Path:
-    """Where downloads go when dataset.root is unset ($KDRUN_DATA overrides)."""
-    return Path(os.environ.get("KDRUN_DATA", Path.home() / ".cache" / "kdrun" / "data"))
-
-
-def system_data_root() -> Path:
-    """Distribution-installed data sets, e.g. Debian's dataset-fashion-mnist."""
-    return Path(os.environ.get("KDRUN_SYSTEM_DATASETS", "/usr/share/datasets"))
-
-
-# --------------------------------------------------------------------------- digits
-
-
-@register_dataset("digits", 10, [str(i) for i in range(10)])
-def load_digits(cfg) -> RawData:
-    """scikit-learn's bundled 8x8 digits (1797 images): ships with the package, never downloads."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = d.target.astype(np.int64)
-    # A fixed, stratified 80/20 train/test split (seed 0): the digits have no official one.
-    rng = np.random.default_rng(0)
-    test_mask = np.zeros(len(y), dtype=bool)
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        test_mask[rng.choice(idx, size=round(0.2 * len(idx)), replace=False)] = True
-    return RawData(x[~test_mask], y[~test_mask], x[test_mask], y[test_mask])
-
-
-# --------------------------------------------------------------------------- IDX (MNIST family)
-
-_IDX_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array, checking its declared size."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {one_line(e)}; delete it and fetch it again") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file; delete it and fetch it again")
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
-    if len(data) - offset != expected:
-        raise DataError(
-            f"{path} is truncated or corrupt ({len(data) - offset} bytes of data, header says "
-            f"{expected}); delete it and fetch the file again"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
-
-
-def _find_idx_dir(candidates: list[Path]) -> Path | None:
-    for d in candidates:
-        if all((d / f).is_file() or (d / (f + ".gz")).is_file() for f in _IDX_FILES.values()):
-            return d
-    return None
-
-
-def _idx_file(d: Path, stem: str) -> Path:
-    return d / stem if (d / stem).is_file() else d / (stem + ".gz")
-
-
-@contextmanager
-def _mirror(tv_cls, mirror: str | None):
-    """Temporarily point a torchvision data set class at another base URL."""
-    if not mirror:
-        yield
-        return
-    base = mirror.rstrip("/") + "/"
-    saved = {k: tv_cls.__dict__[k] for k in ("mirrors", "url") if k in tv_cls.__dict__}
-    if "mirrors" in saved:
-        tv_cls.mirrors = [base]
-    if "url" in saved:
-        tv_cls.url = base + saved["url"].rsplit("/", 1)[-1]
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(tv_cls, k, v)
-
-
-def _load_idx_dataset(cfg, tv_name: str, slugs: list[str], pretty: str) -> RawData:
-    roots = [Path(cfg.root).expanduser()] if cfg.root else []
-    roots.append(default_data_root())
-    candidates: list[Path] = []
-    for r in roots:
-        candidates += [r, *(r / s for s in slugs), r / tv_name / "raw"]
-    candidates += [system_data_root() / s for s in slugs]
-    found = _find_idx_dir(candidates)
-    if found is None and cfg.download:
-        import torchvision
-
-        tv_cls = getattr(torchvision.datasets, tv_name)
-        target = roots[0]
-        try:
-            with _mirror(tv_cls, cfg.mirror):
-                tv_cls(str(target), train=True, download=True)
-        except Exception as e:  # network errors come in many types
-            raise DataError(
-                f"downloading {pretty} into {target} failed ({one_line(e)}); check the network or "
-                f"set dataset.mirror=URL, or place the IDX files in dataset.root"
-            ) from e
-        found = _find_idx_dir([target / tv_name / "raw"])
-    if found is None:
-        where = ", ".join(str(c) for c in candidates[:3])
-        hint = (
-            "apt-get install dataset-fashion-mnist (puts them in /usr/share/datasets/fashion-mnist)"
-            if tv_name == "FashionMNIST"
-            else "copy the four IDX files there"
-        )
-        raise DataError(
-            f"{pretty} files not found (looked in {where}, ...); set dataset.root=DIR, "
-            f"{hint}, or add dataset.download=true"
-        )
-    arrays = {k: read_idx(_idx_file(found, v)) for k, v in _IDX_FILES.items()}
-    for split in ("train", "test"):
-        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
-            raise DataError(f"{pretty} {split} images and labels differ in count in {found}")
-
-    def imgs(a: np.ndarray) -> np.ndarray:
-        x = a.astype(np.float32)
-        x /= 255.0  # in place: a second 200 MB temporary cost more than the division
-        return x[:, None]
-
-    return RawData(
-        imgs(arrays["train_x"]),
-        arrays["train_y"].astype(np.int64),
-        imgs(arrays["test_x"]),
-        arrays["test_y"].astype(np.int64),
-    )
-
-
-FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-
-
-@register_dataset("fashion_mnist", 10, FASHION_CLASSES)
-def load_fashion_mnist(cfg) -> RawData:
-    return _load_idx_dataset(
-        cfg, "FashionMNIST", ["fashion-mnist", "fashion_mnist"], "Fashion-MNIST"
-    )
-
-
-@register_dataset("mnist", 10, [str(i) for i in range(10)])
-def load_mnist(cfg) -> RawData:
-    return _load_idx_dataset(cfg, "MNIST", ["mnist"], "MNIST")
-
-
-# --------------------------------------------------------------------------- CIFAR
-
-CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-]  # fmt: skip
-
-
-def _load_cifar(cfg, tv_name: str, folder: str) -> RawData:
-    import torchvision
-
-    tv_cls = getattr(torchvision.datasets, tv_name)
-    roots = [Path(cfg.root).expanduser()] if cfg.root else []
-    roots += [default_data_root(), system_data_root() / tv_name.lower()]
-    root = next((r for r in roots if (r / folder).is_dir()), None)
-    if root is None and cfg.download:
-        root = roots[0]
-        try:
-            with _mirror(tv_cls, cfg.mirror):
-                tv_cls(str(root), train=True, download=True)
-        except Exception as e:
-            raise DataError(
-                f"downloading {tv_name} into {root} failed ({one_line(e)}); check the network "
-                f"or set dataset.mirror=URL, or place '{folder}' in dataset.root"
-            ) from e
-    if root is None:
-        raise DataError(
-            f"{tv_name} not found (looked for '{folder}' in {', '.join(map(str, roots))}); "
-            f"set dataset.root=DIR or add dataset.download=true"
-        )
-    try:
-        tr, te = tv_cls(str(root), train=True), tv_cls(str(root), train=False)
-    except Exception as e:
-        raise DataError(
-            f"cannot read {tv_name} from {root}: {one_line(e)}; delete it and fetch again"
-        ) from e
-
-    def imgs(a: np.ndarray) -> np.ndarray:
-        return a.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-
-    return RawData(
-        imgs(tr.data),
-        np.asarray(tr.targets, np.int64),
-        imgs(te.data),
-        np.asarray(te.targets, np.int64),
-    )
-
-
-@register_dataset("cifar10", 10, CIFAR10_CLASSES)
-def load_cifar10(cfg) -> RawData:
-    return _load_cifar(cfg, "CIFAR10", "cifar-10-batches-py")
-
-
-@register_dataset("cifar100", 100, [f"class_{i}" for i in range(100)])
-def load_cifar100(cfg) -> RawData:
-    return _load_cifar(cfg, "CIFAR100", "cifar-100-python")
-
+from kdrun.data.registry import DATASETS, RawData
+from kdrun.errors import DataError
 
 # --------------------------------------------------------------------------- the bundle
 
@@ -343,6 +91,43 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def _split(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows of ``raw``'s training split (fixed ``split_seed``); limits
+    the test split in place when ``limit_test`` is set."""
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(raw.y_train))
+    if cfg.limit_train:
+        perm = perm[: cfg.limit_train]
+    if cfg.limit_test:
+        keep = np.sort(
+            np.random.default_rng(cfg.split_seed).permutation(len(raw.y_test))[: cfg.limit_test]
+        )
+        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
+    n_val = _split_counts(len(perm), cfg.val_size)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _student_rows(y_tr: np.ndarray, y_va: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The student's transfer set (class restriction, then a fixed random subset) and its
+    validation rows."""
+    s_idx = np.flatnonzero(_class_filter(y_tr, cfg))
+    if len(s_idx) == 0:
+        raise DataError("the student's transfer set is empty: every class is omitted")
+    if cfg.train_fraction < 1:
+        k = max(1, int(round(cfg.train_fraction * len(s_idx))))
+        sub_rng = np.random.default_rng(cfg.split_seed + 1)
+        s_idx = np.sort(sub_rng.choice(s_idx, size=k, replace=False))
+    return s_idx, np.flatnonzero(_class_filter(y_va, cfg))
+
+
+def _normaliser(mean: np.ndarray, std: np.ndarray):
+    def norm(a: np.ndarray, own: bool = False) -> torch.Tensor:
+        """(a - mean) / std; in place when ``a`` is this function's own copy."""
+        out = np.subtract(a, mean[None, :, None, None], out=a if own else None)
+        return torch.from_numpy(np.divide(out, std[None, :, None, None], out=out))
+
+    return norm
+
+
 def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
     """Load, split (fixed ``split_seed``), normalise with train statistics, move to device."""
     if cfg.name not in DATASETS:
@@ -356,38 +141,14 @@ def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
             raise DataError(
                 f"class {c} is out of range for {cfg.name} (classes 0..{spec.num_classes - 1})"
             )
-    rng = np.random.default_rng(cfg.split_seed)
-    perm = rng.permutation(len(raw.y_train))
-    if cfg.limit_train:
-        perm = perm[: cfg.limit_train]
-    if cfg.limit_test:
-        keep = np.sort(
-            np.random.default_rng(cfg.split_seed).permutation(len(raw.y_test))[: cfg.limit_test]
-        )
-        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
-    n_val = _split_counts(len(perm), cfg.val_size)
-    val_i, tr_i = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    tr_i, val_i = _split(raw, cfg)
     x_tr, y_tr = raw.x_train[tr_i], raw.y_train[tr_i]
     x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
-
     # Normalisation statistics from the training split only (never val/test).
     mean, std = _channel_stats(x_tr)
     std = std + 1e-6
-
-    def norm(a: np.ndarray, own: bool = False) -> torch.Tensor:
-        """(a - mean) / std; in place when ``a`` is this function's own copy."""
-        out = np.subtract(a, mean[None, :, None, None], out=a if own else None)
-        return torch.from_numpy(np.divide(out, std[None, :, None, None], out=out))
-
-    # The student's transfer set: class restriction, then a fixed random subset.
-    s_idx = np.flatnonzero(_class_filter(y_tr, cfg))
-    if len(s_idx) == 0:
-        raise DataError("the student's transfer set is empty: every class is omitted")
-    if cfg.train_fraction < 1:
-        k = max(1, int(round(cfg.train_fraction * len(s_idx))))
-        sub_rng = np.random.default_rng(cfg.split_seed + 1)
-        s_idx = np.sort(sub_rng.choice(s_idx, size=k, replace=False))
-    sv_idx = np.flatnonzero(_class_filter(y_va, cfg))
+    norm = _normaliser(mean, std)
+    s_idx, sv_idx = _student_rows(y_tr, y_va, cfg)
     bundle = DataBundle(
         name=cfg.name,
         x_train=norm(x_tr, own=True),  # x_tr, x_va: copies made by the indexing above

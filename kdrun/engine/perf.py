@@ -81,8 +81,9 @@ def fetch(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
 def place_data(bundle, placement: str, device: torch.device):
     """Move a DataBundle (loaded on the CPU) to where it should live for training on
     ``device``; host-resident data bound for CUDA is pinned for asynchronous copies."""
-    nbytes = sum(v.numel() * v.element_size() for v in vars(bundle).values()
-                 if isinstance(v, torch.Tensor))  # fmt: skip
+    nbytes = sum(
+        v.numel() * v.element_size() for v in vars(bundle).values() if isinstance(v, torch.Tensor)
+    )
     where = data_device(placement, device, nbytes)
     bundle.to(where)
     if where.type == "cpu" and device.type == "cuda":

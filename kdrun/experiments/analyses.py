@@ -27,7 +27,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.train import predict
+from kdrun.engine import predict
+from kdrun.experiments.soft_targets import dark_knowledge
 
 
 @dataclass
@@ -167,25 +168,34 @@ def _restricted(cfg: DictConfig) -> bool:
     return bool(cfg.dataset.omit_classes or cfg.dataset.keep_classes)
 
 
-@register_analysis("omitted", _restricted)
-def omitted(ctx: Context) -> dict[str, Any]:
-    cfg, d = ctx.cfg, ctx.p.data
-    classes = unseen_classes(cfg.dataset, d.num_classes)
-    y = d.y_test.cpu()
-    sel = torch.from_numpy(np.isin(y.numpy(), classes))
-    # Validation inputs only, all classes, labels unused: the bias is chosen label-free.
-    s_val, t_val = ctx.logits(ctx.student, d.x_val), ctx.logits(ctx.teacher, d.x_val)
-    s_test, t_test = ctx.logits(ctx.student, d.x_test), ctx.logits(ctx.teacher, d.x_test)
-    auto, target = auto_bias(s_val, t_val, classes, cfg.analysis.bias_prior)
-    manual = cfg.analysis.bias
-    bias = float(manual) if manual is not None else auto
-    source = "manual" if manual is not None else f"auto ({cfg.analysis.bias_prior} prior)"
-    s_adj = adjust(s_test, classes, bias)
-    out: dict[str, Any] = {
-        "classes": classes,
-        "class_names": [d.class_names[c] for c in classes],
+@dataclass
+class _Unseen:
+    """What every part of the omitted-class analysis shares: the unseen classes, the test
+    labels, which test images are of those classes, and how the bias is chosen."""
+
+    classes: list[int]
+    y: torch.Tensor
+    sel: torch.Tensor
+    t_val: torch.Tensor  # the teacher's validation logits: the label-free bias target
+    prior: str
+    manual: float | None
+
+    def bias(self, val_logits: torch.Tensor) -> float:
+        if self.manual is not None:
+            return float(self.manual)
+        return auto_bias(val_logits, self.t_val, self.classes, self.prior)[0]
+
+    def curve(self, logits: torch.Tensor, grid: np.ndarray) -> tuple[list, list]:
+        """Test accuracy, overall and on the unseen classes, at each bias of ``grid``."""
+        adjusted = [adjust(logits, self.classes, b) for b in grid]
+        return [_acc(a, self.y) for a in adjusted], [_acc(a, self.y, self.sel) for a in adjusted]
+
+
+def _omitted_student(u: _Unseen, s_val, s_test, t_test, auto, target, bias) -> dict[str, Any]:
+    s_adj, y, sel, classes = adjust(s_test, u.classes, bias), u.y, u.sel, u.classes
+    return {
         "bias": bias,
-        "bias_source": source,
+        "bias_source": "manual" if u.manual is not None else f"auto ({u.prior} prior)",
         "auto_bias": auto,
         "target_frequency": target,
         "val_predicted_frequency": predicted_fraction(s_val, classes),
@@ -205,48 +215,67 @@ def omitted(ctx: Context) -> dict[str, Any]:
         "student_errors_on_omitted_adjusted": _errors(s_adj, y, sel),
         "baseline_test_acc": None,
         "baseline_acc_on_omitted": None,
-    }  # fmt: skip
-    grid = bias_grid(bias, auto)
-    curve = {
-        "bias": grid.tolist(),
-        "student_test_acc": [_acc(adjust(s_test, classes, b), y) for b in grid],
-        "student_acc_on_omitted": [_acc(adjust(s_test, classes, b), y, sel) for b in grid],
     }
+
+
+def _omitted_baseline(u: _Unseen, b_val, b_test) -> dict[str, Any]:
+    b_bias, y, sel = u.bias(b_val), u.y, u.sel
+    b_adj = adjust(b_test, u.classes, b_bias)
+    return dict(
+        baseline_test_acc=_acc(b_test, y),
+        baseline_acc_on_omitted=_acc(b_test, y, sel),
+        baseline_test_errors=_errors(b_test, y),
+        baseline_errors_on_omitted=_errors(b_test, y, sel),
+        baseline_bias=b_bias,
+        baseline_test_acc_adjusted=_acc(b_adj, y),
+        baseline_acc_on_omitted_adjusted=_acc(b_adj, y, sel),
+    )
+
+
+def _omitted_last(u: _Unseen, l_val, l_test, same: bool) -> dict[str, Any]:
+    l_bias, y, sel = u.bias(l_val), u.y, u.sel
+    l_adj = adjust(l_test, u.classes, l_bias)
+    return {
+        "same_as_selected": same,
+        "bias": l_bias,
+        "student_test_acc": _acc(l_test, y),
+        "student_acc_on_omitted": _acc(l_test, y, sel),
+        "student_test_acc_adjusted": _acc(l_adj, y),
+        "student_acc_on_omitted_adjusted": _acc(l_adj, y, sel),
+    }
+
+
+@register_analysis("omitted", _restricted)
+def omitted(ctx: Context) -> dict[str, Any]:
+    cfg, d = ctx.cfg, ctx.p.data
+    classes = unseen_classes(cfg.dataset, d.num_classes)
+    y = d.y_test.cpu()
+    sel = torch.from_numpy(np.isin(y.numpy(), classes))
+    # Validation inputs only, all classes, labels unused: the bias is chosen label-free.
+    s_val, t_val = ctx.logits(ctx.student, d.x_val), ctx.logits(ctx.teacher, d.x_val)
+    s_test, t_test = ctx.logits(ctx.student, d.x_test), ctx.logits(ctx.teacher, d.x_test)
+    u = _Unseen(classes, y, sel, t_val, cfg.analysis.bias_prior, cfg.analysis.bias)
+    auto, target = auto_bias(s_val, t_val, classes, u.prior)
+    bias = u.bias(s_val) if u.manual is not None else auto
+    out: dict[str, Any] = {"classes": classes, "class_names": [d.class_names[c] for c in classes]}
+    out.update(_omitted_student(u, s_val, s_test, t_test, auto, target, bias))
+    grid = bias_grid(bias, auto)
+    s_acc, s_unseen = u.curve(s_test, grid)
+    curve = {"bias": grid.tolist(), "student_test_acc": s_acc, "student_acc_on_omitted": s_unseen}
     best = int(np.argmax(curve["student_test_acc"]))
     # Reference only: this one is chosen with test labels, so it is an upper bound, not a result.
     out["oracle_bias"], out["oracle_test_acc"] = float(grid[best]), curve["student_test_acc"][best]
     if ctx.baseline is not None:
         b_val, b_test = ctx.logits(ctx.baseline, d.x_val), ctx.logits(ctx.baseline, d.x_test)
-        b_bias, _ = auto_bias(b_val, t_val, classes, cfg.analysis.bias_prior)
-        b_bias = float(manual) if manual is not None else b_bias
-        b_adj = adjust(b_test, classes, b_bias)
-        out.update(
-            baseline_test_acc=_acc(b_test, y), baseline_acc_on_omitted=_acc(b_test, y, sel),
-            baseline_test_errors=_errors(b_test, y),
-            baseline_errors_on_omitted=_errors(b_test, y, sel), baseline_bias=b_bias,
-            baseline_test_acc_adjusted=_acc(b_adj, y),
-            baseline_acc_on_omitted_adjusted=_acc(b_adj, y, sel),
-        )  # fmt: skip
-        curve["baseline_test_acc"] = [_acc(adjust(b_test, classes, b), y) for b in grid]
-        curve["baseline_acc_on_omitted"] = [_acc(adjust(b_test, classes, b), y, sel) for b in grid]
+        out.update(_omitted_baseline(u, b_val, b_test))
+        curve["baseline_test_acc"], curve["baseline_acc_on_omitted"] = u.curve(b_test, grid)
     out["curve"] = curve
     last = _last_student(ctx)
     if last is not None:  # validation without the unseen classes saturates early: show both
         l_val, l_test = ctx.logits(last, d.x_val), ctx.logits(last, d.x_test)
-        l_bias = float(manual) if manual is not None else auto_bias(
-            l_val, t_val, classes, cfg.analysis.bias_prior)[0]  # fmt: skip
-        l_adj = adjust(l_test, classes, l_bias)
-        curve["last_epoch_test_acc"] = [_acc(adjust(l_test, classes, b), y) for b in grid]
-        curve["last_epoch_acc_on_omitted"] = [
-            _acc(adjust(l_test, classes, b), y, sel) for b in grid
-        ]
+        curve["last_epoch_test_acc"], curve["last_epoch_acc_on_omitted"] = u.curve(l_test, grid)
         same = ctx.metrics["student"]["best_epoch"] == cfg.student.train.epochs
-        out["last_epoch"] = {
-            "same_as_selected": same, "bias": l_bias, "student_test_acc": _acc(l_test, y),
-            "student_acc_on_omitted": _acc(l_test, y, sel),
-            "student_test_acc_adjusted": _acc(l_adj, y),
-            "student_acc_on_omitted_adjusted": _acc(l_adj, y, sel),
-        }  # fmt: skip
+        out["last_epoch"] = _omitted_last(u, l_val, l_test, same)
     _plot_bias(out, d.name, ctx.run_dir / "omitted_bias.png")
     out["figures"] = ["omitted_bias.png"]
     _print_omitted(ctx, out)
@@ -274,12 +303,21 @@ def _plot_bias(o: dict[str, Any], dataset: str, path: Path) -> None:
     ax.plot(c["bias"], c["student_acc_on_omitted"], c="C0", label=f"distilled: acc on {label_om}")
     ax.plot(c["bias"], c["student_test_acc"], c="C1", label="distilled: overall acc")
     if "baseline_test_acc" in c:
-        ax.plot(c["bias"], c["baseline_acc_on_omitted"], c="C0", ls=":",
-                label=f"scratch: acc on {label_om}")  # fmt: skip
+        ax.plot(
+            c["bias"],
+            c["baseline_acc_on_omitted"],
+            c="C0",
+            ls=":",
+            label=f"scratch: acc on {label_om}",
+        )
         ax.plot(c["bias"], c["baseline_test_acc"], c="C1", ls=":", label="scratch: overall acc")
     if "last_epoch_test_acc" in c and not o["last_epoch"].get("same_as_selected"):
-        ax.plot(c["bias"], c["last_epoch_acc_on_omitted"], c="C2",
-                label=f"distilled, last epoch: acc on {label_om}")  # fmt: skip
+        ax.plot(
+            c["bias"],
+            c["last_epoch_acc_on_omitted"],
+            c="C2",
+            label=f"distilled, last epoch: acc on {label_om}",
+        )
         ax.plot(c["bias"], c["last_epoch_test_acc"], c="C3", label="distilled, last epoch: overall")
         b_last = o["last_epoch"]["bias"]
         ax.axvline(b_last, c="C2", ls=":", lw=1, label=f"chosen bias, last epoch {b_last:.2f}")
@@ -310,20 +348,37 @@ def _print_omitted(ctx: Context, o: dict[str, Any]) -> None:
     )
     for col in ("model", "test acc", "acc on unseen", "adjusted test acc", "adjusted acc unseen"):
         t.add_column(col, justify="left" if col == "model" else "right")
-    t.add_row("teacher", _pct(ctx.metrics["teacher"]["test_acc"]),
-              _pct(o["teacher_acc_on_omitted"]), "", "")  # fmt: skip
+    t.add_row(
+        "teacher",
+        _pct(ctx.metrics["teacher"]["test_acc"]),
+        _pct(o["teacher_acc_on_omitted"]),
+        "",
+        "",
+    )
     if o.get("baseline_test_acc") is not None:
-        t.add_row("scratch", _pct(o["baseline_test_acc"]), _pct(o["baseline_acc_on_omitted"]),
-                  _pct(o["baseline_test_acc_adjusted"]),
-                  _pct(o["baseline_acc_on_omitted_adjusted"]))  # fmt: skip
-    t.add_row("distilled", _pct(o["student_test_acc"]), _pct(o["student_acc_on_omitted"]),
-              _pct(o["student_test_acc_adjusted"]),
-              _pct(o["student_acc_on_omitted_adjusted"]))  # fmt: skip
+        t.add_row(
+            "scratch",
+            _pct(o["baseline_test_acc"]),
+            _pct(o["baseline_acc_on_omitted"]),
+            _pct(o["baseline_test_acc_adjusted"]),
+            _pct(o["baseline_acc_on_omitted_adjusted"]),
+        )
+    t.add_row(
+        "distilled",
+        _pct(o["student_test_acc"]),
+        _pct(o["student_acc_on_omitted"]),
+        _pct(o["student_test_acc_adjusted"]),
+        _pct(o["student_acc_on_omitted_adjusted"]),
+    )
     if "last_epoch" in o:
         le = o["last_epoch"]
-        t.add_row(f"distilled, last epoch (bias {le['bias']:.2f})", _pct(le["student_test_acc"]),
-                  _pct(le["student_acc_on_omitted"]), _pct(le["student_test_acc_adjusted"]),
-                  _pct(le["student_acc_on_omitted_adjusted"]))  # fmt: skip
+        t.add_row(
+            f"distilled, last epoch (bias {le['bias']:.2f})",
+            _pct(le["student_test_acc"]),
+            _pct(le["student_acc_on_omitted"]),
+            _pct(le["student_test_acc_adjusted"]),
+            _pct(le["student_acc_on_omitted_adjusted"]),
+        )
     ctx.p.reporter.console.print(t)
 
 
@@ -378,8 +433,11 @@ def small_data(ctx: Context) -> dict[str, Any]:
     out["figures"] = ["small_data.png"]
     from rich.table import Table
 
-    t = Table(title=f"small data: students on {out['train_size']} of {out['full_train_size']} "
-              f"training images", title_style="bold")  # fmt: skip
+    t = Table(
+        title=f"small data: students on {out['train_size']} of {out['full_train_size']} "
+        f"training images",
+        title_style="bold",
+    )
     t.add_column("model")
     t.add_column("test acc", justify="right")
     for label, v in _bars(out):
@@ -391,12 +449,16 @@ def small_data(ctx: Context) -> dict[str, Any]:
 
 
 def _bars(o: dict[str, Any]) -> list[tuple[str, float | None]]:
-    bars = [("scratch, subset", o["baseline_test_acc"]),
-            ("distilled, subset", o["student_test_acc"])]  # fmt: skip
+    bars = [
+        ("scratch, subset", o["baseline_test_acc"]),
+        ("distilled, subset", o["student_test_acc"]),
+    ]
     if "student_test_acc_adjusted" in o:
         bars.append(("distilled, subset, bias-adjusted", o["student_test_acc_adjusted"]))
-    bars += [("scratch, all data", o["full_data_baseline_test_acc"]),
-             ("teacher, all data", o["teacher_test_acc"])]  # fmt: skip
+    bars += [
+        ("scratch, all data", o["full_data_baseline_test_acc"]),
+        ("teacher, all data", o["teacher_test_acc"]),
+    ]
     return bars
 
 
@@ -415,8 +477,11 @@ def _plot_small(o: dict[str, Any], dataset: str, path: Path) -> None:
     ax.set_xlabel("test accuracy")
     what = f"classes {o['keep_classes']}" if o["keep_classes"] else ""
     frac = f"{100 * o['train_fraction']:g}% of the data" if o["train_fraction"] < 1 else ""
-    ax.set_title(f"{dataset}: transfer set = {' & '.join(x for x in (frac, what) if x)} "
-                 f"({o['train_size']} images)", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{dataset}: transfer set = {' & '.join(x for x in (frac, what) if x)} "
+        f"({o['train_size']} images)",
+        fontsize=9,
+    )
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -429,14 +494,15 @@ def _plot_small(o: dict[str, Any], dataset: str, path: Path) -> None:
 
 @register_analysis("soft_targets", lambda cfg: bool(cfg.analysis.dark_knowledge))
 def soft_targets(ctx: Context) -> dict[str, Any]:
-    from kdrun.soft_targets import dark_knowledge
-
     d = ctx.p.data
-    logits = {"teacher": ctx.logits(ctx.teacher, d.x_test),
-              "distilled": ctx.logits(ctx.student, d.x_test)}  # fmt: skip
+    logits = {
+        "teacher": ctx.logits(ctx.teacher, d.x_test),
+        "distilled": ctx.logits(ctx.student, d.x_test),
+    }
     if ctx.baseline is not None:
         logits["scratch"] = ctx.logits(ctx.baseline, d.x_test)
     an = ctx.cfg.analysis
-    out = dark_knowledge(d, logits, list(an.temperatures), an.examples,
-                         ctx.run_dir, ctx.p.reporter.console)  # fmt: skip
+    out = dark_knowledge(
+        d, logits, list(an.temperatures), an.examples, ctx.run_dir, ctx.p.reporter.console
+    )
     return out

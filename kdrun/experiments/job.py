@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import shlex
 import signal
 import sys
 import time
@@ -14,12 +15,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import hydra
+import numpy
+import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from kdrun.config import validate
+from kdrun import __version__
 from kdrun.errors import Interrupted, KdrunError, find_os_error, os_error_message
+from kdrun.experiments.checks import validate
+from kdrun.experiments.kinds import run_kind
 from kdrun.report import Reporter, results_table, write_history
 from kdrun.store import atomic_write_json
 
@@ -30,21 +36,19 @@ VOLATILE_KEYS = ("runtime", "resume", "debug")
 
 
 def versions() -> dict[str, str]:
-    import hydra
-    import numpy
-    import torch
-
-    from kdrun import __version__
-
     try:  # from the metadata: importing torchvision just for its version costs seconds
         tv = importlib.metadata.version("torchvision")
     except importlib.metadata.PackageNotFoundError:
         tv = "absent"
     return {
-        "kdrun": __version__, "torch": torch.__version__, "torchvision": tv,
-        "hydra": hydra.__version__, "numpy": numpy.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-    }  # fmt: skip
+        "kdrun": __version__,
+        "torch": torch.__version__,
+        "torchvision": tv,
+        "hydra": hydra.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _result_config(cfg: DictConfig) -> dict[str, Any]:
@@ -101,8 +105,6 @@ def _err(msg: str) -> None:
 
 
 def resume_hint(run_dir: Path) -> str:
-    import shlex
-
     return f"kdrun resume {shlex.quote(str(run_dir))}"
 
 
@@ -121,8 +123,10 @@ def run_job(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        _err(f"another kdrun process is running in {run_dir}; wait for it or choose another "
-             f"hydra.run.dir")  # fmt: skip
+        _err(
+            f"another kdrun process is running in {run_dir}; wait for it or choose another "
+            f"hydra.run.dir"
+        )
         return 2
     try:
         return _run_job(cfg, run_dir, multirun, command)
@@ -130,24 +134,27 @@ def run_job(
         lock.release()
 
 
-def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | None) -> int:
-    from kdrun.pipeline import run_pipeline
-
-    console = make_console()
-    mpath = run_dir / "metrics.json"
-    partial = run_dir / "checkpoints" / "student.partial.pt"
-    result_cfg = _result_config(cfg)
-    previous = read_metrics(mpath)
+def _previous_run(
+    cfg: DictConfig, run_dir: Path, multirun: bool, result_cfg: dict, console: Console
+) -> int | None:
+    """What an earlier run in ``run_dir`` decides: an exit status if this job must not run
+    (already completed, or another config's results would be overwritten), else None."""
+    previous = read_metrics(run_dir / "metrics.json")
     prev_status = previous.get("status") if previous else None
     same = previous is not None and previous.get("config") in (None, result_cfg)
+    partial = run_dir / "checkpoints" / "student.partial.pt"
     if prev_status == "completed":
         if not same:
-            _err(f"{run_dir} already holds a completed run of another config; choose a new "
-                 f"hydra.run.dir (nothing was changed)")  # fmt: skip
+            _err(
+                f"{run_dir} already holds a completed run of another config; choose a new "
+                f"hydra.run.dir (nothing was changed)"
+            )
             return 2
         if not cfg.resume:
-            _err(f"{run_dir} already holds this completed run and resume=false would overwrite "
-                 f"it; choose a new hydra.run.dir (nothing was changed)")  # fmt: skip
+            _err(
+                f"{run_dir} already holds this completed run and resume=false would overwrite "
+                f"it; choose a new hydra.run.dir (nothing was changed)"
+            )
             return 2
         if multirun:
             console.print(f"kdrun: {run_dir} is already completed; skipped")
@@ -156,72 +163,131 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | Non
             console.print(results_table(previous))
         return 0
     if prev_status in ("interrupted", "running") and not same and partial.is_file() and cfg.resume:
-        _err(f"{run_dir} holds an unfinished run ({prev_status}) of another config; resume it "
-             f"with `{resume_hint(run_dir)}`, discard it with resume=false, or choose a new "
-             f"hydra.run.dir")  # fmt: skip
+        _err(
+            f"{run_dir} holds an unfinished run ({prev_status}) of another config; resume it "
+            f"with `{resume_hint(run_dir)}`, discard it with resume=false, or choose a new "
+            f"hydra.run.dir"
+        )
         return 2
+    return None
 
-    base: dict[str, Any] = {
-        "status": "running",
-        "dataset": cfg.dataset.name, "method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha,
-        "seed": cfg.seed, "experiment": cfg.get("experiment"), "run_dir": str(run_dir),
-        "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "versions": versions(), "config": result_cfg, "command": command,
-    }  # fmt: skip
-    t0 = time.perf_counter()
 
-    def finish(status: str, **extra: Any) -> None:
-        doc = {**base, **extra, "status": status, "wall_seconds": time.perf_counter() - t0,
-               "finished_at": _dt.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+class _Record:
+    """metrics.json of one job: written at the start (running) and at the end (any status)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, result_cfg: dict, command: dict | None):
+        self.path = run_dir / "metrics.json"
+        self.t0 = time.perf_counter()
+        self.base: dict[str, Any] = {
+            "status": "running",
+            "dataset": cfg.dataset.name,
+            "method": cfg.method.name,
+            "T": cfg.T,
+            "alpha": cfg.alpha,
+            "seed": cfg.seed,
+            "experiment": cfg.get("experiment"),
+            "run_dir": str(run_dir),
+            "started_at": _now(),
+            "versions": versions(),
+            "config": result_cfg,
+            "command": command,
+        }
+
+    def start(self) -> None:
+        atomic_write_json(self.base, self.path)
+
+    def completed(self, m: dict[str, Any]) -> None:
+        atomic_write_json(
+            {
+                **self.base,
+                **m,
+                "status": "completed",
+                "wall_seconds": time.perf_counter() - self.t0,
+                "finished_at": _now(),
+            },
+            self.path,
+        )
+
+    def finish(self, status: str, **extra: Any) -> None:
+        doc = {
+            **self.base,
+            **extra,
+            "status": status,
+            "wall_seconds": time.perf_counter() - self.t0,
+            "finished_at": _now(),
+        }
         try:
-            atomic_write_json(doc, mpath)
+            atomic_write_json(doc, self.path)
         except OSError as e:  # e.g. the disk is full: say so, but do not hide the first error
-            log.warning("could not record status %s in %s: %s", status, mpath, e)
+            log.warning("could not record status %s in %s: %s", status, self.path, e)
 
-    stop = StopFlag()
+
+def _execute(
+    cfg: DictConfig, run_dir: Path, multirun: bool, rec: _Record, console: Console, stop: StopFlag
+) -> int:
+    """Validate, run the experiment, write its results; exceptions go to the caller."""
+    validate(cfg)
+    rec.start()
+    progress = {"on": True, "off": False}.get(cfg.runtime.progress)
+    if progress is None:
+        progress = console.is_terminal and not multirun
+    with stop:
+        m = run_kind(cfg, run_dir, Reporter(console, progress), should_stop=stop)
+    write_history(m.pop("_history"), run_dir / "history.csv")
+    rec.completed(m)
+    # Only now: until metrics.json is whole, the student's checkpoint resumes it.
+    (run_dir / "checkpoints" / "student.partial.pt").unlink(missing_ok=True)
+    console.print(results_table({**rec.base, **m}))
+    console.print(f"[dim]results: {rec.path}[/]")
+    if stop():  # the stop came after the last batch: the run is whole, the command stops
+        _err("stopped by a signal after the run completed; its results are recorded")
+        return Interrupted.exit_code
+    return 0
+
+
+def _failed(e: Exception, cfg: DictConfig, rec: _Record) -> int:
+    """Record an unexpected failure and print its one line (debug=true re-raises)."""
+    os_err = find_os_error(e)
+    known = os_error_message(os_err) if os_err is not None else None
+    if known is not None:  # disk full, read-only, ...: the environment, not a bug
+        rec.finish("failed", error=known, error_type=type(os_err).__name__)
+        _err(known)
+        return 2
+    rec.finish(
+        "failed",
+        error=f"{type(e).__name__}: {e}",
+        error_type=type(e).__name__,
+        traceback=traceback.format_exc(),
+    )
+    if cfg.get("debug"):
+        raise e
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    _err(f"{type(e).__name__}: {first} (debug=true shows the traceback; it is also in {rec.path})")
+    return 1
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | None) -> int:
+    console = make_console()
+    result_cfg = _result_config(cfg)
+    code = _previous_run(cfg, run_dir, multirun, result_cfg, console)
+    if code is not None:
+        return code
+    rec = _Record(cfg, run_dir, result_cfg, command)
     try:
-        validate(cfg)
-        atomic_write_json(base, mpath)
-        progress = {"on": True, "off": False}.get(cfg.runtime.progress)
-        if progress is None:
-            progress = console.is_terminal and not multirun
-        with stop:
-            m = run_pipeline(cfg, run_dir, Reporter(console, progress), should_stop=stop)
-        history = m.pop("_history")
-        write_history(history, run_dir / "history.csv")
-        atomic_write_json({**base, **m, "status": "completed",
-                           "wall_seconds": time.perf_counter() - t0,
-                           "finished_at": _dt.datetime.now().isoformat(timespec="seconds")},
-                          mpath)  # fmt: skip
-        partial.unlink(missing_ok=True)  # only now: until metrics.json is whole, it resumes
-        console.print(results_table({**base, **m}))
-        console.print(f"[dim]results: {mpath}[/]")
-        if stop():  # the stop came after the last batch: the run is whole, the command stops
-            _err("stopped by a signal after the run completed; its results are recorded")
-            return Interrupted.exit_code
-        return 0
+        return _execute(cfg, run_dir, multirun, rec, console, StopFlag())
     except (Interrupted, KeyboardInterrupt) as e:
         msg = str(e) if isinstance(e, Interrupted) else "stopped by a second Ctrl-C"
-        finish("interrupted", error=msg)
-        hint = "" if multirun else f"; resume with: {resume_hint(run_dir)}"  # sweeps: cli.py
+        rec.finish("interrupted", error=msg)
+        hint = "" if multirun else f"; resume with: {resume_hint(run_dir)}"  # sweeps: cli
         print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
         return Interrupted.exit_code
     except KdrunError as e:
-        finish("failed", error=str(e), error_type=type(e).__name__)
+        rec.finish("failed", error=str(e), error_type=type(e).__name__)
         _err(str(e))
         return e.exit_code
     except Exception as e:  # a bug or an unforeseen failure: still one line, still recorded
-        os_err = find_os_error(e)
-        known = os_error_message(os_err) if os_err is not None else None
-        if known is not None:  # disk full, read-only, ...: the environment, not a bug
-            finish("failed", error=known, error_type=type(os_err).__name__)
-            _err(known)
-            return 2
-        finish("failed", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__,
-               traceback=traceback.format_exc())  # fmt: skip
-        if cfg.get("debug"):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        _err(f"{type(e).__name__}: {first} (debug=true shows the traceback; it is also in "
-             f"{mpath})")  # fmt: skip
-        return 1
+        return _failed(e, cfg, rec)

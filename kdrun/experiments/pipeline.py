@@ -18,13 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.config import to_container
-from kdrun.data import DataBundle, load_data
-from kdrun.errors import CheckpointError, ConfigError
-from kdrun.losses import kl_soft
-from kdrun.methods import METHODS, HardLabels
-from kdrun.methods.base import Distiller
-from kdrun.models import build_model, count_params
-from kdrun.perf import Perf, place_data
+from kdrun.data import DATASETS, DataBundle
+from kdrun.engine import FitResult, accuracy, fit, place_data, resolve_device, set_threads
+from kdrun.engine.perf import Perf
+from kdrun.errors import CheckpointError
+from kdrun.experiments.analyses import run_analyses
+from kdrun.experiments.kinds import register_kind
+from kdrun.methods import METHODS, Distiller
+from kdrun.methods.kd import KD
+from kdrun.methods.losses import kl_soft
+from kdrun.models import count_params
 from kdrun.store import (
     ArtifactStore,
     CorruptArtifact,
@@ -33,27 +36,9 @@ from kdrun.store import (
     load_weights,
     sha256_file,
 )
-from kdrun.train import FitResult, accuracy, fit, predict
+from kdrun.tasks import task_named
 
 log = logging.getLogger("kdrun")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name} but MPS is not available here; use device=cpu or auto")
-    return dev
 
 
 def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
@@ -66,11 +51,16 @@ def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
     """The data set fields that change what a model trained on it learns."""
     ds = cfg.dataset
     spec = {
-        "name": ds.name, "val_size": ds.val_size, "split_seed": ds.split_seed,
-        "augment": ds.augment, "crop_padding": ds.crop_padding, "hflip": ds.hflip,
+        "name": ds.name,
+        "val_size": ds.val_size,
+        "split_seed": ds.split_seed,
+        "augment": ds.augment,
+        "crop_padding": ds.crop_padding,
+        "hflip": ds.hflip,
         # limit_train changes the training data; limit_test the test numbers kept in meta.
-        "limit_train": ds.limit_train, "limit_test": ds.limit_test,
-    }  # fmt: skip
+        "limit_train": ds.limit_train,
+        "limit_test": ds.limit_test,
+    }
     if student:
         spec.update(
             train_fraction=ds.train_fraction,
@@ -137,8 +127,9 @@ class Pipeline:
         self.reporter = reporter
         self.store = ArtifactStore(cfg.store_dir)
         self.perf = Perf.from_config(cfg.runtime, device)
+        self.task = task_named(DATASETS[cfg.dataset.name].task)
         self.data: DataBundle = place_data(
-            load_data(cfg.dataset, "cpu"), cfg.runtime.data_on_device, device
+            self.task.load_data(cfg.dataset), cfg.runtime.data_on_device, device
         )
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
@@ -150,8 +141,7 @@ class Pipeline:
 
     # ---- helpers -------------------------------------------------------------------
     def _build(self, model_cfg: DictConfig) -> nn.Module:
-        d = self.data
-        model = build_model(model_cfg, d.in_shape, d.num_classes).to(self.device)
+        model = self.task.build_model(model_cfg, self.data).to(self.device)
         return self.perf.prepare_model(model)
 
     def _fit(
@@ -169,31 +159,45 @@ class Pipeline:
         steps = recipe.epochs * -(-n // recipe.batch_size)
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
-                distiller, d, recipe, stage=stage,
+                distiller,
+                d,
+                recipe,
+                stage=stage,
                 seed=self.cfg.seed if seed is None else seed,
                 train_idx=d.student_idx if student else d.teacher_idx,
                 val_idx=d.student_val_idx if student else d.teacher_val_idx,
-                amp=rt.amp, eval_batch_size=rt.eval_batch_size, perf=self.perf,
-                should_stop=self.should_stop, resume=self.cfg.resume, **hooks, **kw,
-            )  # fmt: skip
+                amp=rt.amp,
+                eval_batch_size=rt.eval_batch_size,
+                perf=self.perf,
+                should_stop=self.should_stop,
+                resume=self.cfg.resume,
+                val_score=self.task.val_score,
+                **hooks,
+                **kw,
+            )
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
-        return predict(
-            model, self.data.x_test, self.cfg.runtime.eval_batch_size, self.cfg.runtime.amp
-        )
+        """The model's outputs on the test split."""
+        rt = self.cfg.runtime
+        return self.task.test_logits(model, self.data, rt.eval_batch_size, rt.amp)
 
     def _test_acc(self, model: nn.Module, state: dict[str, torch.Tensor]) -> float:
         model.load_state_dict(state)
-        return accuracy(self.evaluate(model), self.data.y_test)
+        return self.task.test_score(self.evaluate(model), self.data)
 
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
         last = self._test_acc(model, res.last_state)
         best = self._test_acc(model, res.best_state)  # leaves the best weights loaded
         return {
-            "model": cfg_m.name, "params": count_params(model), "test_acc": best,
-            "val_acc": res.best_val_acc, "last_test_acc": last, "best_epoch": res.best_epoch,
-            "train_seconds": res.train_seconds, "history": res.history,
-        }  # fmt: skip
+            "model": cfg_m.name,
+            "params": count_params(model),
+            "test_acc": best,
+            "val_acc": res.best_val_acc,
+            "last_test_acc": last,
+            "best_epoch": res.best_epoch,
+            "train_seconds": res.train_seconds,
+            "history": res.history,
+        }
 
     def _stored_model(
         self,
@@ -214,9 +218,12 @@ class Pipeline:
         cfg_m = spec["model_cfg"]
         spec = {k: v for k, v in spec.items() if k != "model_cfg"}
         art = self.store.get_or_build(
-            kind, spec, build, check=_check_state(model),
+            kind,
+            spec,
+            build,
+            check=_check_state(model),
             on_wait=lambda: log.info("waiting for another process building %s", kind),
-        )  # fmt: skip
+        )
         model.load_state_dict(art.payload)
         meta = art.meta
         # Stored stages contribute their (stored) history rows too, so history.csv is whole.
@@ -227,9 +234,15 @@ class Pipeline:
         )
         self.from_store[stage or kind] = art.from_cache
         rep = StageReport(
-            meta["model"], meta["params"], meta["test_acc"], meta["val_acc"],
-            meta["last_test_acc"], meta["best_epoch"], meta["train_seconds"], art.from_cache,
-        )  # fmt: skip
+            meta["model"],
+            meta["params"],
+            meta["test_acc"],
+            meta["val_acc"],
+            meta["last_test_acc"],
+            meta["best_epoch"],
+            meta["train_seconds"],
+            art.from_cache,
+        )
         return model, rep
 
     # ---- BuildContext ----------------------------------------------------------------
@@ -268,9 +281,15 @@ class Pipeline:
                 ) from None
             logits = self.evaluate(model)
             self.reports["teacher"] = StageReport(
-                tcfg.name, count_params(model), accuracy(logits, self.data.y_test), float("nan"),
-                float("nan"), 0, 0.0, True,
-            )  # fmt: skip
+                tcfg.name,
+                count_params(model),
+                self.task.test_score(logits, self.data),
+                float("nan"),
+                float("nan"),
+                0,
+                0.0,
+                True,
+            )
             # Keyed by content, so overwriting the file never reuses stale cached logits.
             self.teacher_keys.append(f"file:{sha256_file(path)}")
             return model
@@ -294,9 +313,11 @@ class Pipeline:
             seed = cfg.teacher_seed if role == "teacher" and teacher is None else cfg.seed
         kind = "teacher" if teacher is None else "distilled"
         spec = {
-            "role": kind, "model": _model_spec(model_cfg), "data": data_spec(cfg, student=False),
+            "role": kind,
+            "model": _model_spec(model_cfg),
+            "data": data_spec(cfg, student=False),
             "seed": seed,
-        }  # fmt: skip
+        }
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
             spec.update(teacher_keys=list(self.teacher_keys), T=cfg.T, alpha=cfg.alpha)
         torch.manual_seed(seed)
@@ -304,13 +325,18 @@ class Pipeline:
 
         def train(ckpt: Path, fp: str) -> FitResult:
             if teacher is None:
-                dist: Distiller = HardLabels(model)
+                dist: Distiller = self.task.hard_distiller(model)
             else:
-                from kdrun.methods.kd import KD
-
                 dist = KD(model, teacher, cfg.T, cfg.alpha)
-            return self._fit(dist, model_cfg.train, role, student=False, checkpoint=ckpt,
-                             fingerprint=fp, seed=seed)  # fmt: skip
+            return self._fit(
+                dist,
+                model_cfg.train,
+                role,
+                student=False,
+                checkpoint=ckpt,
+                fingerprint=fp,
+                seed=seed,
+            )
 
         model, self.reports[role] = self._stored_model(
             kind, {**spec, "model_cfg": model_cfg}, model, train, stage=role
@@ -348,13 +374,22 @@ class Pipeline:
         if full_data:
             data.update(train_fraction=1.0, omit_classes=[], keep_classes=[])
         spec = {
-            "role": "baseline", "model": _model_spec(s_cfg), "data": data, "seed": cfg.seed,
-        }  # fmt: skip
+            "role": "baseline",
+            "model": _model_spec(s_cfg),
+            "data": data,
+            "seed": cfg.seed,
+        }
         stage = "full_baseline" if full_data else "baseline"
 
         def train(ckpt: Path, fp: str) -> FitResult:
-            return self._fit(HardLabels(model), s_cfg.train, stage, student=not full_data,
-                             checkpoint=ckpt, fingerprint=fp)  # fmt: skip
+            return self._fit(
+                self.task.hard_distiller(model),
+                s_cfg.train,
+                stage,
+                student=not full_data,
+                checkpoint=ckpt,
+                fingerprint=fp,
+            )
 
         n_rows = len(self.history)
         model, rep = self._stored_model("baseline", {**spec, "model_cfg": s_cfg}, model, train)
@@ -371,9 +406,10 @@ class Pipeline:
         if distiller.teacher is None:
             return None
         spec = {
-            "teachers": list(self.teacher_keys), "method": to_container(cfg.method),
+            "teachers": list(self.teacher_keys),
+            "method": to_container(cfg.method),
             "data": data_spec(cfg, student=False),
-        }  # fmt: skip
+        }
         x, n = self.data.x_train, len(self.data.y_train)
 
         def outputs(rows: torch.Tensor) -> torch.Tensor:  # the frozen teacher, in eval mode
@@ -414,9 +450,11 @@ class Pipeline:
                 raise CorruptArtifact("teacher test logits do not match the test split")
 
         art = self.store.get_or_build(
-            "teacher_test_logits", spec,
-            lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}), check=check,
-        )  # fmt: skip
+            "teacher_test_logits",
+            spec,
+            lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}),
+            check=check,
+        )
         self.from_store["teacher_test_logits"] = art.from_cache
         return art.payload.to(self.device)
 
@@ -429,9 +467,15 @@ class Pipeline:
         fp = content_key(
             {"cfg": resumable_config(cfg), "teachers": self.teacher_keys, "init": "student"}
         )
-        res = self._fit(distiller, cfg.student.train, "student", student=True,
-                        teacher_cache=cache, checkpoint=ckpt_dir / "student.partial.pt",
-                        fingerprint=fp)  # fmt: skip
+        res = self._fit(
+            distiller,
+            cfg.student.train,
+            "student",
+            student=True,
+            teacher_cache=cache,
+            checkpoint=ckpt_dir / "student.partial.pt",
+            fingerprint=fp,
+        )
         self.history.extend(res.history)
         return distiller, res
 
@@ -444,11 +488,84 @@ def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     return out
 
 
+def _student_report(
+    p: Pipeline, student: nn.Module, res: FitResult, t_logits: torch.Tensor | None
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """The distilled student's test numbers (its last epoch's too), and its test logits."""
+    y = p.data.y_test.to(p.device)
+    student.load_state_dict(res.last_state)
+    last_test = accuracy(p.evaluate(student), p.data.y_test)
+    student.load_state_dict(res.best_state)
+    s_logits = p.evaluate(student)
+    kl = None if t_logits is None else float(kl_soft(s_logits, t_logits, 1.0))
+    rep = {
+        "model": p.cfg.student.name,
+        "params": count_params(student),
+        "test_acc": accuracy(s_logits, y),
+        "val_acc": res.best_val_acc,
+        "last_test_acc": last_test,
+        "last_val_acc": res.last_val_acc,
+        "best_epoch": res.best_epoch,
+        "train_seconds": res.train_seconds,
+        "agreement": agreement(s_logits, t_logits),
+        "kl_to_teacher": kl,
+        "per_class_acc": per_class_accuracy(s_logits.argmax(1), y, p.data.num_classes),
+        "resumed_from_epoch": res.resumed_from_epoch,
+    }
+    return rep, s_logits
+
+
+def agreement(logits: torch.Tensor, t_logits: torch.Tensor | None) -> float | None:
+    """Top-1 agreement with the teacher's test outputs (None without a teacher)."""
+    if t_logits is None:
+        return None
+    return float((logits.argmax(1) == t_logits.argmax(1)).float().mean())
+
+
+def _data_sizes(p: Pipeline) -> dict[str, int]:
+    return {
+        "train_size": len(p.data.y_train),
+        "student_train_size": len(p.data.student_idx),
+        "val_size": len(p.data.y_val),
+        "test_size": len(p.data.y_test),
+        "num_classes": p.data.num_classes,
+    }
+
+
+def _baseline_report(
+    p: Pipeline, baseline: nn.Module, t_logits: torch.Tensor | None
+) -> dict[str, Any]:
+    b_logits = p.evaluate(baseline)
+    y = p.data.y_test.to(p.device)
+    return {
+        **p.reports["baseline"].as_dict(),
+        "agreement": agreement(b_logits, t_logits),
+        "per_class_acc": per_class_accuracy(b_logits.argmax(1), y, p.data.num_classes),
+    }
+
+
+def _cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+def _save_models(
+    ckpt_dir: Path, teacher: nn.Module | None, baseline: nn.Module | None, res: FitResult
+) -> None:
+    """The run's own copies of its models. student.partial.pt stays until metrics.json says
+    completed (job.py removes it then), so a kill before that still resumes the student."""
+    if teacher is not None:
+        atomic_torch_save(_cpu(teacher), ckpt_dir / "teacher.pt")
+    atomic_torch_save(res.best_state, ckpt_dir / "student.pt")
+    atomic_torch_save(res.last_state, ckpt_dir / "student_last.pt")
+    if baseline is not None:
+        atomic_torch_save(_cpu(baseline), ckpt_dir / "baseline.pt")
+
+
+@register_kind("distill")
 def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
     """Train everything one job needs and return its metrics (without run bookkeeping)."""
     device = resolve_device(cfg.device)
-    if cfg.runtime.num_threads > 0:
-        torch.set_num_threads(cfg.runtime.num_threads)
+    set_threads(cfg.runtime.num_threads)
     p = Pipeline(cfg, run_dir, device, reporter)
     if should_stop is not None:
         p.should_stop = should_stop
@@ -457,71 +574,24 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     baseline = p.baseline() if cfg.baseline else None
     distiller, res = p.distill()
     student = distiller.student
-    ckpt_dir = run_dir / "checkpoints"
-
     # Test-set numbers, computed once here; model selection used validation only.
-    student.load_state_dict(res.last_state)
-    last_test = accuracy(p.evaluate(student), p.data.y_test)
-    student.load_state_dict(res.best_state)
-    s_logits = p.evaluate(student)
     t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
-    y = p.data.y_test.to(device)
-    s_pred = s_logits.argmax(1)
-
-    def agreement(logits: torch.Tensor) -> float | None:
-        if t_logits is None:
-            return None
-        return float((logits.argmax(1) == t_logits.argmax(1)).float().mean())
-
-    student_rep = {
-        "model": cfg.student.name, "params": count_params(student),
-        "test_acc": accuracy(s_logits, y), "val_acc": res.best_val_acc,
-        "last_test_acc": last_test, "last_val_acc": res.last_val_acc,
-        "best_epoch": res.best_epoch, "train_seconds": res.train_seconds,
-        "agreement": agreement(s_logits),
-        "kl_to_teacher": None if t_logits is None else float(kl_soft(s_logits, t_logits, 1.0)),
-        "per_class_acc": per_class_accuracy(s_pred, y, p.data.num_classes),
-        "resumed_from_epoch": res.resumed_from_epoch,
-    }  # fmt: skip
+    student_rep, _ = _student_report(p, student, res, t_logits)
     metrics: dict[str, Any] = {
         "teacher": p.reports["teacher"].as_dict() if teacher is not None else None,
         "baseline": None,
         "student": student_rep,
         "kd_gain": None,
         "from_store": p.from_store,
-        "data": {
-            "train_size": len(p.data.y_train),
-            "student_train_size": len(p.data.student_idx),
-            "val_size": len(p.data.y_val),
-            "test_size": len(y),
-            "num_classes": p.data.num_classes,
-        },  # fmt: skip
+        "data": _data_sizes(p),
     }
     if baseline is not None:
-        b_logits = p.evaluate(baseline)
-        metrics["baseline"] = {
-            **p.reports["baseline"].as_dict(),
-            "agreement": agreement(b_logits),
-            "per_class_acc": per_class_accuracy(b_logits.argmax(1), y, p.data.num_classes),
-        }
+        metrics["baseline"] = _baseline_report(p, baseline, t_logits)
         metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
-
-    if teacher is not None:
-        atomic_torch_save(
-            {k: v.cpu() for k, v in teacher.state_dict().items()}, ckpt_dir / "teacher.pt"
-        )
-    atomic_torch_save(res.best_state, ckpt_dir / "student.pt")
-    atomic_torch_save(res.last_state, ckpt_dir / "student_last.pt")
-    if baseline is not None:
-        atomic_torch_save({k: v.cpu() for k, v in baseline.state_dict().items()},
-                          ckpt_dir / "baseline.pt")  # fmt: skip
-    # student.partial.pt stays until metrics.json says completed (job.py removes it then), so a
-    # kill before that point still resumes instead of retraining the student.
+    _save_models(run_dir / "checkpoints", teacher, baseline, res)
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:
         metrics.update(extra(p))
-    from kdrun.analyses import run_analyses  # omitted class, small data, soft targets
-
     metrics.update(run_analyses(p, teacher, student, baseline, metrics))
     metrics["_history"] = p.history
     return metrics

@@ -8,7 +8,6 @@ the same figures for the teacher of its own run (analysis ``soft_targets``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -17,11 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from kdrun.cli import subcommand
-from kdrun.errors import CheckpointError, ConfigError, KdrunError
+from kdrun.config import DatasetConfig, ModelConfig
+from kdrun.data import load_data
+from kdrun.errors import CheckpointError
+from kdrun.models import build_model
 
 DEFAULT_TEMPERATURES = [1.0, 2.0, 3.0, 5.0, 10.0, 20.0]
 # Hinton's classic illustration: a horse image, logits for cat, dog, donkey, horse.
@@ -73,8 +75,12 @@ def temperature_curves(
 ) -> dict[str, list[float]]:
     """Mean over samples, per T: entropy (nats), non-target mass (1 - p of the true class) and
     the largest probability among the wrong classes (the most visible dark knowledge)."""
-    out: dict[str, list[float]] = {"temperatures": [float(t) for t in temps], "mean_entropy": [],
-                                   "non_target_mass": [], "max_non_target_prob": []}  # fmt: skip
+    out: dict[str, list[float]] = {
+        "temperatures": [float(t) for t in temps],
+        "mean_entropy": [],
+        "non_target_mass": [],
+        "max_non_target_prob": [],
+    }
     y = y.to(logits.device)
     for T in temps:
         p = softmax_T(logits, T)
@@ -115,8 +121,13 @@ def plot_examples(
     plt = _plt()
     names = data.class_names
     k = len(names)
-    fig, axes = plt.subplots(len(idx), 2, figsize=(11, 1.9 * len(idx)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 6]})  # fmt: skip
+    fig, axes = plt.subplots(
+        len(idx),
+        2,
+        figsize=(11, 1.9 * len(idx)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 6]},
+    )
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(temps)))
     width = 0.8 / len(temps)
     for row, i in enumerate(idx):
@@ -126,8 +137,13 @@ def plot_examples(
         ax_img.axis("off")
         for j, T in enumerate(temps):
             p = softmax_T(logits[i], T).cpu().numpy()
-            ax.bar(np.arange(k) + (j - (len(temps) - 1) / 2) * width, p, width, color=colors[j],
-                   label=f"T={T:g}")  # fmt: skip
+            ax.bar(
+                np.arange(k) + (j - (len(temps) - 1) / 2) * width,
+                p,
+                width,
+                color=colors[j],
+                label=f"T={T:g}",
+            )
         ax.set_ylim(0, 1)
         ax.set_xticks(np.arange(k))
         ax.set_xticklabels(names if row == len(idx) - 1 else [], fontsize=8, rotation=20)
@@ -141,8 +157,9 @@ def plot_examples(
     plt.close(fig)
 
 
-def plot_curves(curves: dict[str, dict[str, list[float]]], num_classes: int, path: Path,
-                title: str) -> None:  # fmt: skip
+def plot_curves(
+    curves: dict[str, dict[str, list[float]]], num_classes: int, path: Path, title: str
+) -> None:
     """Mean entropy and mean non-target mass vs T over the test set, one line per model."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -178,9 +195,13 @@ def examples_table(data, logits: torch.Tensor, i: int, temps: Sequence[float], w
 
 
 def dark_knowledge(
-    data, logits: dict[str, torch.Tensor], temps: Sequence[float], n_examples: int,
-    out_dir: Path, console: Console | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    data,
+    logits: dict[str, torch.Tensor],
+    temps: Sequence[float],
+    n_examples: int,
+    out_dir: Path,
+    console: Console | None = None,
+) -> dict[str, Any]:
     """Figures and numbers for models' test logits (``{"teacher": logits, ...}``); the first
     model's soft targets are shown per example. Returns the metrics object."""
     y = data.y_test
@@ -193,8 +214,12 @@ def dark_knowledge(
     if idx:
         figures.insert(0, f"{first}_soft_targets.png")
         plot_examples(data, logits[first], idx, temps, out_dir / figures[0], first)
-    plot_curves(dense, data.num_classes, out_dir / "entropy_vs_T.png",
-                f"{data.name}: soft targets over the test set")  # fmt: skip
+    plot_curves(
+        dense,
+        data.num_classes,
+        out_dir / "entropy_vs_T.png",
+        f"{data.name}: soft targets over the test set",
+    )
     if console is not None:
         t = Table(title=f"{data.name}: mean over the test set", title_style="bold")
         t.add_column("T", justify="right")
@@ -210,77 +235,27 @@ def dark_knowledge(
         for i in idx[:3]:
             console.print(examples_table(data, logits[first], i, temps, first))
     examples = [
-        {"index": i, "label": data.class_names[int(y[i])],
-         "soft_targets": {f"{T:g}": softmax_T(logits[first][i], T).tolist() for T in temps}}
+        {
+            "index": i,
+            "label": data.class_names[int(y[i])],
+            "soft_targets": {f"{T:g}": softmax_T(logits[first][i], T).tolist() for T in temps},
+        }
         for i in idx
-    ]  # fmt: skip
-    return {"temperatures": [float(t) for t in temps], **curves, "examples": examples,
-            "class_names": list(data.class_names),
-            "figures": figures}  # fmt: skip
+    ]
+    return {
+        "temperatures": [float(t) for t in temps],
+        **curves,
+        "examples": examples,
+        "class_names": list(data.class_names),
+        "figures": figures,
+    }
 
 
-# --------------------------------------------------------------------------- subcommands
-
-
-def _console() -> Console:
-    """Full-width tables even when the output is piped to a file."""
-    c = Console()
-    return c if c.is_terminal else Console(width=max(c.width, 160))
-
-
-def _parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace | int:
-    try:
-        return parser.parse_args(args)
-    except SystemExit as e:  # argparse already printed its one-line usage error
-        return int(e.code or 0)
-
-
-@subcommand("softmax")
-def softmax_command(args: list[str]) -> int:
-    """kdrun softmax [--logits Z ...] [--names N ...] [-T T ...]: softmax at several T."""
-    ap = argparse.ArgumentParser(
-        prog="kdrun softmax",
-        description="Softmax of the given logits at several temperatures, with entropy per T "
-        "(default: Hinton's cat/dog/donkey/horse example).",
-    )
-    ap.add_argument("--logits", type=float, nargs="+", default=CLASSIC_LOGITS)
-    ap.add_argument("--names", nargs="+", default=None, help="class names (default: classic/0..)")
-    ap.add_argument("-T", "--temperatures", type=float, nargs="+", default=DEFAULT_TEMPERATURES)
-    ap.add_argument("--json", action="store_true", help="print the table as JSON instead")
-    ns = _parse(ap, args)
-    if isinstance(ns, int):
-        return ns
-    names = ns.names
-    if names is None:
-        same = list(ns.logits) == CLASSIC_LOGITS
-        names = CLASSIC_NAMES if same else [str(i) for i in range(len(ns.logits))]
-    err = None
-    if len(names) != len(ns.logits):
-        err = f"{len(names)} names for {len(ns.logits)} logits; give one name per logit"
-    elif any(not t > 0 for t in ns.temperatures):
-        err = f"temperatures must be > 0 (got {ns.temperatures})"
-    if err:
-        print(f"kdrun softmax: error: {err}", file=__import__("sys").stderr)
-        return 2
-    rows = softmax_table(ns.logits, ns.temperatures)
-    if ns.json:
-        print(json.dumps({"names": names, "logits": ns.logits, "rows": rows}))
-        return 0
-    title = "softmax(z / T) of logits " + ", ".join(
-        f"{n} {z:g}" for n, z in zip(names, ns.logits, strict=True)
-    )
-    _console().print(render_softmax_table(rows, names, title))
-    return 0
+# --------------------------------------------------------------------------- loading
 
 
 def load_trained(path: Path, role: str = "teacher"):
     """(config, data bundle, model) for a run directory or a store artifact directory."""
-    from omegaconf import OmegaConf
-
-    from kdrun.config import DatasetConfig, ModelConfig
-    from kdrun.data import load_data
-    from kdrun.models import build_model
-
     if (path / "meta.json").is_file() and (path / "payload.pt").is_file():  # a store artifact
         meta = json.loads((path / "meta.json").read_text())
         spec = meta.get("spec", {})
@@ -314,47 +289,3 @@ def load_trained(path: Path, role: str = "teacher"):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{weights} does not fit {m_cfg.name} ({first})") from None
     return data, model.eval()
-
-
-@subcommand("dark-knowledge")
-def dark_knowledge_command(args: list[str]) -> int:
-    """kdrun dark-knowledge RUN_DIR: a trained teacher's soft targets; PNGs in the run dir."""
-    import sys
-
-    from kdrun.train import predict
-
-    ap = argparse.ArgumentParser(
-        prog="kdrun dark-knowledge",
-        description="Soft targets of a trained model at several temperatures: tables in the "
-        "terminal, PNG figures in RUN_DIR/dark_knowledge (or --out).",
-    )
-    ap.add_argument("path", type=Path, help="a kdrun run directory or a store artifact directory")
-    ap.add_argument("-T", "--temperatures", type=float, nargs="+", default=DEFAULT_TEMPERATURES)
-    ap.add_argument("-n", "--examples", type=int, default=6)
-    ap.add_argument("--role", default="teacher", choices=["teacher", "student", "baseline"])
-    ap.add_argument("--out", type=Path, default=None, help="figure directory")
-    ns = _parse(ap, args)
-    if isinstance(ns, int):
-        return ns
-    try:
-        if any(not t > 0 for t in ns.temperatures):
-            raise ConfigError(f"temperatures must be > 0 (got {ns.temperatures})")
-        if not ns.path.is_dir():
-            raise CheckpointError(f"{ns.path} is not a directory; give a kdrun run directory")
-        out = ns.out or (
-            ns.path / "dark_knowledge" if not (ns.path / "meta.json").is_file() else None
-        )
-        if out is None:
-            raise ConfigError("a store artifact is read-only: add --out DIR for the figures")
-        data, model = load_trained(ns.path, ns.role)
-        logits = predict(model, data.x_test)
-        console = _console()
-        m = dark_knowledge(data, {ns.role: logits}, ns.temperatures, ns.examples, out, console)
-    except KdrunError as e:
-        print(f"kdrun dark-knowledge: error: {e}", file=sys.stderr)
-        return e.exit_code
-    from kdrun.store import atomic_write_json
-
-    atomic_write_json(m, out / "dark_knowledge.json")
-    console.print(f"[dim]figures: {', '.join(str(out / f) for f in m['figures'])}[/]")
-    return 0

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from kdrun import errors
 from kdrun.errors import KdrunError
-from kdrun.job import make_console, read_metrics
+from kdrun.experiments.job import make_console, read_metrics
 from kdrun.report import fmt_acc
 from kdrun.store import atomic_write, atomic_write_json, atomic_write_text
 
@@ -36,8 +36,17 @@ SUMMARY_FORMAT = 1
 FILES = ("summary.csv", "summary.json", "heatmap.png", "acc_vs_T.png")
 # Always reported; any other override whose value differs between jobs is a column too.
 GRID = ("T", "alpha", "seed")
-METRICS = ("teacher_acc", "baseline_acc", "student_acc", "kd_gain", "agreement",
-           "teacher_seconds", "baseline_seconds", "student_seconds", "wall_seconds")  # fmt: skip
+METRICS = (
+    "teacher_acc",
+    "baseline_acc",
+    "student_acc",
+    "kd_gain",
+    "agreement",
+    "teacher_seconds",
+    "baseline_seconds",
+    "student_seconds",
+    "wall_seconds",
+)
 
 
 class SweepError(KdrunError):
@@ -59,9 +68,12 @@ class Summary:
     @property
     def exit_code(self) -> int:
         """The worst exit code of the jobs, from the error class each failed job recorded."""
-        codes = [errors.Interrupted.exit_code if j["status"] == "interrupted" else
-                 getattr(getattr(errors, j.get("error_type") or "", None), "exit_code", 1)
-                 for j in self.failed]  # fmt: skip
+        codes = [
+            errors.Interrupted.exit_code
+            if j["status"] == "interrupted"
+            else getattr(getattr(errors, j.get("error_type") or "", None), "exit_code", 1)
+            for j in self.failed
+        ]
         return max([c if isinstance(c, int) else 1 for c in codes], default=0)
 
 
@@ -119,20 +131,25 @@ def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> di
         error = error or "still running, or killed before it could record its end"
     cfg = m.get("config") or {}
     row.update(
-        status=status, error=error, error_type=m.get("error_type"),
-        dataset=m.get("dataset"), teacher=(cfg.get("teacher") or {}).get("name"),
+        status=status,
+        error=error,
+        error_type=m.get("error_type"),
+        dataset=m.get("dataset"),
+        teacher=(cfg.get("teacher") or {}).get("name"),
         student=(cfg.get("student") or {}).get("name"),
         teacher_acc=_stage(m, "teacher", "test_acc"),
         teacher_from_cache=_stage(m, "teacher", "from_cache"),
         baseline_acc=_stage(m, "baseline", "test_acc"),
         baseline_from_cache=_stage(m, "baseline", "from_cache"),
-        student_acc=_stage(m, "student", "test_acc"), kd_gain=m.get("kd_gain"),
+        student_acc=_stage(m, "student", "test_acc"),
+        kd_gain=m.get("kd_gain"),
         agreement=_stage(m, "student", "agreement"),
         teacher_seconds=_stage(m, "teacher", "train_seconds"),
         baseline_seconds=_stage(m, "baseline", "train_seconds"),
         student_seconds=_stage(m, "student", "train_seconds"),
-        wall_seconds=m.get("wall_seconds"), run_dir=str(job_dir),
-    )  # fmt: skip
+        wall_seconds=m.get("wall_seconds"),
+        run_dir=str(job_dir),
+    )
     row.update({k: ov.get(k) for k in keys})  # e.g. dataset=mnist, not the metadata
     return row
 
@@ -141,17 +158,23 @@ def collect(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(other swept keys, one row per job) for the sweep in ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise SweepError(f"{sweep_dir} is not a directory; give a sweep directory such as "
-                         f"outputs/multirun/<date>/<time>")  # fmt: skip
+        raise SweepError(
+            f"{sweep_dir} is not a directory; give a sweep directory such as "
+            f"outputs/multirun/<date>/<time>"
+        )
     if not (sweep_dir / "multirun.yaml").is_file():
         inner = sorted(p.parent for p in sweep_dir.glob("*/multirun.yaml"))
         if inner:
-            raise SweepError(f"{sweep_dir} holds several sweeps; summarize one of: "
-                             + ", ".join(str(p) for p in inner[:5]))  # fmt: skip
+            raise SweepError(
+                f"{sweep_dir} holds several sweeps; summarize one of: "
+                + ", ".join(str(p) for p in inner[:5])
+            )
     dirs = find_job_dirs(sweep_dir)
     if not dirs:
-        raise SweepError(f"{sweep_dir} holds no job (no */metrics.json or */.hydra); give a "
-                         f"sweep directory such as outputs/multirun/<date>/<time>")  # fmt: skip
+        raise SweepError(
+            f"{sweep_dir} holds no job (no */metrics.json or */.hydra); give a "
+            f"sweep directory such as outputs/multirun/<date>/<time>"
+        )
     ovs = [read_overrides(d) for d in dirs]
     keys: list[str] = []
     for ov in ovs:
@@ -178,9 +201,14 @@ def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any
     for gk, rs in groups.items():
         ok = [r for r in rs if r["status"] == "completed"]
         agg: dict[str, Any] = dict(zip((*keys, "T", "alpha"), gk, strict=True))
-        agg.update(seeds=sorted({r["seed"] for r in rs}, key=str), n=len(ok),
-                   n_failed=len(rs) - len(ok), dataset=rs[0]["dataset"],
-                   teacher=rs[0]["teacher"], student=rs[0]["student"])  # fmt: skip
+        agg.update(
+            seeds=sorted({r["seed"] for r in rs}, key=str),
+            n=len(ok),
+            n_failed=len(rs) - len(ok),
+            dataset=rs[0]["dataset"],
+            teacher=rs[0]["teacher"],
+            student=rs[0]["student"],
+        )
         for c in METRICS:
             vals = [r[c] for r in ok if _finite(r[c])]
             agg[f"{c}_mean"] = statistics.fmean(vals) if vals else None
@@ -194,8 +222,15 @@ def _csv(keys: list[str], jobs: list[dict], aggs: list[dict]) -> str:
     cols = ["row", "job", *keys, *GRID, "status", "n", "n_failed"]
     for c in METRICS:
         cols += [c, f"{c}_std"]
-    cols += ["teacher_from_cache", "baseline_from_cache", "dataset", "teacher", "student",
-             "error", "run_dir"]  # fmt: skip
+    cols += [
+        "teacher_from_cache",
+        "baseline_from_cache",
+        "dataset",
+        "teacher",
+        "student",
+        "error",
+        "run_dir",
+    ]
     cols = list(dict.fromkeys(cols))  # a swept key may also be a column here (dataset)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
@@ -203,8 +238,12 @@ def _csv(keys: list[str], jobs: list[dict], aggs: list[dict]) -> str:
     for j in jobs:
         w.writerow({"row": "job", **j})
     for a in aggs:
-        r = {"row": "mean_std", **a, "seed": " ".join(str(s) for s in a["seeds"]),
-             "status": "completed" if a["n"] else "failed"}  # fmt: skip
+        r = {
+            "row": "mean_std",
+            **a,
+            "seed": " ".join(str(s) for s in a["seeds"]),
+            "status": "completed" if a["n"] else "failed",
+        }
         for c in METRICS:
             r[c] = a[f"{c}_mean"]
         w.writerow(r)
@@ -224,11 +263,28 @@ def _json_safe(v: Any) -> Any:
 def _cells(s: Summary) -> list[dict[str, Any]]:
     """What the plots show: per (keys, T, alpha), over seeds when there are several."""
     if s.aggregates:
-        return [{**a, "ok": a["n"] > 0, "acc": a["student_acc_mean"], "std": a["student_acc_std"],
-                 "t_acc": a["teacher_acc_mean"], "b_acc": a["baseline_acc_mean"]}
-                for a in s.aggregates]  # fmt: skip
-    return [{**j, "ok": j["status"] == "completed", "acc": j["student_acc"], "std": None,
-             "t_acc": j["teacher_acc"], "b_acc": j["baseline_acc"]} for j in s.jobs]  # fmt: skip
+        return [
+            {
+                **a,
+                "ok": a["n"] > 0,
+                "acc": a["student_acc_mean"],
+                "std": a["student_acc_std"],
+                "t_acc": a["teacher_acc_mean"],
+                "b_acc": a["baseline_acc_mean"],
+            }
+            for a in s.aggregates
+        ]
+    return [
+        {
+            **j,
+            "ok": j["status"] == "completed",
+            "acc": j["student_acc"],
+            "std": None,
+            "t_acc": j["teacher_acc"],
+            "b_acc": j["baseline_acc"],
+        }
+        for j in s.jobs
+    ]
 
 
 def _mean(vals: list[Any]) -> float | None:
@@ -241,14 +297,19 @@ def _panels(s: Summary) -> list[tuple[str, list[dict[str, Any]]]]:
     for c in _cells(s):
         if _finite(c["T"]) and _finite(c["alpha"]):
             groups.setdefault(tuple(c[k] for k in s.keys), []).append(c)
-    return [(", ".join(f"{k}={v}" for k, v in zip(s.keys, gk, strict=True)), cs)
-            for gk, cs in groups.items()]  # fmt: skip
+    return [
+        (", ".join(f"{k}={v}" for k, v in zip(s.keys, gk, strict=True)), cs)
+        for gk, cs in groups.items()
+    ]
 
 
 def _title(cells: list[dict[str, Any]], label: str, seeds: int) -> str:
     c0 = cells[0]
-    head = " · ".join(str(x) for x in (c0.get("dataset"), f"{c0.get('teacher')} → "
-                                       f"{c0.get('student')}", label) if x)  # fmt: skip
+    head = " · ".join(
+        str(x)
+        for x in (c0.get("dataset"), f"{c0.get('teacher')} → {c0.get('student')}", label)
+        if x
+    )
     ref = []
     t, b = _mean([c["t_acc"] for c in cells]), _mean([c["b_acc"] for c in cells])
     if t is not None:
@@ -277,8 +338,9 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
         return False
     seeds = len({j["seed"] for j in s.jobs})
     fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
-    for ax, (label, cells) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels,
-                                  strict=True):  # fmt: skip
+    for ax, (label, cells) in zip(
+        fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
+    ):
         ts = sorted({c["T"] for c in cells})
         als = sorted({c["alpha"] for c in cells})
         grid = [[math.nan] * len(ts) for _ in als]
@@ -306,8 +368,15 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
             for j in range(len(ts)):
                 r, g, b_, _ = cmap(norm(grid[i][j])) if math.isfinite(grid[i][j]) else (1, 1, 1, 1)
                 dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.45
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9,
-                        color="white" if dark else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    text[i][j],
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if dark else "black",
+                )
         ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
         ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
         ax.set_xlabel("temperature T")
@@ -330,14 +399,24 @@ def plot_lines(s: Summary, path: Path) -> bool:
         return False
     seeds = len({j["seed"] for j in s.jobs})
     fig = Figure(figsize=(5.2 * len(panels), 3.8), layout="constrained")
-    for ax, (label, cells) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels,
-                                  strict=True):  # fmt: skip
+    for ax, (label, cells) in zip(
+        fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
+    ):
         ok = [c for c in cells if c["ok"] and _finite(c["acc"])]
         for a in sorted({c["alpha"] for c in ok}):
-            pts = sorted((c["T"], 100 * c["acc"], 100 * c["std"] if _finite(c["std"]) else 0.0)
-                         for c in ok if c["alpha"] == a)  # fmt: skip
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                        marker="o", capsize=3, label=f"alpha={a:g}")  # fmt: skip
+            pts = sorted(
+                (c["T"], 100 * c["acc"], 100 * c["std"] if _finite(c["std"]) else 0.0)
+                for c in ok
+                if c["alpha"] == a
+            )
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=f"alpha={a:g}",
+            )
         for ref, style, name in (("t_acc", "--", "teacher"), ("b_acc", ":", "baseline")):
             v = _mean([c[ref] for c in cells])
             if v is not None:
@@ -374,8 +453,19 @@ def summary_table(s: Summary) -> Table:
 
     rows = sorted(rows, key=acc, reverse=True)
     t = Table(title=f"kdrun sweep · {s.sweep_dir}", title_style="bold")
-    cols = [*s.keys, "T", "alpha", "seeds" if agg else "seed", "student acc", "KD gain",
-            "agree", "teacher", "baseline", "time", "status"]  # fmt: skip
+    cols = [
+        *s.keys,
+        "T",
+        "alpha",
+        "seeds" if agg else "seed",
+        "student acc",
+        "KD gain",
+        "agree",
+        "teacher",
+        "baseline",
+        "time",
+        "status",
+    ]
     for c in cols:
         t.add_column(c, justify="left" if c in (*s.keys, "status") else "right", no_wrap=True)
     best = next((r for r in rows if _finite(r.get(f"student_acc{sfx}"))), None)
@@ -388,15 +478,21 @@ def summary_table(s: Summary) -> Table:
         gain = r.get(f"kd_gain{sfx}")
         secs = r.get(f"student_seconds{sfx}")
         t.add_row(
-            *[str(r[k]) for k in s.keys], f"{r['T']:g}" if _finite(r["T"]) else str(r["T"]),
-            f"{r['alpha']:g}" if _finite(r["alpha"]) else str(r["alpha"]), seed,
+            *[str(r[k]) for k in s.keys],
+            f"{r['T']:g}" if _finite(r["T"]) else str(r["T"]),
+            f"{r['alpha']:g}" if _finite(r["alpha"]) else str(r["alpha"]),
+            seed,
             _fmt_pct_std(r.get(f"student_acc{sfx}"), r.get("student_acc_std") if agg else None),
             _fmt_pct_std(gain, r.get("kd_gain_std") if agg else None).replace("%", " pt")
-            if _finite(gain) else "-",
-            fmt_acc(r.get(f"agreement{sfx}")), fmt_acc(r.get(f"teacher_acc{sfx}")),
-            fmt_acc(r.get(f"baseline_acc{sfx}")), f"{secs:.1f}s" if _finite(secs) else "-",
-            status, style="bold green" if r is best else (None if _finite(acc(r)) else "red"),
-        )  # fmt: skip
+            if _finite(gain)
+            else "-",
+            fmt_acc(r.get(f"agreement{sfx}")),
+            fmt_acc(r.get(f"teacher_acc{sfx}")),
+            fmt_acc(r.get(f"baseline_acc{sfx}")),
+            f"{secs:.1f}s" if _finite(secs) else "-",
+            status,
+            style="bold green" if r is best else (None if _finite(acc(r)) else "red"),
+        )
     counts = Counter(j["status"] for j in s.jobs)
     t.caption = f"{len(s.jobs)} job(s): " + ", ".join(f"{n} {st}" for st, n in counts.items())
     t.caption += " · mean ± std over seeds" if agg else ""
@@ -407,10 +503,14 @@ def summary_table(s: Summary) -> Table:
 def show(s: Summary, console: Console) -> None:
     console.print(summary_table(s))
     for j in s.failed:
-        where = ", ".join(f"{k}={j[k]:g}" if _finite(j[k]) else f"{k}={j[k]}"
-                          for k in (*s.keys, *GRID) if j.get(k) is not None)  # fmt: skip
-        console.print(f"[red]{j['status']}[/] job {j['job']} ({where}): {j['error']}",
-                      highlight=False)  # fmt: skip
+        where = ", ".join(
+            f"{k}={j[k]:g}" if _finite(j[k]) else f"{k}={j[k]}"
+            for k in (*s.keys, *GRID)
+            if j.get(k) is not None
+        )
+        console.print(
+            f"[red]{j['status']}[/] job {j['job']} ({where}): {j['error']}", highlight=False
+        )
     console.print(f"[dim]summary: {', '.join(str(p) for p in s.files)}[/]", highlight=False)
 
 
@@ -421,9 +521,14 @@ def summarize(sweep_dir: str | Path, console: Console | None = None) -> Summary:
     keys, jobs = collect(sweep_dir)
     s = Summary(sweep_dir, keys, jobs, aggregate(jobs, keys))
     doc = {
-        "format": SUMMARY_FORMAT, "sweep_dir": str(sweep_dir), "swept": keys,
-        "n_jobs": len(jobs), "n_failed": len(s.failed), "jobs": jobs, "aggregates": s.aggregates,
-    }  # fmt: skip
+        "format": SUMMARY_FORMAT,
+        "sweep_dir": str(sweep_dir),
+        "swept": keys,
+        "n_jobs": len(jobs),
+        "n_failed": len(s.failed),
+        "jobs": jobs,
+        "aggregates": s.aggregates,
+    }
     atomic_write_text(_csv(keys, jobs, s.aggregates), sweep_dir / "summary.csv")
     atomic_write_json(_json_safe(doc), sweep_dir / "summary.json")
     s.files = [sweep_dir / "summary.csv", sweep_dir / "summary.json"]
@@ -448,14 +553,14 @@ class SummaryCallback(Callback):
         self.sweep_dir = str(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from kdrun.cli import set_exit_code
-
         sweep_dir = self.sweep_dir or str(config.hydra.sweep.dir)
         try:
             s = summarize(sweep_dir)
         except Exception as e:
-            print(f"kdrun: error: the sweep summary failed ({type(e).__name__}: {e}); rebuild "
-                  f"it with: kdrun summarize {sweep_dir}")  # fmt: skip
-            set_exit_code(1)
+            print(
+                f"kdrun: error: the sweep summary failed ({type(e).__name__}: {e}); rebuild "
+                f"it with: kdrun summarize {sweep_dir}"
+            )
+            errors.EXIT.raise_to(1)
             return
-        set_exit_code(s.exit_code)
+        errors.EXIT.raise_to(s.exit_code)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from kdrun.config import ModelConfig
 from kdrun.errors import ConfigError
-from kdrun.features import Taps, probe, resolve_stage
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import (
     PROBE_SHAPE,
@@ -27,6 +28,8 @@ from kdrun.methods.feature_base import (
     check,
     probe_models,
 )
+from kdrun.models import MODELS, build_model
+from kdrun.models.features import Taps, probe, resolve_stage
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -65,11 +68,6 @@ def _spatial_stages(model, in_shape) -> dict[str, tuple[int, int]]:
 
 def spatial_models() -> list[str]:
     """Registered models whose stages give spatial maps (probed; for error messages only)."""
-    from omegaconf import OmegaConf
-
-    from kdrun.config import ModelConfig
-    from kdrun.models import MODELS, build_model
-
     names = []
     with torch.random.fork_rng(devices=[]):
         for name in sorted(MODELS):

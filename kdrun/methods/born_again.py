@@ -58,7 +58,9 @@ class BornAgain(KD):
             "extra_models": gens,
             "generations": [
                 {"generation": 0, "test_acc": p.reports["teacher"].test_acc},
-                *({"generation": k, "test_acc": gens[f"gen{k}"]["test_acc"]}
-                  for k in range(1, self.generations + 1)),
+                *(
+                    {"generation": k, "test_acc": gens[f"gen{k}"]["test_acc"]}
+                    for k in range(1, self.generations + 1)
+                ),
             ],
-        }  # fmt: skip
+        }

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.features import Taps, feature_dim, probe
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check
+from kdrun.models.features import Taps, feature_dim, probe
 
 
 def nce_loss(

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdrun.engine import accuracy
 from kdrun.errors import ConfigError
-from kdrun.losses import kl_soft
 from kdrun.methods.base import Distiller, MethodOptions, register_method
+from kdrun.methods.losses import kl_soft
 from kdrun.models import count_params
-from kdrun.train import accuracy
 
 SEED_STRIDE = 1000  # peer k starts from seed + 1 + 1000 k: never another run's student init
 
@@ -95,12 +95,20 @@ class DML(Distiller):
         # epoch. Their training time is the student's: they train in the same steps.
         extra = {
             f"peer{k}": {
-                "model": model, "params": count_params(peer), "test_acc": accs[k],
-                "val_acc": float("nan"), "last_test_acc": accs[k], "best_epoch": 0,
-                "train_seconds": 0.0, "from_cache": False,
+                "model": model,
+                "params": count_params(peer),
+                "test_acc": accs[k],
+                "val_acc": float("nan"),
+                "last_test_acc": accs[k],
+                "best_epoch": 0,
+                "train_seconds": 0.0,
+                "from_cache": False,
             }
-            for k, peer in enumerate(self.peers) if k > 0
-        }  # fmt: skip
-        peers = [{"peer": k, "test_acc": a, "weights": "best_val" if k == 0 else "last_epoch"}
-                 for k, a in enumerate(accs)]  # fmt: skip
+            for k, peer in enumerate(self.peers)
+            if k > 0
+        }
+        peers = [
+            {"peer": k, "test_acc": a, "weights": "best_val" if k == 0 else "last_epoch"}
+            for k, a in enumerate(accs)
+        ]
         return {"extra_models": extra, "peers": peers}

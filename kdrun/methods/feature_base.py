@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
-from kdrun.features import Taps, capture, probe, resolve_stage
-from kdrun.losses import kl_soft
 from kdrun.methods.base import Distiller, MethodOptions
+from kdrun.methods.losses import kl_soft
+from kdrun.models import build_model
+from kdrun.models.features import Taps, capture, probe, resolve_stage
 
 # Shape probes before any data is loaded (check_config) use this input: every image model
 # supports 32x32 RGB. Only dimensionality and module names are checked there.
@@ -44,9 +46,6 @@ def check(cond: bool, msg: str) -> None:
 
 def probe_models(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Student and teacher built on the CPU for shape checks, leaving the RNG untouched."""
-    from kdrun.data import DATASETS
-    from kdrun.models import build_model
-
     n_cls = DATASETS[cfg.dataset.name].num_classes
     with torch.random.fork_rng(devices=[]):
         s = build_model(cfg.student, PROBE_SHAPE, n_cls)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.features import Taps
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import (
     FeatureDistiller,
@@ -23,6 +22,7 @@ from kdrun.methods.feature_base import (
     check_layer_options,
     stage_pair,
 )
+from kdrun.models.features import Taps
 
 
 def hint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

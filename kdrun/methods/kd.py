@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdrun.losses import kd_loss
 from kdrun.methods.base import Distiller, MethodOptions, register_method
+from kdrun.methods.losses import kd_loss
 
 
 @dataclass

@@ -14,14 +14,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdrun.config import ModelConfig
 from kdrun.errors import ConfigError
+from kdrun.models import MODELS
+from kdrun.models.cifar import CIFAR_ARCHS, arch_of, depth_ok, snap_depth
 
 
 def derived_model(base: DictConfig, overrides: dict[str, Any], where: str) -> DictConfig:
     """``base`` (a model config) with ``overrides`` laid over it; never loaded from a file."""
-    from kdrun.config import ModelConfig
-    from kdrun.models import MODELS
-
     try:
         given = OmegaConf.to_container(base, resolve=True) if isinstance(base, DictConfig) else base
         out = OmegaConf.merge(OmegaConf.structured(ModelConfig), given, overrides or {})
@@ -50,7 +50,6 @@ def midway_overrides(teacher: DictConfig, student: DictConfig) -> dict[str, Any]
     depth when halfway is the teacher itself. The same other architecture on both ends:
     widths at the geometric mean. Different architectures: the teacher's at half width.
     """
-    from kdrun.models_cifar import CIFAR_ARCHS, arch_of, depth_ok, snap_depth
 
     if teacher.name in CIFAR_ARCHS:
         ta = arch_of(teacher)

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdrun.engine import accuracy
 from kdrun.errors import ConfigError
 from kdrun.methods.base import MethodOptions, register_method
 from kdrun.methods.kd import KD
 from kdrun.methods.model_options import derived_model
-from kdrun.train import accuracy
 
 AVERAGES = ("probs", "logits")
 SEED_STRIDE = 1000  # member k trains from seed + 1000 k: never another run's own seed
@@ -58,10 +58,13 @@ def member_configs(cfg) -> list:
         raise ConfigError(f"method.size must be >= 1 (got {opts.size})")
     n = max(opts.size, 1 + len(opts.teachers))
     return [
-        derived_model(cfg.teacher, opts.teachers[k - 1] if k <= len(opts.teachers) else {},
-                      f"method.teachers[{k - 1}]")
+        derived_model(
+            cfg.teacher,
+            opts.teachers[k - 1] if k <= len(opts.teachers) else {},
+            f"method.teachers[{k - 1}]",
+        )
         for k in range(1, n)
-    ]  # fmt: skip
+    ]
 
 
 @register_method("multi_teacher")
@@ -98,9 +101,10 @@ class MultiTeacher(KD):
         return {
             "extra_models": {r: p.reports[r].as_dict() for r in roles[1:]},
             "ensemble": {
-                "members": len(roles), "average": self.average,
+                "members": len(roles),
+                "average": self.average,
                 "test_acc": accuracy(ens_t1, y),
                 "member_test_acc": [p.reports[r].test_acc for r in roles],
                 "student_agreement": float((student.argmax(1) == ens.argmax(1)).float().mean()),
             },
-        }  # fmt: skip
+        }

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdrun.features import Taps
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check
+from kdrun.models.features import Taps
 
 
 def normalized_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

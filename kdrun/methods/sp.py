@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdrun.features import Taps, resolve_stage
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check_layer_options
+from kdrun.models.features import Taps, resolve_stage
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:

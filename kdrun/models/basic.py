@@ -1,38 +1,11 @@
-"""Model registry. Every builder takes (model config, input shape, class count).
-
-Each model records two names that feature-based methods read through forward hooks, so no
-model is rewritten for distillation:
-  - ``kd_stages``: module names whose outputs are the intermediate stage features;
-  - ``kd_head``: the name of the final linear classifier (its input is the embedding).
-"""
+"""The basic models: an MLP, a small CNN and a ResNet-18 with a small-image stem."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-ModelBuilder = Callable[..., nn.Module]
-MODELS: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    def deco(fn: ModelBuilder) -> ModelBuilder:
-        MODELS[name] = fn
-        return fn
-
-    return deco
-
-
-def build_model(cfg, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    model = MODELS[cfg.name](cfg, tuple(in_shape), num_classes)
-    assert hasattr(model, "kd_stages") and hasattr(model, "kd_head"), cfg.name
-    return model
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from kdrun.models.registry import register_model
 
 
 class MLP(nn.Module):
@@ -137,7 +110,3 @@ def _rewidth(model: nn.Module, width: int, num_classes: int) -> None:
     model.layer3 = model._make_layer(BasicBlock, width * 4, 2, stride=2)
     model.layer4 = model._make_layer(BasicBlock, width * 8, 2, stride=2)
     model.fc = nn.Linear(width * 8, num_classes)
-
-
-# The CIFAR benchmark families register themselves on import.
-from kdrun import models_cifar  # noqa: E402,F401

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdrun.models import register_model
+from kdrun.errors import ConfigError
+from kdrun.models.registry import register_model
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,11 @@ CIFAR_ARCHS: dict[str, CifarArch] = {
 
 
 def valid_depths(family: str) -> str:
-    return {"resnet": "6n+2 (8, 14, 20, 32, 44, 56, 110)", "wrn": "6n+4 (16, 28, 40)",
-            "vgg": ", ".join(map(str, VGG_LAYOUTS))}[family]  # fmt: skip
+    return {
+        "resnet": "6n+2 (8, 14, 20, 32, 44, 56, 110)",
+        "wrn": "6n+4 (16, 28, 40)",
+        "vgg": ", ".join(map(str, VGG_LAYOUTS)),
+    }[family]
 
 
 def depth_ok(family: str, depth: int) -> bool:
@@ -104,8 +108,9 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, in_ch: int, depth: int, widths: tuple[int, ...], num_classes: int,
-                 dropout: float):  # fmt: skip
+    def __init__(
+        self, in_ch: int, depth: int, widths: tuple[int, ...], num_classes: int, dropout: float
+    ):
         super().__init__()
         n = (depth - 2) // 6
         stem, *stages = widths
@@ -178,8 +183,15 @@ class WideResNet(nn.Module):
 class CifarVGG(nn.Module):
     """Five blocks of conv3x3-BN-ReLU; max-pool after the first four while the map is >= 2x2."""
 
-    def __init__(self, in_ch: int, depth: int, widths: tuple[int, ...], num_classes: int,
-                 dropout: float, hw: int):  # fmt: skip
+    def __init__(
+        self,
+        in_ch: int,
+        depth: int,
+        widths: tuple[int, ...],
+        num_classes: int,
+        dropout: float,
+        hw: int,
+    ):
         super().__init__()
         cin, size = in_ch, hw
         for i, (convs, w) in enumerate(zip(VGG_LAYOUTS[depth], widths, strict=True)):
@@ -206,8 +218,6 @@ class CifarVGG(nn.Module):
 
 def arch_of(cfg) -> CifarArch:
     """The architecture a config names, after its ``depth`` / ``widen_factor`` adjustments."""
-    from kdrun.errors import ConfigError
-
     base = CIFAR_ARCHS[cfg.name]
     depth = cfg.depth or base.depth
     if not depth_ok(base.family, depth):

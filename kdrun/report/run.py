@@ -44,10 +44,14 @@ class Reporter:
             yield {"on_epoch": log_epoch}
             return
         bar = Progress(
-            TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console, transient=False,
-        )  # fmt: skip
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+        )
         with bar:
             task = bar.add_task(name, total=total_steps, info="")
 
@@ -71,8 +75,17 @@ def results_table(m: dict[str, Any]) -> Table:
         f" · seed={m['seed']}"
     )
     t = Table(title=title, title_style="bold")
-    for col in ("stage", "model", "params", "test acc", "last ep.", "val acc", "agree",
-                "time", "source"):  # fmt: skip
+    for col in (
+        "stage",
+        "model",
+        "params",
+        "test acc",
+        "last ep.",
+        "val acc",
+        "agree",
+        "time",
+        "source",
+    ):
         t.add_column(
             col, justify="left" if col in ("stage", "model", "source") else "right", no_wrap=True
         )
@@ -90,11 +103,16 @@ def results_table(m: dict[str, Any]) -> Table:
                 else f"resumed@{r['resumed_from_epoch']}"
             )
         t.add_row(
-            {"student": "distilled"}.get(stage, stage), r["model"], f"{r['params']:,}",
-            fmt_acc(r["test_acc"]), fmt_acc(r.get("last_test_acc")), fmt_acc(r.get("val_acc")),
+            {"student": "distilled"}.get(stage, stage),
+            r["model"],
+            f"{r['params']:,}",
+            fmt_acc(r["test_acc"]),
+            fmt_acc(r.get("last_test_acc")),
+            fmt_acc(r.get("val_acc")),
             fmt_acc(r.get("agreement")) if stage in ("baseline", "student") else "",
-            f"{r['train_seconds']:.1f}s", src,
-        )  # fmt: skip
+            f"{r['train_seconds']:.1f}s",
+            src,
+        )
     gain = m.get("kd_gain")
     if gain is not None:
         style = "bold green" if gain > 0 else ("bold red" if gain < 0 else "bold")
@@ -103,8 +121,17 @@ def results_table(m: dict[str, Any]) -> Table:
     return t
 
 
-HISTORY_COLUMNS = ["stage", "epoch", "loss", "loss_soft", "loss_hard", "train_acc", "val_acc",
-                   "lr", "seconds"]  # fmt: skip
+HISTORY_COLUMNS = [
+    "stage",
+    "epoch",
+    "loss",
+    "loss_soft",
+    "loss_hard",
+    "train_acc",
+    "val_acc",
+    "lr",
+    "seconds",
+]
 
 
 def write_history(rows: list[dict[str, Any]], path: Path) -> None:

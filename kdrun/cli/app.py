@@ -1,0 +1,155 @@
+"""Hydra's side of the entry point: compose-check the overrides, launch the job(s), one-line
+errors, and the exit status of the whole command."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from kdrun.cli.explain import explain, missing_launcher
+from kdrun.config import config_dir, register_configs
+from kdrun.errors import EXIT, find_os_error, os_error_message
+from kdrun.experiments.job import run_job
+
+register_configs()
+
+# What the last Hydra launch left behind for the CLI: a sweep's directory, the debug flag.
+_LAUNCH: dict[str, str | bool | None] = {"sweep_dir": None, "debug": False}
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Raised after a job of a sweep was stopped: a BaseException, so that Hydra's launcher
+    (which records ordinary exceptions and goes on) does not start the next job."""
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def _hydra_job(cfg: DictConfig) -> int:
+    hc = HydraConfig.get()
+    _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _LAUNCH["sweep_dir"] = os.path.abspath(hc.sweep.dir)
+    # The command that made this job, kept in its metrics.json: `kdrun resume` uses it (Hydra
+    # rewrites .hydra/ whenever any command runs in the directory, even one that is refused).
+    command = {
+        "overrides": list(hc.overrides.task),
+        "hydra_overrides": list(hc.overrides.hydra),
+        "cwd": hc.runtime.cwd,
+    }
+    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
+    EXIT.raise_to(code)
+    if multirun and code == 130:
+        raise SweepInterrupted
+    return code
+
+
+def _candidates(overrides: list[str]) -> list[list[str]] | str:
+    """One override list per sweep value (the first value of the others), or an error line."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        return explain(e)
+    fixed, sweeps = [], []
+    for o, text in zip(parsed, overrides, strict=True):
+        if o.is_hydra_override():
+            if (hint := missing_launcher(text)) is not None:
+                return hint
+            continue
+        if o.is_sweep_override():
+            key = text.split("=", 1)[0]
+            sweeps.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            fixed.append(text)
+    out = [fixed + [v[0] for v in sweeps]]
+    for i, values in enumerate(sweeps):
+        for v in values[1:]:
+            out.append(fixed + [s[0] if j != i else v for j, s in enumerate(sweeps)])
+    return out
+
+
+def precheck(args: list[str]) -> str | None:
+    """Compose the config once per override value, so a typo fails fast with one line.
+
+    Only composition is checked here (unknown keys/options, wrong types); semantic checks
+    (T > 0, ...) run inside each job, so one bad cell of a sweep fails only that job.
+    """
+    candidates = _candidates([a for a in args if not a.startswith("-")])
+    if isinstance(candidates, str):
+        return candidates
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            for ov in candidates:
+                try:
+                    compose(config_name="config", overrides=ov)
+                except Exception as e:
+                    return explain(e)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _launch(user_full_error: str | None) -> int | None:
+    """Run Hydra once; an exit status if it ended early (interrupt, error outside a job)."""
+    # SIGTERM (Slurm, kill) outside a job's training loop acts like Ctrl-C instead of killing
+    # the process mid-write; inside the loop, job.StopFlag turns both into a clean stop.
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _hydra_job()
+    except KeyboardInterrupt:  # SweepInterrupted, or Ctrl-C outside a job
+        sweep = _LAUNCH["sweep_dir"]
+        where = f"; finish it with: kdrun resume {shlex.quote(str(sweep))}" if sweep else ""
+        print(f"kdrun: interrupted; results written so far are intact{where}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if user_full_error or _LAUNCH["debug"]:
+            raise
+        os_err = find_os_error(e)
+        msg = os_error_message(os_err) if os_err is not None else None
+        print(f"kdrun: error: {msg or explain(e)}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        if user_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    return None
+
+
+def run_hydra(args: list[str]) -> int:
+    """Run a job or a sweep with these overrides; return the exit status of the command."""
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    passthrough = any(a.startswith("-") and a not in ("-m", "--multirun") for a in args)
+    if not passthrough and not user_full_error:
+        err = precheck(args)
+        if err is not None:
+            print(f"kdrun: error: {err}", file=sys.stderr)
+            return 2
+    sys.argv = [sys.argv[0], *args]
+    EXIT.reset()
+    _LAUNCH.update(sweep_dir=None, debug=False)
+    # Hydra prints a traceback for errors outside the job (an output directory it cannot
+    # create, a config it cannot compose) unless HYDRA_FULL_ERROR is set, in which case it
+    # re-raises them: set it, and turn them into one line here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    early = _launch(user_full_error)
+    if early is not None:
+        return early
+    sweep = _LAUNCH["sweep_dir"]
+    if sweep and EXIT.code != 0:
+        print(
+            f"kdrun: some jobs of the sweep did not complete (their metrics.json says why); "
+            f"`kdrun resume {shlex.quote(str(sweep))}` reruns only those",
+            file=sys.stderr,
+        )
+    return EXIT.code

@@ -1,0 +1,115 @@
+"""One-line explanations of the Hydra/OmegaConf composition errors people hit most."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import re
+
+from omegaconf import OmegaConf
+
+from kdrun.config import KdrunConfig
+
+_GROUP_MISSING = re.compile(r"Could not find '([\w-]+)/([^']+)'")
+_KEY_MISSING = re.compile(r"Could not override '([^']+)'")
+_BAD_VALUE = re.compile(
+    r"Error merging override ([^=\s]+)=(.*?); Value '.*' of type '\w+' could not be converted to "
+    r"(\w+)"
+)
+
+_NOT_A_LIST = re.compile(
+    r"Error merging override ([^=\s]+)=(.*?); Invalid value assigned: \w+ is not a ListConfig"
+)
+
+
+def _schema_keys() -> list[str]:
+    out: list[str] = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            out.append(prefix + k)
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(OmegaConf.to_container(OmegaConf.structured(KdrunConfig)), "")
+    return out
+
+
+def explain(e: BaseException) -> str:
+    """One line naming the problem and the fix, for the composition errors people hit most."""
+    text = _one_line(e)
+    m = _GROUP_MISSING.search(text)
+    if m:
+        group, name = m.groups()
+        choices, listing = [], False
+        for line in str(e).splitlines():  # Hydra lists the options one per indented line
+            if line.startswith("Available options in"):
+                listing = True
+            elif listing and line[:1] in ("\t", " ") and line.strip():
+                choices.append(line.strip())
+            elif listing:
+                break
+        hint = f"; choose one of: {', '.join(choices)}" if choices else ""
+        return f"unknown {group} '{name}' (no conf/{group}/{name}.yaml){hint}"
+    m = _KEY_MISSING.search(text)
+    if m and "not in" in text:
+        key = m.group(1).lstrip("+~")
+        close = difflib.get_close_matches(key, _schema_keys(), n=1, cutoff=0.75)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown config key '{key}'; {hint}`kdrun --cfg job` lists every key"
+    m = _NOT_A_LIST.search(text)
+    if m:
+        key, value = m.groups()
+        return f"{key}={value}: '{value}' is not a list; write it as {key}=[3,5]"
+    m = _BAD_VALUE.search(text)
+    if m:
+        key, value, typ = m.groups()
+        return f"{key}={value}: '{value}' is not a valid {typ.lower()}; give {key} a {typ.lower()}"
+    return text
+
+
+# Optional launchers: the Hydra plugin each needs and the kdrun extra that installs it.
+LAUNCHER_EXTRAS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+
+def missing_launcher(override: str) -> str | None:
+    """The one-line fix for ``hydra/launcher=NAME`` when NAME's plugin is not installed."""
+    key, _, name = override.partition("=")
+    if key.lstrip("+") != "hydra/launcher" or name not in LAUNCHER_EXTRAS:
+        return None
+    module, extra = LAUNCHER_EXTRAS[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:
+        found = False
+    return None if found else f"hydra/launcher={name} needs an extra: pip install 'kdrun[{extra}]'"
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra/OmegaConf composition errors span several lines; squeeze them into one."""
+    parts = []
+    while e is not None:
+        for line in str(e).splitlines():
+            line = line.strip()
+            if line and not line.startswith(
+                (
+                    "full_key",
+                    "object_type",
+                    "reference_type",
+                    "Set the environment",
+                    "Config search path",
+                    "provider=",
+                )
+            ):
+                parts.append(line.rstrip("."))
+        e = e.__cause__
+    seen: list[str] = []
+    for p in parts:
+        if p not in seen:
+            seen.append(p)
+    return "; ".join(seen)

@@ -1,0 +1,146 @@
+"""Semantic checks of a composed config, run before anything is trained or written.
+
+Method-specific checks live with the methods (``Distiller.check_config``); the experiments
+layer runs both (``kdrun.experiments.validate``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.config.schema import KdrunConfig
+from kdrun.data import DATASETS
+from kdrun.errors import ConfigError
+from kdrun.models import MODELS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+DATA_PLACEMENTS = ("auto", "device", "host")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _check_train(prefix: str, t: Any) -> None:
+    _check(t.epochs >= 1, f"{prefix}.epochs must be >= 1 (got {t.epochs})")
+    _check(t.batch_size >= 1, f"{prefix}.batch_size must be >= 1 (got {t.batch_size})")
+    _check(t.lr > 0, f"{prefix}.lr must be > 0 (got {t.lr})")
+    _check(t.weight_decay >= 0, f"{prefix}.weight_decay must be >= 0 (got {t.weight_decay})")
+    _check(
+        t.optimizer in OPTIMIZERS,
+        f"unknown {prefix}.optimizer '{t.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}",
+    )
+    _check(
+        t.schedule in SCHEDULES,
+        f"unknown {prefix}.schedule '{t.schedule}'; choose one of: {', '.join(SCHEDULES)}",
+    )
+    _check(t.warmup_epochs >= 0, f"{prefix}.warmup_epochs must be >= 0 (got {t.warmup_epochs})")
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys absent from the schema: ``+key=value`` can add them past OmegaConf's struct check."""
+    ref = OmegaConf.to_container(OmegaConf.structured(KdrunConfig))
+    given = OmegaConf.to_container(cfg, resolve=False)
+    out: list[str] = []
+
+    def walk(node: dict, schema: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if k not in schema:
+                out.append(prefix + str(k))
+            elif isinstance(v, dict) and isinstance(schema[k], dict) and prefix + k != "method":
+                walk(v, schema[k], f"{prefix}{k}.")  # method.* is checked by its own Options
+
+    walk(given, ref, "")
+    return out
+
+
+def _check_models(cfg: DictConfig) -> None:
+    for role in ("teacher", "student"):
+        m = cfg[role]
+        _check(
+            m.name in MODELS,
+            f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
+        )
+        _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
+        _check_train(f"{role}.train", m.train)
+
+
+def _check_dataset(ds: DictConfig) -> None:
+    _check(
+        0 < ds.train_fraction <= 1,
+        f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
+    )
+    n_cls = DATASETS[ds.name].num_classes
+    bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
+    _check(
+        not bad,
+        f"class(es) {bad} out of range for {ds.name}: classes are 0..{n_cls - 1}; fix "
+        f"dataset.omit_classes / dataset.keep_classes",
+    )
+    _check(
+        len(set(ds.omit_classes)) < n_cls,
+        "dataset.omit_classes omits every class; the student would have no data; omit fewer",
+    )
+    _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
+    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
+    _check(
+        not (ds.omit_classes and ds.keep_classes),
+        "set either dataset.omit_classes or dataset.keep_classes, not both",
+    )
+
+
+def _check_runtime(rt: DictConfig) -> None:
+    _check(
+        rt.amp in AMP_MODES,
+        f"unknown runtime.amp '{rt.amp}'; choose one of: {', '.join(AMP_MODES)}",
+    )
+    _check(
+        rt.data_on_device in DATA_PLACEMENTS,
+        f"unknown runtime.data_on_device '{rt.data_on_device}'; choose one of: "
+        f"{', '.join(DATA_PLACEMENTS)}",
+    )
+    _check(rt.num_threads >= 0, "runtime.num_threads must be >= 0 (0 = torch's default)")
+    _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
+    _check(
+        rt.progress in ("auto", "on", "off"),
+        f"unknown runtime.progress '{rt.progress}'; choose one of: auto, on, off",
+    )
+
+
+def _check_analysis(an: DictConfig) -> None:
+    _check(
+        an.bias_prior in ("teacher", "uniform"),
+        f"unknown analysis.bias_prior '{an.bias_prior}'; choose one of: teacher, uniform",
+    )
+    _check(
+        len(an.temperatures) > 0 and all(t > 0 for t in an.temperatures),
+        f"analysis.temperatures must be positive numbers (got {list(an.temperatures)})",
+    )
+    _check(an.examples >= 0, f"analysis.examples must be >= 0 (got {an.examples})")
+    _check(an.full_data_epochs >= 0, "analysis.full_data_epochs must be >= 0 (0 = student's)")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Semantic checks that must pass before anything is trained or written (the method's
+    own options are checked by the method: kdrun.experiments.validate runs both)."""
+    extra = unknown_keys(cfg)
+    _check(
+        not extra,
+        f"unknown config key '{extra[0] if extra else ''}'; remove it (`kdrun --cfg job` lists "
+        f"every key)",
+    )
+    _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
+    _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
+    _check(
+        cfg.dataset.name in DATASETS,
+        f"unknown dataset '{cfg.dataset.name}'; choose one of: {', '.join(sorted(DATASETS))}",
+    )
+    _check_models(cfg)
+    _check_dataset(cfg.dataset)
+    _check_runtime(cfg.runtime)
+    _check_analysis(cfg.analysis)

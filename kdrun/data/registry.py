@@ -1,0 +1,49 @@
+"""The data set registry: a loader per name, returning raw arrays (kdrun.data.builtin fills it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class RawData:
+    """What a loader returns: images in [0, 1] as float32 (N, C, H, W) and int64 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass
+class DatasetSpec:
+    load: Callable[..., RawData]
+    num_classes: int
+    class_names: list[str]
+    task: str = "classify"  # the kdrun.tasks entry that knows how to train on it
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, num_classes: int, class_names: list[str], task: str = "classify"):
+    def deco(fn: Callable[..., RawData]) -> Callable[..., RawData]:
+        DATASETS[name] = DatasetSpec(fn, num_classes, class_names, task)
+        return fn
+
+    return deco
+
+
+def default_data_root() -> Path:
+    """Where downloads go when dataset.root is unset ($KDRUN_DATA overrides)."""
+    return Path(os.environ.get("KDRUN_DATA", Path.home() / ".cache" / "kdrun" / "data"))
+
+
+def system_data_root() -> Path:
+    """Distribution-installed data sets, e.g. Debian's dataset-fashion-mnist."""
+    return Path(os.environ.get("KDRUN_SYSTEM_DATASETS", "/usr/share/datasets"))

@@ -1,0 +1,27 @@
+"""The engine: the one training loop, checkpoints and resume, evaluation, device and speed."""
+
+from kdrun.engine.checkpoint import seed_everything
+from kdrun.engine.device import resolve_device, set_threads
+from kdrun.engine.evaluate import accuracy, autocast_context, predict
+from kdrun.engine.loop import FitResult, ValScore, fit, val_accuracy
+from kdrun.engine.optim import lr_factor, make_optimizer
+from kdrun.engine.perf import Perf, data_device, fetch, place_data
+
+__all__ = [
+    "FitResult",
+    "Perf",
+    "accuracy",
+    "autocast_context",
+    "data_device",
+    "fetch",
+    "fit",
+    "lr_factor",
+    "make_optimizer",
+    "place_data",
+    "predict",
+    "resolve_device",
+    "seed_everything",
+    "set_threads",
+    "val_accuracy",
+    "ValScore",
+]

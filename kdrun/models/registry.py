@@ -1,0 +1,34 @@
+"""Model registry. Every builder takes (model config, input shape, class count).
+
+Each model records two names that feature-based methods read through forward hooks, so no
+model is rewritten for distillation:
+  - ``kd_stages``: module names whose outputs are the intermediate stage features;
+  - ``kd_head``: the name of the final linear classifier (its input is the embedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+ModelBuilder = Callable[..., nn.Module]
+MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    def deco(fn: ModelBuilder) -> ModelBuilder:
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_model(cfg, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    model = MODELS[cfg.name](cfg, tuple(in_shape), num_classes)
+    assert hasattr(model, "kd_stages") and hasattr(model, "kd_head"), cfg.name
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
