@@ -91,7 +91,7 @@ def test_seqkd_trains_on_teacher_samples_addressed_by_index():
     assert s.shape == (4, L + 1) and torch.equal(s, again)
     assert torch.equal(s[:, :3], x[:, :3].to(torch.int32))
     student = _gpt(0)
-    d = SeqKD(student, teacher, 0.6, s, 3)
+    d = SeqKD(student, teacher, 0.6, s, torch.arange(4), 3)
     _, parts = d(x, y, idx, None)
     ys = s[:, 1:].long().clone()
     ys[:, :2] = IGNORE

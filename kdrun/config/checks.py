@@ -76,6 +76,12 @@ def _check_dataset(ds: DictConfig) -> None:
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
     )
     n_cls = DATASETS[ds.name].num_classes
+    if n_cls == 0:  # a data set without classes (a text corpus): no class options apply
+        _check(
+            not (ds.omit_classes or ds.keep_classes),
+            f"dataset {ds.name} has no classes; remove dataset.omit_classes/keep_classes",
+        )
+        return
     bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
     _check(
         not bad,

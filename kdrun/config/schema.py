@@ -39,6 +39,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # for schedule=step
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # > 0: an "epoch" is this many batches drawn afresh from the training rows (for corpora
+    # too large to pass over: validation, selection and checkpoints happen at its end)
+    steps_per_epoch: int = 0
 
 
 @dataclass
@@ -51,6 +54,11 @@ class ModelConfig:
     widen_factor: int = 1  # wrn widening / resnet "x4" multiplier
     dropout: float = 0.0
     checkpoint: str | None = None  # load weights instead of training (teacher only)
+    n_layer: int = 2  # gpt: transformer blocks
+    n_head: int = 2  # gpt: attention heads (dividing n_embd)
+    n_embd: int = 128  # gpt: width
+    block_size: int = 0  # gpt: positions; 0 = the data's dataset.block_size
+    path: str | None = None  # hf_causal_lm: a local save_pretrained directory
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -70,6 +78,13 @@ class DatasetConfig:
     augment: bool = False  # batched random crop + flip (image sets)
     crop_padding: int = 4
     hflip: bool = True
+    # text corpora (task lm: kdrun.data.text)
+    path: str | None = None  # dataset=text: a text file or a directory of them
+    glob: str = "*"  # dataset=text with a directory: the files to read (recursively)
+    tokenizer: str | None = None  # a local Hugging Face tokenizer directory; None = bytes
+    block_size: int = 256  # tokens per training context
+    stride: int = 0  # tokens between window starts; 0 = block_size (non-overlapping)
+    test_size: float = 0.1  # share of the text held out for test (val_size: for validation)
 
 
 @dataclass

@@ -3,19 +3,23 @@
 Importing this package registers every built-in data set.
 """
 
-from kdrun.data import builtin  # noqa: F401  (registration)
+from kdrun.data import builtin, text  # noqa: F401  (registration)
 from kdrun.data.builtin import read_idx
 from kdrun.data.bundle import DataBundle, augment_batch, batch_indices, load_data
 from kdrun.data.registry import DATASETS, DatasetSpec, RawData, register_dataset
+from kdrun.data.text import TextData, bits_per_byte, load_text_data
 
 __all__ = [
     "DATASETS",
     "DataBundle",
     "DatasetSpec",
     "RawData",
+    "TextData",
     "augment_batch",
     "batch_indices",
+    "bits_per_byte",
     "load_data",
+    "load_text_data",
     "read_idx",
     "register_dataset",
 ]

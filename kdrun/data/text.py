@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import sysconfig
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdrun.data.registry import DATASETS, register_dataset
 from kdrun.errors import DataError, one_line
 
 # Parts of the standard library left out of ``pystdlib``: test suites (they hold deliberately
@@ -342,32 +342,21 @@ def build_text_data(cfg, name: str, files: list[TextFile], extra: dict[str, Any]
     return TextData(name, tokens, block, stride, tok.vocab_size, bpt, tok, s_idx, extra=info)
 
 
-TextLoader = Callable[[Any], TextData]
-TEXT_DATASETS: dict[str, TextLoader] = {}
+def _lm_dataset(name: str):
+    """Register a corpus loader in the data set registry under the ``lm`` task."""
+    return register_dataset(name, num_classes=0, class_names=[], task="lm")
 
 
-def register_text_dataset(name: str) -> Callable[[TextLoader], TextLoader]:
-    def deco(fn: TextLoader) -> TextLoader:
-        TEXT_DATASETS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_text_dataset("text")
+@_lm_dataset("text")
 def load_text(cfg) -> TextData:
     if not cfg.path:
         raise DataError("dataset=text needs dataset.path=FILE_OR_DIR (plain text files)")
     files = read_text_files(cfg.path, cfg.glob)
-    return build_text_data(
-        cfg,
-        "text",
-        files,
-        {"path": str(cfg.path), "files": len(files), "files_sha256": corpus_hash(files)},
-    )
+    extra = {"path": str(cfg.path), "files": len(files), "files_sha256": corpus_hash(files)}
+    return build_text_data(cfg, "text", files, extra)
 
 
-@register_text_dataset("pystdlib")
+@_lm_dataset("pystdlib")
 def load_pystdlib(cfg) -> TextData:
     files = read_pystdlib()
     v = sys.version_info
@@ -380,11 +369,10 @@ def load_pystdlib(cfg) -> TextData:
 
 
 def load_text_data(cfg) -> TextData:
-    if cfg.name not in TEXT_DATASETS:
-        raise DataError(
-            f"unknown text dataset '{cfg.name}'; choose one of: {', '.join(sorted(TEXT_DATASETS))}"
-        )
-    return TEXT_DATASETS[cfg.name](cfg)
+    if cfg.name not in DATASETS or DATASETS[cfg.name].task != "lm":
+        names = sorted(k for k, v in DATASETS.items() if v.task == "lm")
+        raise DataError(f"unknown text dataset '{cfg.name}'; choose one of: {', '.join(names)}")
+    return DATASETS[cfg.name].load(cfg)
 
 
 def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:

@@ -17,16 +17,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.config import to_container
+from kdrun.config import DatasetConfig, to_container
 from kdrun.data import DATASETS, DataBundle
-from kdrun.engine import FitResult, accuracy, fit, place_data, resolve_device, set_threads
+from kdrun.engine import FitResult, RowCache, fit, place_data, resolve_device, set_threads
 from kdrun.engine.perf import Perf
 from kdrun.errors import CheckpointError
 from kdrun.experiments.analyses import run_analyses
 from kdrun.experiments.kinds import register_kind
-from kdrun.methods import METHODS, Distiller
+from kdrun.methods import Distiller
 from kdrun.methods.kd import KD
-from kdrun.methods.losses import kl_soft
+from kdrun.methods.lm import teacher_samples
 from kdrun.models import count_params
 from kdrun.store import (
     ArtifactStore,
@@ -47,20 +47,24 @@ def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     return spec
 
 
-def data_spec(cfg: DictConfig, student: bool) -> dict[str, Any]:
-    """The data set fields that change what a model trained on it learns."""
+# Data set fields that change what a model learns, besides name, split and student subset.
+# Classification's are the image options; a text corpus adds how it is cut into samples.
+_DATA_KEYS = ("augment", "crop_padding", "hflip", "limit_train", "limit_test")
+_TEXT_KEYS = ("path", "glob", "tokenizer", "block_size", "stride", "test_size")
+
+
+def data_spec(cfg: DictConfig, student: bool, content: str | None = None) -> dict[str, Any]:
+    """The data set fields that change what a model trained on it learns; ``content`` is a
+    hash of the data's content when the loader has one (a text corpus on disk can change)."""
     ds = cfg.dataset
-    spec = {
-        "name": ds.name,
-        "val_size": ds.val_size,
-        "split_seed": ds.split_seed,
-        "augment": ds.augment,
-        "crop_padding": ds.crop_padding,
-        "hflip": ds.hflip,
-        # limit_train changes the training data; limit_test the test numbers kept in meta.
-        "limit_train": ds.limit_train,
-        "limit_test": ds.limit_test,
-    }
+    spec = {"name": ds.name, "val_size": ds.val_size, "split_seed": ds.split_seed}
+    # limit_train changes the training data; limit_test the test numbers kept in meta.
+    spec.update({k: ds[k] for k in _DATA_KEYS})
+    # text fields only when set away from their defaults: image keys stay as they were
+    defaults = DatasetConfig()
+    spec.update({k: ds[k] for k in _TEXT_KEYS if ds[k] != getattr(defaults, k)})
+    if content:
+        spec["content"] = content
     if student:
         spec.update(
             train_fraction=ds.train_fraction,
@@ -100,21 +104,34 @@ def resumable_config(cfg: DictConfig) -> dict[str, Any]:
     return c
 
 
+_META_FIELDS = ("model", "params", "best_epoch", "train_seconds", "history")
+
+
 @dataclass
 class StageReport:
-    """What the report shows about one trained model."""
+    """What the report shows about one trained model: ``scores`` are the task's test
+    metrics, ``last_<headline>`` (the last epoch's) and the validation metric it selected on."""
 
     model: str
     params: int
-    test_acc: float
-    val_acc: float
-    last_test_acc: float
+    scores: dict[str, Any]
     best_epoch: int
     train_seconds: float
     from_cache: bool = False
 
+    @property
+    def test_acc(self) -> float | None:
+        return self.scores.get("test_acc")
+
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {
+            "model": self.model,
+            "params": self.params,
+            **self.scores,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "from_cache": self.from_cache,
+        }
 
 
 class Pipeline:
@@ -140,6 +157,10 @@ class Pipeline:
         self.should_stop = lambda: False
 
     # ---- helpers -------------------------------------------------------------------
+    def data_spec(self, student: bool) -> dict[str, Any]:
+        content = getattr(self.data, "extra", {}).get("files_sha256")
+        return data_spec(self.cfg, student, content)
+
     def _build(self, model_cfg: DictConfig) -> nn.Module:
         model = self.task.build_model(model_cfg, self.data).to(self.device)
         return self.perf.prepare_model(model)
@@ -156,7 +177,10 @@ class Pipeline:
         d = self.data
         rt = self.cfg.runtime
         n = len(d.student_idx if student else d.teacher_idx)
-        steps = recipe.epochs * -(-n // recipe.batch_size)
+        per_epoch = -(-n // recipe.batch_size)
+        if recipe.steps_per_epoch > 0:
+            per_epoch = min(per_epoch, recipe.steps_per_epoch)
+        steps = recipe.epochs * per_epoch
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
                 distiller,
@@ -172,6 +196,7 @@ class Pipeline:
                 should_stop=self.should_stop,
                 resume=self.cfg.resume,
                 val_score=self.task.val_score,
+                selection=self.task.selection,
                 **hooks,
                 **kw,
             )
@@ -181,19 +206,28 @@ class Pipeline:
         rt = self.cfg.runtime
         return self.task.test_logits(model, self.data, rt.eval_batch_size, rt.amp)
 
-    def _test_acc(self, model: nn.Module, state: dict[str, torch.Tensor]) -> float:
-        model.load_state_dict(state)
-        return self.task.test_score(self.evaluate(model), self.data)
+    def test_metrics(self, model: nn.Module) -> dict[str, Any]:
+        rt = self.cfg.runtime
+        return self.task.test_metrics(model, self.data, rt.eval_batch_size, rt.amp)
+
+    def _test_scores(self, model: nn.Module, res: FitResult) -> dict[str, Any]:
+        """The task's test metrics of the selected weights (left loaded), the headline of the
+        last epoch's, and the validation metric the selection used."""
+        headline = self.task.headline
+        model.load_state_dict(res.last_state)
+        last = self.test_metrics(model)[headline]
+        model.load_state_dict(res.best_state)
+        return {
+            **self.test_metrics(model),
+            self.task.selection.name: res.best_val_acc,
+            f"last_{headline}": last,
+        }
 
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
-        last = self._test_acc(model, res.last_state)
-        best = self._test_acc(model, res.best_state)  # leaves the best weights loaded
         return {
             "model": cfg_m.name,
             "params": count_params(model),
-            "test_acc": best,
-            "val_acc": res.best_val_acc,
-            "last_test_acc": last,
+            **self._test_scores(model, res),
             "best_epoch": res.best_epoch,
             "train_seconds": res.train_seconds,
             "history": res.history,
@@ -233,12 +267,11 @@ class Pipeline:
             for r in meta["history"]
         )
         self.from_store[stage or kind] = art.from_cache
+        scores = {k: v for k, v in meta.items() if k not in _META_FIELDS}
         rep = StageReport(
             meta["model"],
             meta["params"],
-            meta["test_acc"],
-            meta["val_acc"],
-            meta["last_test_acc"],
+            scores,
             meta["best_epoch"],
             meta["train_seconds"],
             art.from_cache,
@@ -279,16 +312,14 @@ class Pipeline:
                     f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
                     f"{cfg.dataset.name} ({first}); check the teacher model and data set"
                 ) from None
-            logits = self.evaluate(model)
+            headline = self.task.headline
+            scores = {
+                **self.test_metrics(model),
+                self.task.selection.name: float("nan"),
+                f"last_{headline}": float("nan"),
+            }
             self.reports["teacher"] = StageReport(
-                tcfg.name,
-                count_params(model),
-                self.task.test_score(logits, self.data),
-                float("nan"),
-                float("nan"),
-                0,
-                0.0,
-                True,
+                tcfg.name, count_params(model), scores, 0, 0.0, True
             )
             # Keyed by content, so overwriting the file never reuses stale cached logits.
             self.teacher_keys.append(f"file:{sha256_file(path)}")
@@ -315,7 +346,7 @@ class Pipeline:
         spec = {
             "role": kind,
             "model": _model_spec(model_cfg),
-            "data": data_spec(cfg, student=False),
+            "data": self.data_spec(student=False),
             "seed": seed,
         }
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
@@ -370,7 +401,7 @@ class Pipeline:
         s_cfg = cfg.student
         if epochs:
             s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
-        data = data_spec(cfg, student=True)
+        data = self.data_spec(student=True)
         if full_data:
             data.update(train_fraction=1.0, omit_classes=[], keep_classes=[])
         spec = {
@@ -398,8 +429,8 @@ class Pipeline:
         self.reports[stage] = rep
         return model
 
-    def teacher_cache(self, distiller: Distiller) -> torch.Tensor | None:
-        """Teacher outputs for the whole training split, computed once and stored."""
+    def teacher_cache(self, distiller: Distiller) -> RowCache | None:
+        """Teacher outputs for the student's transfer set, computed once and stored."""
         cfg = self.cfg
         if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
             return None
@@ -408,59 +439,78 @@ class Pipeline:
         spec = {
             "teachers": list(self.teacher_keys),
             "method": to_container(cfg.method),
-            "data": data_spec(cfg, student=False),
+            "outputs": distiller.cache_spec(),
+            "data": self.data_spec(student=True),
         }
-        x, n = self.data.x_train, len(self.data.y_train)
+        x = self.data.x_train
+        rows = self.data.student_idx.to(x.device)
 
-        def outputs(rows: torch.Tensor) -> torch.Tensor:  # the frozen teacher, in eval mode
-            return distiller.teacher_outputs(x.index_select(0, rows).to(self.device)).float()
+        def outputs(r: torch.Tensor) -> Any:  # the frozen teacher, in eval mode
+            return _float_rows(distiller.teacher_outputs(x.index_select(0, r).to(self.device)))
 
         def build(_workdir: Path):
             bs = cfg.runtime.eval_batch_size
-            all_rows = torch.arange(n, device=x.device)
-            outs = [outputs(all_rows[i : i + bs]).cpu() for i in range(0, n, bs)]
-            return torch.cat(outs), {"rows": n}
-
-        def check(t: Any) -> None:
-            """A stored cache must be this teacher's outputs for this split, row by row:
-            recompute a spread of rows and compare (a shifted or stale cache fails)."""
-            if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] != n:
-                raise CorruptArtifact("teacher outputs do not match the training split")
-            if not torch.isfinite(t).all():
-                raise CorruptArtifact("teacher outputs contain NaN/inf")
-            rows = torch.linspace(0, n - 1, min(n, 32)).long()
-            fresh = outputs(rows.to(x.device)).cpu()
-            tol = 1e-3 * (1 + float(fresh.abs().max()))
-            if fresh.shape != t[rows].shape or not torch.allclose(
-                fresh, t[rows].float(), rtol=1e-3, atol=tol
-            ):
-                raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
-
-        art = self.store.get_or_build("teacher_logits", spec, build, check=check)
-        self.from_store["teacher_logits"] = art.from_cache
-        return art.payload.to(x.device)  # beside the data: rows are fetched with the batch
-
-    def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
-        """The teacher's test-set outputs, computed once per teacher and split (store)."""
-        n = len(self.data.y_test)
-        spec = {"teacher": self.teacher_keys[0], "data": data_spec(self.cfg, student=False)}
-
-        def check(t: Any) -> None:
-            if not isinstance(t, torch.Tensor) or t.shape[0] != n:
-                raise CorruptArtifact("teacher test logits do not match the test split")
+            parts = [_cpu_rows(outputs(rows[i : i + bs])) for i in range(0, len(rows), bs)]
+            return _cat_rows(parts), {"rows": len(rows)}
 
         art = self.store.get_or_build(
-            "teacher_test_logits",
-            spec,
-            lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}),
-            check=check,
+            "teacher_logits", spec, build, check=_cache_check(outputs, rows)
         )
+        self.from_store["teacher_logits"] = art.from_cache
+        pos = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        pos[rows] = torch.arange(len(rows), device=x.device)
+        # beside the data: rows are fetched with the batch
+        return RowCache(_rows_to(art.payload, x.device), pos)
+
+    def teacher_reference(self, teacher: nn.Module) -> Any:
+        """The teacher's test outputs students are compared with, once per teacher (store)."""
+        n = len(self.data.y_test)
+        spec = {"teacher": self.teacher_keys[0], "data": self.data_spec(student=False)}
+        rt = self.cfg.runtime
+
+        def check(t: Any) -> None:
+            if _n_rows(t) != n:
+                raise CorruptArtifact("teacher test outputs do not match the test split")
+
+        def build(_wd: Path):
+            ref = self.task.teacher_reference(teacher, self.data, rt.eval_batch_size, rt.amp)
+            return _cpu_rows(ref), {"rows": n}
+
+        art = self.store.get_or_build("teacher_test_logits", spec, build, check=check)
         self.from_store["teacher_test_logits"] = art.from_cache
-        return art.payload.to(self.device)
+        return art.payload
+
+    def teacher_samples(self, teacher: nn.Module, opts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences sampled once from the teacher (sequence-level KD), continuing windows of
+        the transfer set; with each training row's sample (``pos``, cycling when fewer)."""
+        d = self.data
+        rows = d.student_idx.cpu()
+        n = opts.samples or len(rows)
+        windows = torch.cat([d.x_train[rows[:n]], d.y_train[rows[:n], -1:]], 1).cpu()
+        spec = {
+            "teacher": self.teacher_keys[0],
+            "options": dict(vars(opts)),
+            "data": self.data_spec(student=True),
+        }
+
+        def check(t: Any) -> None:
+            if not isinstance(t, torch.Tensor) or t.shape != windows.shape:
+                raise CorruptArtifact("teacher samples do not match the transfer set")
+
+        def build(_wd: Path):
+            bs = max(1, self.cfg.runtime.eval_batch_size // 16)
+            out = teacher_samples(teacher, windows, opts, bs, self.cfg.teacher_seed)
+            return out, {"rows": len(out)}
+
+        art = self.store.get_or_build("teacher_samples", spec, build, check=check)
+        self.from_store["teacher_samples"] = art.from_cache
+        pos = torch.zeros(len(d.x_train), dtype=torch.long)
+        pos[rows] = torch.arange(len(rows)) % len(art.payload)
+        return art.payload, pos
 
     def distill(self) -> tuple[Distiller, FitResult]:
         cfg = self.cfg
-        method = METHODS[cfg.method.name]
+        method = self.task.methods[cfg.method.name]
         distiller = method.build(cfg, self).to(self.device)
         cache = self.teacher_cache(distiller)
         ckpt_dir = self.run_dir / "checkpoints"
@@ -480,67 +530,90 @@ class Pipeline:
         return distiller, res
 
 
-def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
-    out = []
-    for c in range(num_classes):
-        m = y == c
-        out.append(float((pred[m] == c).float().mean()) if m.any() else float("nan"))
-    return out
+# ---- per-sample outputs: a tensor or a dict of tensors, first dim the sample ------------
+def _float_rows(out: Any) -> Any:
+    return out if isinstance(out, dict) else out.float()
 
 
-def _student_report(
-    p: Pipeline, student: nn.Module, res: FitResult, t_logits: torch.Tensor | None
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """The distilled student's test numbers (its last epoch's too), and its test logits."""
-    y = p.data.y_test.to(p.device)
-    student.load_state_dict(res.last_state)
-    last_test = accuracy(p.evaluate(student), p.data.y_test)
-    student.load_state_dict(res.best_state)
-    s_logits = p.evaluate(student)
-    kl = None if t_logits is None else float(kl_soft(s_logits, t_logits, 1.0))
-    rep = {
+def _cpu_rows(out: Any) -> Any:
+    return {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
+
+
+def _rows_to(out: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in out.items()} if isinstance(out, dict) else out.to(device)
+
+
+def _cat_rows(parts: list[Any]) -> Any:
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def _n_rows(out: Any) -> int | None:
+    if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
+        sizes = {v.shape[0] for v in out.values()}
+        return sizes.pop() if len(sizes) == 1 else None
+    return out.shape[0] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+
+
+def _cache_check(outputs: Callable[[torch.Tensor], Any], rows: torch.Tensor):
+    """A stored cache must be this teacher's outputs for these rows, row by row: recompute
+    a spread of rows and compare the floating-point parts (a shifted or stale cache fails)."""
+
+    def check(t: Any) -> None:
+        n = len(rows)
+        if _n_rows(t) != n:
+            raise CorruptArtifact("teacher outputs do not match the student's training rows")
+        stored = t if isinstance(t, dict) else {"": t}
+        if not all(torch.isfinite(v.float()).all() for v in stored.values()):
+            raise CorruptArtifact("teacher outputs contain NaN/inf")
+        probe = torch.linspace(0, n - 1, min(n, 32)).long()
+        fresh = _cpu_rows(outputs(rows[probe.to(rows.device)]))
+        fresh = fresh if isinstance(fresh, dict) else {"": fresh}
+        for k, v in fresh.items():
+            if not v.is_floating_point():
+                continue  # ids of near-tied top-k entries may swap between batch sizes
+            old = stored[k][probe].float()
+            tol = 1e-3 * (1 + float(v.float().abs().max()))
+            if v.shape != old.shape or not torch.allclose(v.float(), old, rtol=1e-3, atol=tol):
+                raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
+
+    return check
+
+
+def _student_report(p: Pipeline, student: nn.Module, res: FitResult, ref: Any) -> dict[str, Any]:
+    """The distilled student's test numbers (its last epoch's too)."""
+    rt = p.cfg.runtime
+    scores = p._test_scores(student, res)  # leaves the selected weights loaded
+    sel = p.task.selection.name
+    return {
         "model": p.cfg.student.name,
         "params": count_params(student),
-        "test_acc": accuracy(s_logits, y),
-        "val_acc": res.best_val_acc,
-        "last_test_acc": last_test,
-        "last_val_acc": res.last_val_acc,
+        **scores,
+        **p.task.compare(student, p.data, ref, rt.eval_batch_size, rt.amp),
+        f"last_{sel}": res.last_val_acc,
         "best_epoch": res.best_epoch,
         "train_seconds": res.train_seconds,
-        "agreement": agreement(s_logits, t_logits),
-        "kl_to_teacher": kl,
-        "per_class_acc": per_class_accuracy(s_logits.argmax(1), y, p.data.num_classes),
         "resumed_from_epoch": res.resumed_from_epoch,
     }
-    return rep, s_logits
 
 
-def agreement(logits: torch.Tensor, t_logits: torch.Tensor | None) -> float | None:
-    """Top-1 agreement with the teacher's test outputs (None without a teacher)."""
-    if t_logits is None:
-        return None
-    return float((logits.argmax(1) == t_logits.argmax(1)).float().mean())
-
-
-def _data_sizes(p: Pipeline) -> dict[str, int]:
-    return {
+def _data_sizes(p: Pipeline) -> dict[str, Any]:
+    sizes = {
         "train_size": len(p.data.y_train),
         "student_train_size": len(p.data.student_idx),
         "val_size": len(p.data.y_val),
         "test_size": len(p.data.y_test),
         "num_classes": p.data.num_classes,
     }
+    return {**sizes, **({"source": p.data.extra} if p.data.extra else {})}
 
 
-def _baseline_report(
-    p: Pipeline, baseline: nn.Module, t_logits: torch.Tensor | None
-) -> dict[str, Any]:
-    b_logits = p.evaluate(baseline)
-    y = p.data.y_test.to(p.device)
+def _baseline_report(p: Pipeline, baseline: nn.Module, ref: Any) -> dict[str, Any]:
+    rt = p.cfg.runtime
     return {
         **p.reports["baseline"].as_dict(),
-        "agreement": agreement(b_logits, t_logits),
-        "per_class_acc": per_class_accuracy(b_logits.argmax(1), y, p.data.num_classes),
+        **p.task.compare(baseline, p.data, ref, rt.eval_batch_size, rt.amp),
     }
 
 
@@ -570,14 +643,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     if should_stop is not None:
         p.should_stop = should_stop
     # A method without a teacher (e.g. DML) gets no teacher stage and teacher-less metrics.
-    teacher = p.teacher() if METHODS[cfg.method.name].needs_teacher else None
+    teacher = p.teacher() if p.task.methods[cfg.method.name].needs_teacher else None
     baseline = p.baseline() if cfg.baseline else None
     distiller, res = p.distill()
     student = distiller.student
     # Test-set numbers, computed once here; model selection used validation only.
-    t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
-    student_rep, _ = _student_report(p, student, res, t_logits)
+    ref = p.teacher_reference(teacher) if teacher is not None else None
+    student_rep = _student_report(p, student, res, ref)
     metrics: dict[str, Any] = {
+        "task": p.task.name,
         "teacher": p.reports["teacher"].as_dict() if teacher is not None else None,
         "baseline": None,
         "student": student_rep,
@@ -586,8 +660,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "data": _data_sizes(p),
     }
     if baseline is not None:
-        metrics["baseline"] = _baseline_report(p, baseline, t_logits)
-        metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
+        metrics["baseline"] = _baseline_report(p, baseline, ref)
+        key, sign = p.task.headline, 1.0 if p.task.higher_is_better else -1.0
+        metrics["kd_gain"] = sign * (student_rep[key] - metrics["baseline"][key])
     _save_models(run_dir / "checkpoints", teacher, baseline, res)
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:

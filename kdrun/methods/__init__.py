@@ -8,10 +8,20 @@ import kdrun.methods.dkd  # noqa: F401
 import kdrun.methods.dml  # noqa: F401
 import kdrun.methods.fitnet  # noqa: F401
 import kdrun.methods.kd  # noqa: F401
+import kdrun.methods.lm  # noqa: F401  (the lm task's methods: LM_METHODS)
 import kdrun.methods.multi_teacher  # noqa: F401
 import kdrun.methods.rkd  # noqa: F401
 import kdrun.methods.sp  # noqa: F401
 import kdrun.methods.takd  # noqa: F401
 from kdrun.methods.base import METHODS, BuildContext, Distiller, HardLabels, register_method
+from kdrun.methods.lm import LM_METHODS, LMHardLabels
 
-__all__ = ["METHODS", "BuildContext", "Distiller", "HardLabels", "register_method"]
+__all__ = [
+    "LM_METHODS",
+    "METHODS",
+    "BuildContext",
+    "Distiller",
+    "HardLabels",
+    "LMHardLabels",
+    "register_method",
+]

@@ -92,8 +92,14 @@ class Distiller(nn.Module):
         return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
 
     @torch.no_grad()
-    def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | None:
+    def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor] | None:
+        """Per-sample teacher outputs the pipeline may cache: a tensor or a dict of tensors
+        whose first dim is the sample."""
         return None if self.teacher is None else self.teacher(x)
+
+    def cache_spec(self) -> dict[str, Any]:
+        """What ``teacher_outputs`` depends on besides the teacher and the data (cache key)."""
+        return {}
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, teacher_out: torch.Tensor | None

@@ -212,16 +212,20 @@ class SeqKDOptions(MethodOptions):
 class SeqKD(Distiller):
     """alpha * CE(teacher-sampled sequences) + (1 - alpha) * CE(the real batch).
 
-    The samples are drawn once per teacher and options (the build context stores them) and
-    addressed by the batch's sample index, so every epoch sees the same teacher text."""
+    The samples are drawn once per teacher and options (the build context stores them);
+    ``pos[i]`` is the sample that stands for training row ``i``, so every epoch sees the same
+    teacher text for a row."""
 
     Options = SeqKDOptions
     cacheable = False
 
-    def __init__(self, student, teacher, alpha: float, samples: torch.Tensor, prompt: int):
+    def __init__(
+        self, student, teacher, alpha: float, samples: torch.Tensor, pos: torch.Tensor, prompt: int
+    ):
         super().__init__(student, teacher)
         self.alpha, self.prompt = alpha, prompt
         self.register_buffer("samples", samples, persistent=False)
+        self.register_buffer("pos", pos, persistent=False)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -236,12 +240,12 @@ class SeqKD(Distiller):
     def build(cls, cfg, ctx):
         o = cls.options(cfg.method)
         teacher = ctx.teacher()
-        samples = ctx.teacher_samples(teacher, o)
-        return cls(ctx.new_student(), teacher, cfg.alpha, samples, o.prompt_tokens)
+        samples, pos = ctx.teacher_samples(teacher, o)
+        return cls(ctx.new_student(), teacher, cfg.alpha, samples, pos, o.prompt_tokens)
 
     def forward(self, x, y, idx, teacher_out):
-        rows = self.samples.index_select(0, idx % len(self.samples)).to(x.device)
-        xs, ys = rows[:, :-1], rows[:, 1:].clone()
+        rows = self.samples.index_select(0, self.pos.index_select(0, idx)).to(x.device)
+        xs, ys = rows[:, :-1], rows[:, 1:].long().clone()
         ys[:, : self.prompt - 1] = IGNORE  # the prompt is real data; the rest is the teacher's
         soft = self.alpha * token_ce(self.student(xs), ys)
         logits = self.student(x)
