@@ -381,7 +381,16 @@ def fit(
     """
     perf = perf or Perf()
     t = _Trainer(
-        distiller, data, recipe, stage, seed, amp, perf, checkpoint, fingerprint, val_score,
+        distiller,
+        data,
+        recipe,
+        stage,
+        seed,
+        amp,
+        perf,
+        checkpoint,
+        fingerprint,
+        val_score,
         selection,
     )
     if resume:
