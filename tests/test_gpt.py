@@ -93,6 +93,6 @@ def test_hf_causal_lm_loads_a_saved_tiny_gpt2_without_network(tmp_path, monkeypa
     # a smaller tokenizer (the model pads its embedding): logits are cut to it
     assert hf_causal_lm(cfg, (16,), 60)(torch.zeros(1, 4, dtype=torch.long)).shape[-1] == 60
     with pytest.raises(ConfigError, match="vocabulary mismatch"):
-        hf_causal_lm(cfg, (16,), 256)
+        hf_causal_lm(cfg, (16,), 256)  # bytes (256) for a model of 64 tokens
     with pytest.raises(ConfigError, match="config.json"):
         hf_causal_lm(OmegaConf.create({"path": str(tmp_path)}), (16,), 64)

@@ -24,6 +24,7 @@ from kdrun.errors import ConfigError
 from kdrun.models.registry import register_model
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+MAX_VOCAB_PADDING = 512  # rows an HF model's embedding may have beyond its tokenizer's
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,9 @@ def hf_causal_lm(cfg, in_shape, num_classes) -> nn.Module:
     if not cfg.path:
         raise ConfigError("hf_causal_lm needs path=DIR (a directory from save_pretrained)")
     model = load_hf_causal_lm(cfg.path, num_classes)
-    if model.model_vocab < num_classes:
+    # An embedding padded a little past the tokenizer (to a multiple of 64, say) is the same
+    # vocabulary; anything else is another tokenizer's model.
+    if not num_classes <= model.model_vocab <= num_classes + MAX_VOCAB_PADDING:
         raise ConfigError(
             f"vocabulary mismatch: hf_causal_lm at {cfg.path} has {model.model_vocab} tokens but "
             f"the data's tokenizer has {num_classes}; set dataset.tokenizer to the model's own "
