@@ -140,10 +140,10 @@ class _Trainer:
         perf: Perf,
         checkpoint: Path | None,
         fingerprint: str,
-        val_score: ValScore,
-        selection: Selection,
     ) -> None:
-        self.val_score, self.selection = val_score, selection
+        # the task's validation metric and its direction (fit sets them)
+        self.val_score: ValScore = val_accuracy
+        self.selection = Selection()
         self.distiller, self.data, self.recipe, self.stage = distiller, data, recipe, stage
         self.amp, self.checkpoint, self.fingerprint = amp, checkpoint, fingerprint
         self.device = module_device(distiller.student, data.x_train.device)  # data may be on host
@@ -380,19 +380,8 @@ def fit(
     validation (the task's; accuracy by default), ``selection`` its name and direction.
     """
     perf = perf or Perf()
-    t = _Trainer(
-        distiller,
-        data,
-        recipe,
-        stage,
-        seed,
-        amp,
-        perf,
-        checkpoint,
-        fingerprint,
-        val_score,
-        selection,
-    )
+    t = _Trainer(distiller, data, recipe, stage, seed, amp, perf, checkpoint, fingerprint)
+    t.val_score, t.selection = val_score, selection
     if resume:
         t.resume()
     start_epoch = t.progress.epoch
