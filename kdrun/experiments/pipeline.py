@@ -214,13 +214,17 @@ class Pipeline:
         """The task's test metrics of the selected weights (left loaded), the headline of the
         last epoch's, and the validation metric the selection used."""
         headline = self.task.headline
-        model.load_state_dict(res.last_state)
-        last = self.test_metrics(model)[headline]
+        last_epoch = res.history[-1]["epoch"] if res.history else None
+        last = None
+        if res.best_epoch != last_epoch:  # else the same weights: one test pass is enough
+            model.load_state_dict(res.last_state)
+            last = self.test_metrics(model)[headline]
         model.load_state_dict(res.best_state)
+        best = self.test_metrics(model)
         return {
-            **self.test_metrics(model),
+            **best,
             self.task.selection.name: res.best_val_acc,
-            f"last_{headline}": last,
+            f"last_{headline}": best[headline] if last is None else last,
         }
 
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
