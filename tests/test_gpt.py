@@ -7,7 +7,16 @@ import torch
 from omegaconf import OmegaConf
 
 from kdrun.errors import ConfigError
-from kdrun.models.gpt import GPT, GPTShape, HFCausalLM, gpt, hf_causal_lm, sample, top_p_filter
+from kdrun.models.gpt import (
+    GPT,
+    GPTShape,
+    HFCausalLM,
+    gpt,
+    hf_causal_lm,
+    same_vocabulary,
+    sample,
+    top_p_filter,
+)
 
 
 def _tiny(**kw) -> GPT:
@@ -90,8 +99,10 @@ def test_hf_causal_lm_loads_a_saved_tiny_gpt2_without_network(tmp_path, monkeypa
     assert m.kd_stages == [f"hf.transformer.h.{i}" for i in range(2)]
     m.get_submodule(m.kd_stages[-1])
     assert sample(m, torch.zeros(1, 2, dtype=torch.long), 3, 0).shape == (1, 5)
-    # a smaller tokenizer (the model pads its embedding): logits are cut to it
+    # a smaller tokenizer (the model pads its embedding to 64): logits are cut to it
     assert hf_causal_lm(cfg, (16,), 60)(torch.zeros(1, 4, dtype=torch.long)).shape[-1] == 60
+    assert same_vocabulary(50304, 50277) and same_vocabulary(151936, 151643)
+    assert not same_vocabulary(300, 256) and not same_vocabulary(50257, 256)
     with pytest.raises(ConfigError, match="vocabulary mismatch"):
         hf_causal_lm(cfg, (16,), 256)  # bytes (256) for a model of 64 tokens
     with pytest.raises(ConfigError, match="config.json"):

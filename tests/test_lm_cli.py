@@ -174,3 +174,34 @@ def test_lm_bad_input_is_one_line(run_kdrun, tmp_path):
     assert len(err) == 1 and "logo.png is not UTF-8 text" in err[0], r.stderr
     r = run_kdrun(*SMOKE, "method=fitnet", run_dir=tmp_path / "run2")
     assert r.returncode == 2 and "unknown method 'fitnet'" in r.stderr
+
+
+@pytest.mark.slow
+def test_pretrained_hf_teacher_with_its_tokenizer(run_kdrun, tmp_path):
+    """A saved tiny GPT-2 and a tokenizer trained here (no download) as the untrained-by-us
+    teacher of a gpt student; a byte-level run with that teacher is a vocabulary mismatch."""
+    transformers = pytest.importorskip("transformers")
+    from tests.test_text_data import _save_tiny_tokenizer
+
+    corpus = _corpus(tmp_path / "c")
+    _save_tiny_tokenizer(tmp_path / "tok", corpus)
+    vocab = len(transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok")))
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=16, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(str(tmp_path / "m"))
+    hf = (
+        *SMOKE,
+        "dataset=text",
+        f"dataset.path={corpus}",
+        "dataset.block_size=16",
+        "teacher=hf_causal_lm",
+        f"teacher.path={tmp_path / 'm'}",
+        "teacher.pretrained=true",
+    )
+    r = run_kdrun(*hf, f"dataset.tokenizer={tmp_path / 'tok'}", run_dir=tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    m = read_json(tmp_path / "run" / "metrics.json")
+    assert m["teacher"]["model"] == "hf_causal_lm" and m["teacher"]["from_cache"] is True
+    assert m["data"]["num_classes"] == vocab and m["data"]["source"]["tokenizer"].startswith("hf:")
+    assert math.isfinite(m["student"]["test_bpb"]) and m["student"]["agreement"] is not None
+    r = run_kdrun(*hf, run_dir=tmp_path / "bytes")  # bytes (256) vs the model's vocabulary
+    assert r.returncode == 2 and "vocabulary mismatch" in r.stderr

@@ -54,6 +54,7 @@ class ModelConfig:
     widen_factor: int = 1  # wrn widening / resnet "x4" multiplier
     dropout: float = 0.0
     checkpoint: str | None = None  # load weights instead of training (teacher only)
+    pretrained: bool = False  # teacher only: use the model as built (hf_causal_lm: its weights)
     n_layer: int = 2  # gpt: transformer blocks
     n_head: int = 2  # gpt: attention heads (dividing n_embd)
     n_embd: int = 128  # gpt: width

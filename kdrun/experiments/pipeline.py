@@ -7,6 +7,7 @@ from the same initial weights and see the same batch order: their difference is 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,19 @@ log = logging.getLogger("kdrun")
 def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     spec = to_container(model_cfg)
     spec.pop("checkpoint", None)
+    if not spec.get("pretrained"):  # absent unless set: older store keys stay valid
+        spec.pop("pretrained", None)
     return spec
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 of a model's weights (names, shapes and values): what a cache derived from a
+    pretrained model is keyed by."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # Data set fields that change what a model learns, besides name, split and student subset.
@@ -289,46 +302,52 @@ class Pipeline:
         return self._teacher
 
     def _make_teacher(self) -> nn.Module:
-        cfg = self.cfg
-        tcfg = cfg.teacher
+        tcfg = self.cfg.teacher
         if tcfg.checkpoint:
-            model = self._build(tcfg)
-            path = Path(tcfg.checkpoint).expanduser()
-            if not path.is_file():
-                raise CheckpointError(
-                    f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt "
-                    f"from a kdrun run directory"
-                )
-            try:
-                state = load_weights(path)
-            except (CorruptArtifact, OSError, EOFError) as e:
-                raise CheckpointError(
-                    f"teacher.checkpoint={path} cannot be loaded: {e}; give a teacher.pt from a "
-                    f"kdrun run directory (or a file saved with torch.save(model.state_dict()))"
-                ) from None
-            try:
-                if not isinstance(state, dict):
-                    raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-                model.load_state_dict(state)
-            except Exception as e:
-                first = _first_reason(e)
-                raise CheckpointError(
-                    f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
-                    f"{cfg.dataset.name} ({first}); check the teacher model and data set"
-                ) from None
-            headline = self.task.headline
-            scores = {
-                **self.test_metrics(model),
-                self.task.selection.name: float("nan"),
-                f"last_{headline}": float("nan"),
-            }
-            self.reports["teacher"] = StageReport(
-                tcfg.name, count_params(model), scores, 0, 0.0, True
-            )
+            model = self._teacher_from_file(tcfg)
             # Keyed by content, so overwriting the file never reuses stale cached logits.
-            self.teacher_keys.append(f"file:{sha256_file(path)}")
-            return model
-        return self.model(tcfg, "teacher")
+            key = f"file:{sha256_file(Path(tcfg.checkpoint).expanduser())}"
+        elif tcfg.pretrained:  # used as built: e.g. hf_causal_lm's saved weights
+            model = self._build(tcfg)
+            key = f"weights:{state_digest(model)}"
+        else:
+            return self.model(tcfg, "teacher")
+        headline = self.task.headline
+        scores = {
+            **self.test_metrics(model),
+            self.task.selection.name: float("nan"),
+            f"last_{headline}": float("nan"),
+        }
+        self.reports["teacher"] = StageReport(tcfg.name, count_params(model), scores, 0, 0.0, True)
+        self.teacher_keys.append(key)
+        return model
+
+    def _teacher_from_file(self, tcfg: DictConfig) -> nn.Module:
+        model = self._build(tcfg)
+        path = Path(tcfg.checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt "
+                f"from a kdrun run directory"
+            )
+        try:
+            state = load_weights(path)
+        except (CorruptArtifact, OSError, EOFError) as e:
+            raise CheckpointError(
+                f"teacher.checkpoint={path} cannot be loaded: {e}; give a teacher.pt from a "
+                f"kdrun run directory (or a file saved with torch.save(model.state_dict()))"
+            ) from None
+        try:
+            if not isinstance(state, dict):
+                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+            model.load_state_dict(state)
+        except Exception as e:
+            first = _first_reason(e)
+            raise CheckpointError(
+                f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
+                f"{self.cfg.dataset.name} ({first}); check the teacher model and data set"
+            ) from None
+        return model
 
     def model(
         self,

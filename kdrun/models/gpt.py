@@ -262,14 +262,23 @@ def load_hf_causal_lm(path: str | Path, vocab_size: int | None = None) -> HFCaus
     return HFCausalLM(model, vocab_size)
 
 
+def same_vocabulary(model_vocab: int, tokenizer_vocab: int) -> bool:
+    """Equal, or the model's embedding padded past the tokenizer's size to a multiple of 64
+    (Pythia: 50277 -> 50304, Qwen2: 151643 -> 151936) by fewer than MAX_VOCAB_PADDING rows:
+    those extra rows are never produced by the tokenizer. Anything else is another
+    tokenizer's model."""
+    if model_vocab == tokenizer_vocab:
+        return True
+    padded = model_vocab % 64 == 0
+    return padded and tokenizer_vocab < model_vocab < tokenizer_vocab + MAX_VOCAB_PADDING
+
+
 @register_model("hf_causal_lm")
 def hf_causal_lm(cfg, in_shape, num_classes) -> nn.Module:
     if not cfg.path:
         raise ConfigError("hf_causal_lm needs path=DIR (a directory from save_pretrained)")
     model = load_hf_causal_lm(cfg.path, num_classes)
-    # An embedding padded a little past the tokenizer (to a multiple of 64, say) is the same
-    # vocabulary; anything else is another tokenizer's model.
-    if not num_classes <= model.model_vocab <= num_classes + MAX_VOCAB_PADDING:
+    if not same_vocabulary(model.model_vocab, num_classes):
         raise ConfigError(
             f"vocabulary mismatch: hf_causal_lm at {cfg.path} has {model.model_vocab} tokens but "
             f"the data's tokenizer has {num_classes}; set dataset.tokenizer to the model's own "
