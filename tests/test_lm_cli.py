@@ -205,3 +205,12 @@ def test_pretrained_hf_teacher_with_its_tokenizer(run_kdrun, tmp_path):
     assert math.isfinite(m["student"]["test_bpb"]) and m["student"]["agreement"] is not None
     r = run_kdrun(*hf, run_dir=tmp_path / "bytes")  # bytes (256) vs the model's vocabulary
     assert r.returncode == 2 and "vocabulary mismatch" in r.stderr
+
+
+@pytest.mark.slow
+def test_on_policy_jsd_runs_without_a_cache(run_kdrun, tmp_path):
+    r = run_kdrun(*SMOKE, "method=jsd", "method.student_data_fraction=0.5", run_dir=tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    m = read_json(tmp_path / "r" / "metrics.json")
+    assert "teacher_logits" not in m["from_store"]  # on-policy rows need the live teacher
+    assert math.isfinite(m["student"]["test_bpb"])
