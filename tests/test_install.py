@@ -107,7 +107,13 @@ def test_wheel_ships_the_configs(tmp_path):
         "kdrun/conf/config.yaml",
         "kdrun/conf/dataset/digits.yaml",
         "kdrun/conf/experiment/smoke.yaml",
-        "kdrun/cli.py",
+        "kdrun/cli/main.py",
+        # every subpackage: pyproject lists them by name, so a new one must be added there
+        *(
+            str(d.relative_to(REPO) / "__init__.py")
+            for d in (REPO / "kdrun").glob("*/")
+            if (d / "__init__.py").is_file()
+        ),
     ):
         assert must in names, must
     assert not any(n.startswith("conf/") for n in names)

@@ -324,7 +324,7 @@ def test_cli_runs_with_the_switches(run_kdrun, tmp_path):
 def test_fast_channel_stats_equal_the_multi_axis_reduction():
     import numpy as np
 
-    from kdrun.data import _channel_stats
+    from kdrun.data.bundle import _channel_stats
 
     x = np.random.default_rng(0).random((64, 3, 5, 7), dtype=np.float32)
     mean, std = _channel_stats(x)
