@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from bench.machine import machine_line  # noqa: E402
 from kdrun.config import KdrunConfig  # noqa: E402
 from kdrun.data import load_data  # noqa: E402
 from kdrun.engine import Perf, fit  # noqa: E402
@@ -120,22 +121,14 @@ def pipeline_flops(r: Recipe, n: int, n_val: int, n_test: int) -> float:
 
 
 def machine_info(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     parts = [
-        f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
-        f"torch {torch.__version__}, Python {platform.python_version()}, device {device}",
-        f"load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        machine_line(),
+        f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}, "
+        f"device {device}",
     ]
     if device.type == "cuda":
         parts.append(f"GPU: {torch.cuda.get_device_name(device)}")
-    return "\n".join(parts)
+    return "\n".join(parts) + "\n"
 
 
 # --------------------------------------------------------------------------- data

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.machine import machine_line  # noqa: E402
 
 # A CPU-sized recipe (minutes per run on one core): the teacher, a small CNN, learns from
 # 9,000 training images (+1,000 for validation); the student, an MLP, from a fixed 10% of
@@ -102,6 +105,19 @@ def method_seconds(m: dict[str, Any]) -> float:
     return m["student"]["train_seconds"] + sum(r.get("train_seconds", 0.0) for r in extra.values())
 
 
+def knobs(m: dict[str, Any]) -> str:
+    """The T/alpha a method used (metrics.json ``effective``), e.g. ' (T=3)'."""
+    eff = m.get("effective") or {}
+    out = []
+    if eff.get("T") is not None:
+        out.append(f"T={eff['T']:g}")
+    elif eff.get("T_learned") is not None:
+        out.append(f"T learned {eff['T_learned']:.2g}")
+    if eff.get("alpha") is not None:
+        out.append(f"alpha={eff['alpha']:g}")
+    return f" ({', '.join(out)})" if out else ""
+
+
 def table(methods: list[str], results: dict[tuple[str, int], dict[str, Any]], seeds) -> str:
     lines = [
         "| method | student test acc (%) | gain vs baseline (points) | method train time (s/run) |",
@@ -118,7 +134,8 @@ def table(methods: list[str], results: dict[tuple[str, int], dict[str, Any]], se
         gains = [m["kd_gain"] for m in ok if m.get("kd_gain") is not None]
         secs = statistics.fmean(method_seconds(m) for m in ok)
         lines.append(
-            f"| {method} | {mean_std(accs)} | {mean_std(gains, signed=True)} | {secs:.1f} |"
+            f"| {method}{knobs(ok[0])} | {mean_std(accs)} | {mean_std(gains, signed=True)} | "
+            f"{secs:.1f} |"
         )
     done = [m for m in results.values() if m.get("status") == "completed"]
     by_seed: dict[int, dict[str, Any]] = {}
@@ -146,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods or registered_methods()
     out = args.out or Path(f"/tmp/kdrun-compare-{time.strftime('%Y%m%d-%H%M%S')}")
     store = args.store or out / "store"
+    print(machine_line(), flush=True)
     print(f"kdrun {' '.join(RECIPE + args.overrides)} method=<m> seed=<s> ({out})", flush=True)
     # kd first: it trains each seed's teacher and baseline, which every other run reuses.
     order = [(m, s) for m in (["kd"] if "kd" in methods else []) for s in args.seeds]

@@ -33,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.machine import machine_line  # noqa: E402
+
 
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -88,6 +90,7 @@ def main() -> None:
     a = ap.parse_args()
     base = [*a.overrides.split(), "runtime.num_threads=1", "device=cpu"]
     cells = [(t, al) for t in a.T.split(",") for al in a.alpha.split(",")]
+    print(machine_line(), flush=True)
     print(f"sweep: kdrun -m {' '.join(base)} T={a.T} alpha={a.alpha}  ({len(cells)} jobs)")
     ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
     for rep in range(a.repeats):

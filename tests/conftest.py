@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -62,3 +63,28 @@ def run_kdrun(tmp_path):
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+_pytest_approx = pytest.approx
+
+
+def _contains_tensor(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_contains_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_tensor(v) for v in value.values())
+    return False
+
+
+def _numbers_only_approx(expected, *args, **kwargs):
+    """pytest.approx that refuses torch tensors on every pytest version: pytest 9 raises
+    "iteration over a 0-d tensor" for them while older versions passed, so a test that hands
+    approx a tensor fails here whichever pytest is installed. Compare .item() / .tolist()."""
+    if _contains_tensor(expected):
+        raise TypeError("pytest.approx was given a torch.Tensor: compare .item() / .tolist()")
+    return _pytest_approx(expected, *args, **kwargs)
+
+
+pytest.approx = _numbers_only_approx

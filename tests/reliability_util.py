@@ -21,6 +21,7 @@ RECIPE = (
     "student.train.epochs=4",
     "student.train.batch_size=16",
     "runtime.num_threads=1",
+    "runtime.deterministic=true",  # deterministic kernels (a no-op on CPU; needed on CUDA)
 )
 
 # Numbers that must not depend on timing, process or interruption.

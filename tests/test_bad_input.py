@@ -11,9 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 
+from tests.byo_util import write_image_folder
 from tests.conftest import read_json
 from tests.reliability_util import RECIPE, digest, reference_run
 
@@ -105,6 +108,19 @@ def _make_sitecustomize(tmp: Path) -> None:
     (tmp / "hook" / "sitecustomize.py").write_text(ENOSPC_SITECUSTOMIZE)
 
 
+def _make_bad_image_folder(tmp: Path) -> None:
+    write_image_folder(tmp / "imgs", per_class=2, test_per_class=1, classes=2)
+    (tmp / "imgs" / "train" / "digit_0" / "junk.png").write_bytes(b"not an image")
+
+
+def _make_partial_npz(tmp: Path) -> None:
+    np.savez(tmp / "part.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4, np.int64))
+
+
+def _make_three_class_resnet(tmp: Path) -> None:
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp / "r3.pt")
+
+
 REPO = Path(__file__).resolve().parents[1]
 CASES: dict[str, Case] = {
     # ---- composition: caught before Hydra starts (cli.precheck)
@@ -158,6 +174,34 @@ CASES: dict[str, Case] = {
         ["not plain weights", "never runs code"],
         setup=_make_evil,
         after=_nothing_executed,
+    ),
+    # ---- the user's own data and models
+    "image folder missing": Case(
+        ["dataset=image_folder", "dataset.root={tmp}/nope"], ["{tmp}/nope/train", "dataset.root"]
+    ),
+    "bad image with on_bad_image=error": Case(
+        ["dataset=image_folder", "dataset.root={tmp}/imgs", "dataset.on_bad_image=error"],
+        ["junk.png", "on_bad_image=skip"],
+        setup=_make_bad_image_folder,
+    ),
+    "npz without its arrays": Case(
+        ["dataset=tensors", "dataset.path={tmp}/part.npz"],
+        ["part.npz lacks", "x_test"],
+        setup=_make_partial_npz,
+    ),
+    "teacher weights run code": Case(
+        ["teacher=torchvision", "teacher.weights={tmp}/evil.pt"],
+        ["never runs code", ".safetensors"],
+        setup=_make_evil,
+        after=_nothing_executed,
+    ),
+    "teacher weights for other classes": Case(
+        ["teacher=torchvision", "teacher.weights={tmp}/r3.pt"],
+        ["3 classes", "has 10", "teacher.num_classes_from_data=true"],
+        setup=_make_three_class_resnet,
+    ),
+    "custom model not importable": Case(
+        ["teacher=custom", "teacher._target_=nopkg.Net"], ["cannot be imported", "PYTHONPATH"]
     ),
     "output dir not writable": Case(
         ["hydra.run.dir={tmp}/afile/run"],

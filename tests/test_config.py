@@ -112,7 +112,7 @@ def test_precheck_checks_each_value_of_a_sweep():
         ("dataset.train_fraction=1.5", r"train_fraction must be in \(0, 1\]"),
         ("dataset.omit_classes=[3,10]", r"class\(es\) \[10\] out of range for digits"),
         ("dataset.omit_classes=[0,1,2,3,4,5,6,7,8,9]", "omits every class"),
-        ("runtime.amp=fp8", "choose one of: auto, bf16, fp16, off"),
+        ("runtime.amp=fp8", "choose one of: auto, bf16, bf16_force, fp16, off"),
     ],
 )
 def test_semantic_validation(override, match):

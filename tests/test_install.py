@@ -1,12 +1,13 @@
 """The console script finds its configs from an editable install and from a built wheel.
 
-Each install goes into a fresh virtual environment that reuses this interpreter's packages
-(torch is far too big to reinstall), and kdrun is then run from an unrelated directory.
+Each install goes into a fresh virtual environment that reuses the running interpreter's
+packages (torch is far too big to reinstall), and kdrun is then run from an unrelated directory.
 """
 
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 import zipfile
@@ -19,11 +20,26 @@ from tests.conftest import REPO, read_json
 pytestmark = pytest.mark.slow
 
 
+def _running_site_dirs() -> list[str]:
+    """The site-packages directories of the interpreter running the tests: a venv's own, not
+    its base interpreter's."""
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return [d for d in dirs if Path(d).is_dir()]
+
+
 def _venv(path: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)],
-        check=True,
-    )
+    """A new venv whose sys.path ends with the running interpreter's site-packages.
+
+    ``--system-site-packages`` would expose the *base* interpreter's packages, and inside a
+    venv that base has no torch and no pip. A line of a .pth file only appends a directory to
+    sys.path (the .pth files in that directory are not run, so an editable kdrun there stays
+    invisible), and the new venv's own site-packages comes first: its kdrun is the one used."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    python = str(path / "bin" / "python")
+    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True)
+    pth = Path(out.stdout.strip()) / "_kdrun_tests_parent_env.pth"
+    pth.write_text("".join(f"{d}\n" for d in _running_site_dirs()))
     return path / "bin"
 
 
@@ -117,6 +133,9 @@ def test_wheel_ships_the_configs(tmp_path):
     ):
         assert must in names, must
     assert not any(n.startswith("conf/") for n in names)
+    for module in sorted((REPO / "kdrun").rglob("*.py")):
+        rel = module.relative_to(REPO).as_posix()
+        assert rel in names, f"{rel} is not in the wheel: add its package to pyproject's list"
 
 
 def test_non_editable_install_runs_from_anywhere(tmp_path):

@@ -173,7 +173,7 @@ def test_lm_bad_input_is_one_line(run_kdrun, tmp_path):
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "logo.png is not UTF-8 text" in err[0], r.stderr
     r = run_kdrun(*SMOKE, "method=fitnet", run_dir=tmp_path / "run2")
-    assert r.returncode == 2 and "unknown method 'fitnet'" in r.stderr
+    assert r.returncode == 2 and "unknown method 'fitnet'; choose one of: jsd, kd" in r.stderr
 
 
 @pytest.mark.slow

@@ -56,7 +56,12 @@ def test_cache_with_full_k_gives_the_online_loss_and_packs_small():
         _, cached = d(x, y, idx, packed)
         for k in online:  # fp16 storage of the log-probs: agreement to ~1e-3
             torch.testing.assert_close(cached[k], online[k], rtol=2e-3, atol=2e-3)
-    assert d.cache_spec() == {"T": 2.0, "top_k": V, "standardize": False}
+    assert d.teacher_output_spec() == {
+        "outputs": "topk_logprobs",
+        "T": 2.0,
+        "top_k": V,
+        "standardize": False,
+    }
 
 
 def test_cached_outputs_are_topk_at_the_run_temperature():

@@ -138,7 +138,7 @@ def test_dml_mimicry_moves_only_the_learner():
 def test_dml_and_born_again_options_are_checked():
     for overrides, msg in [
         (("method=dml", "method.peers=1"), "method.peers"),
-        (("method=dml", "method.T=0"), "method.T"),
+        (("method=dml", "T=0"), "T must be > 0"),
         (("method=born_again", "method.generations=0"), "method.generations"),
         (("method=takd", "method.assistant={name: nope}"), "unknown model"),
     ]:

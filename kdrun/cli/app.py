@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import hydra
@@ -17,10 +18,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.cli.explain import explain, missing_launcher
+from kdrun.cli.explain import explain, missing_key, missing_launcher
+from kdrun.cli.plugins import load_plugins
 from kdrun.config import config_dir, register_configs
-from kdrun.errors import EXIT, find_os_error, os_error_message
-from kdrun.experiments.job import run_job
+from kdrun.engine.distributed import env_from
+from kdrun.errors import EXIT, ConfigError, find_os_error, os_error_message
+from kdrun.experiments.job import run_job, search_objective
+from kdrun.methods import METHODS, unknown_option
 
 register_configs()
 
@@ -35,6 +39,7 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_job(cfg: DictConfig) -> int:
+    load_plugins()  # a no-op where `kdrun` loaded them; a launcher's worker process needs it
     hc = HydraConfig.get()
     _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
     multirun = hc.mode == RunMode.MULTIRUN
@@ -51,6 +56,8 @@ def _hydra_job(cfg: DictConfig) -> int:
     EXIT.raise_to(code)
     if multirun and code == 130:
         raise SweepInterrupted
+    if "optuna" in str(hc.sweeper.get("_target_", "")):  # a search: the sweeper wants a number
+        return search_objective(Path(hc.runtime.output_dir), cfg.optimized_metric)
     return code
 
 
@@ -62,9 +69,9 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
         return explain(e)
     fixed, sweeps = [], []
     for o, text in zip(parsed, overrides, strict=True):
+        if (hint := missing_launcher(text)) is not None:
+            return hint
         if o.is_hydra_override():
-            if (hint := missing_launcher(text)) is not None:
-                return hint
             continue
         if o.is_sweep_override():
             key = text.split("=", 1)[0]
@@ -76,6 +83,35 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
         for v in values[1:]:
             out.append(fixed + [s[0] if j != i else v for j, s in enumerate(sweeps)])
     return out
+
+
+def method_option_error(cfg: DictConfig) -> str | None:
+    """``method.*`` checked against the chosen method's typed options (unknown keys get a
+    did-you-mean, like top-level keys); an unknown method is left to validate()."""
+    method = METHODS.get(cfg.method.get("name"))
+    if method is None:
+        return None
+    try:
+        method.options(cfg.method)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _method_key_error(e: BaseException, overrides: list[str]) -> str | None:
+    """``method.<typo>=...``: the chosen method's options, with the closest one."""
+    key = missing_key(e)
+    if key is None or not key.startswith("method."):
+        return None
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        name = compose(config_name="config", overrides=rest).method.get("name")
+    except Exception:  # another error as well: explain() reports the first one
+        return None
+    if name not in METHODS:
+        return None
+    known = [f.name for f in fields(METHODS[name].Options)]
+    return unknown_option(name, key.split(".", 1)[1], known)
 
 
 def precheck(args: list[str]) -> str | None:
@@ -92,9 +128,11 @@ def precheck(args: list[str]) -> str | None:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             for ov in candidates:
                 try:
-                    compose(config_name="config", overrides=ov)
+                    cfg = compose(config_name="config", overrides=ov)
                 except Exception as e:
-                    return explain(e)
+                    return _method_key_error(e, ov) or explain(e)
+                if (err := method_option_error(cfg)) is not None:
+                    return err
     finally:
         GlobalHydra.instance().clear()
     return None
@@ -126,8 +164,32 @@ def _launch(user_full_error: str | None) -> int | None:
     return None
 
 
+def _torchrun_args(args: list[str]) -> list[str] | str:
+    """Under torchrun every rank runs this command: one job, in one directory. The run
+    directory is named after torchrun's run id (${now:...} could differ between ranks); a
+    sweep (each rank would run its own) is refused. An error line, or the arguments."""
+    env = env_from()
+    if env.source != "torchrun" or env.world_size < 2:
+        return args
+    if any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args):
+        return (
+            "torchrun runs one job on several processes, not a sweep; sweep DDP jobs with "
+            "hydra/launcher=slurm_ddp, or run the sweep without torchrun"
+        )
+    if any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id in ("", "none"):
+        return "under torchrun without --standalone or --rdzv_id, give hydra.run.dir=DIR"
+    return [*args, f"hydra.run.dir=outputs/runs/ddp-{run_id[:8]}"]
+
+
 def run_hydra(args: list[str]) -> int:
     """Run a job or a sweep with these overrides; return the exit status of the command."""
+    args = _torchrun_args(args)
+    if isinstance(args, str):
+        print(f"kdrun: error: {args}", file=sys.stderr)
+        return 2
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     passthrough = any(a.startswith("-") and a not in ("-m", "--multirun") for a in args)
     if not passthrough and not user_full_error:

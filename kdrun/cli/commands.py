@@ -16,8 +16,11 @@ from kdrun.cli.app import run_hydra
 from kdrun.data import DATASETS
 from kdrun.engine import predict
 from kdrun.errors import CheckpointError, ConfigError, KdrunError
+from kdrun.experiments.export import FORMATS as EXPORT_FORMATS
+from kdrun.experiments.export import N_CHECK, ONNX_TOLERANCE, export_run
 from kdrun.experiments.generate import generate_text
 from kdrun.experiments.job import read_metrics
+from kdrun.experiments.pipeline import run_test_inputs
 from kdrun.experiments.soft_targets import (
     CLASSIC_LOGITS,
     CLASSIC_NAMES,
@@ -189,6 +192,37 @@ def dark_knowledge_command(args: list[str]) -> int:
     return 0
 
 
+def export_command(args: list[str]) -> int:
+    """kdrun export RUN_DIR --format onnx|torchscript|safetensors [--out FILE]."""
+    ap = argparse.ArgumentParser(
+        prog="kdrun export",
+        description="Write a run's distilled student alone (no teacher weights), with its "
+        "preprocessing in FILE.json beside it; ONNX is checked against PyTorch with "
+        "onnxruntime on 64 test inputs.",
+    )
+    ap.add_argument("run_dir", type=Path, help="a finished kdrun run directory")
+    ap.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
+    ap.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/export/student.*")
+    ns = _parse(ap, args)
+    if isinstance(ns, int):
+        return ns
+    try:
+        inputs = None
+        if ns.format == "onnx":
+            inputs = run_test_inputs(ns.run_dir, N_CHECK) if ns.run_dir.is_dir() else None
+        done = export_run(ns.run_dir, ns.format, ns.out, inputs)
+    except KdrunError as e:
+        print(f"kdrun export: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"wrote {done.path} (student only) and {done.sidecar} (preprocessing)")
+    if done.max_abs_diff is not None:
+        print(
+            f"onnxruntime matches PyTorch on {N_CHECK} test inputs: max abs difference "
+            f"{done.max_abs_diff:.2e} (<= {ONNX_TOLERANCE:g})"
+        )
+    return 0
+
+
 def generate_command(args: list[str]) -> int:
     """kdrun generate RUN_DIR [--prompt P] [--tokens N] [--model student|teacher|baseline]."""
     ap = argparse.ArgumentParser(
@@ -226,4 +260,5 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "softmax": softmax_command,
     "dark-knowledge": dark_knowledge_command,
     "generate": generate_command,
+    "export": export_command,
 }

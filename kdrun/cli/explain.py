@@ -22,6 +22,13 @@ _NOT_A_LIST = re.compile(
 )
 
 
+def missing_key(e: BaseException) -> str | None:
+    """The key of a ``key=value`` override that names no config key, if that is the error."""
+    text = _one_line(e)
+    m = _KEY_MISSING.search(text)
+    return m.group(1).lstrip("+~") if m and "not in" in text else None
+
+
 def _schema_keys() -> list[str]:
     out: list[str] = []
 
@@ -74,20 +81,28 @@ LAUNCHER_EXTRAS = {
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm_ddp": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
 }
+# Config groups whose options need a Hydra plugin from an extra: (group, plugin, extra).
+GROUP_EXTRAS = {"hparams_search": ("hydra_plugins.hydra_optuna_sweeper", "optuna")}
 
 
 def missing_launcher(override: str) -> str | None:
-    """The one-line fix for ``hydra/launcher=NAME`` when NAME's plugin is not installed."""
+    """The one-line fix for ``hydra/launcher=NAME`` (or ``hparams_search=NAME``) when the
+    Hydra plugin it needs is not installed."""
     key, _, name = override.partition("=")
-    if key.lstrip("+") != "hydra/launcher" or name not in LAUNCHER_EXTRAS:
+    key = key.lstrip("+")
+    if key in GROUP_EXTRAS and name not in ("", "null"):
+        module, extra = GROUP_EXTRAS[key]
+    elif key == "hydra/launcher" and name in LAUNCHER_EXTRAS:
+        module, extra = LAUNCHER_EXTRAS[name]
+    else:
         return None
-    module, extra = LAUNCHER_EXTRAS[name]
     try:
         found = importlib.util.find_spec(module) is not None
     except ImportError:
         found = False
-    return None if found else f"hydra/launcher={name} needs an extra: pip install 'kdrun[{extra}]'"
+    return None if found else f"{key}={name} needs an extra: pip install 'kdrun[{extra}]'"
 
 
 def _one_line(e: BaseException) -> str:

@@ -11,13 +11,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.config.schema import KdrunConfig
-from kdrun.data import DATASETS
+from kdrun.data import DATASETS, parse_size
 from kdrun.errors import ConfigError
 from kdrun.models import MODELS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "bf16_force", "fp16", "off")
 DATA_PLACEMENTS = ("auto", "device", "host")
 
 
@@ -49,11 +49,16 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     out: list[str] = []
 
     def walk(node: dict, schema: dict, prefix: str) -> None:
+        custom = prefix in ("teacher.", "student.") and node.get("name") == "custom"
         for k, v in node.items():
-            if k not in schema:
+            if k not in schema and not custom:  # a custom model's own constructor arguments
                 out.append(prefix + str(k))
-            elif isinstance(v, dict) and isinstance(schema[k], dict) and prefix + k != "method":
-                walk(v, schema[k], f"{prefix}{k}.")  # method.* is checked by its own Options
+            elif (
+                isinstance(v, dict)
+                and isinstance(schema[k], dict)
+                and prefix + k not in ("method", "logger")
+            ):  # method.* is checked by its own Options, logger.* by each tracker
+                walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")
     return out
@@ -67,6 +72,7 @@ def _check_models(cfg: DictConfig) -> None:
             f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
         )
         _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
+        _check(m.finetune_epochs >= 0, f"{role}.finetune_epochs must be >= 0")
         _check_train(f"{role}.train", m.train)
 
 
@@ -75,13 +81,19 @@ def _check_dataset(ds: DictConfig) -> None:
         0 < ds.train_fraction <= 1,
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
     )
+    _check(
+        ds.on_bad_image in ("skip", "error"),
+        f"unknown dataset.on_bad_image '{ds.on_bad_image}'; choose one of: skip, error",
+    )
     n_cls = DATASETS[ds.name].num_classes
-    if n_cls == 0:  # a data set without classes (a text corpus): no class options apply
+    if DATASETS[ds.name].task != "classify":  # a text corpus: no class options apply
         _check(
             not (ds.omit_classes or ds.keep_classes),
             f"dataset {ds.name} has no classes; remove dataset.omit_classes/keep_classes",
         )
         return
+    if not n_cls:  # the user's own data: its classes are counted when it is loaded
+        n_cls = 1 << 30
     bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]
     _check(
         not bad,
@@ -93,7 +105,8 @@ def _check_dataset(ds: DictConfig) -> None:
         "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
-    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size})")
+    _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size:g})")
+    _check(ds.val_max >= 0, f"dataset.val_max must be >= 0 (got {ds.val_max}); 0 = no cap")
     _check(
         not (ds.omit_classes and ds.keep_classes),
         "set either dataset.omit_classes or dataset.keep_classes, not both",
@@ -110,8 +123,22 @@ def _check_runtime(rt: DictConfig) -> None:
         f"unknown runtime.data_on_device '{rt.data_on_device}'; choose one of: "
         f"{', '.join(DATA_PLACEMENTS)}",
     )
-    _check(rt.num_threads >= 0, "runtime.num_threads must be >= 0 (0 = torch's default)")
+    _check(
+        rt.num_threads == "auto" or (isinstance(rt.num_threads, int) and rt.num_threads >= 0),
+        f"runtime.num_threads must be auto or a count >= 0 (got {rt.num_threads!r}); "
+        "try runtime.num_threads=auto",
+    )
     _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")
+    parse_size(rt.max_data_memory)
+    _check(
+        rt.dist_backend in ("auto", "nccl", "gloo"),
+        f"unknown runtime.dist_backend '{rt.dist_backend}'; choose one of: auto, nccl, gloo",
+    )
+    _check(
+        rt.sync_bn in ("auto", "on", "off"),
+        f"unknown runtime.sync_bn '{rt.sync_bn}'; choose one of: auto, on, off",
+    )
+    _check(rt.dist_timeout_s >= 1, "runtime.dist_timeout_s must be >= 1 (seconds)")
     _check(
         rt.progress in ("auto", "on", "off"),
         f"unknown runtime.progress '{rt.progress}'; choose one of: auto, on, off",
@@ -141,6 +168,11 @@ def validate_config(cfg: DictConfig) -> None:
         f"every key)",
     )
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
+    _check(
+        "test" not in str(cfg.optimized_metric),
+        f"optimized_metric={cfg.optimized_metric}: a search selects on validation, never on the "
+        f"test split; use student.val_acc",
+    )
     _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); try alpha=0.9")
     _check(
         cfg.dataset.name in DATASETS,

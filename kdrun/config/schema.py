@@ -54,12 +54,20 @@ class ModelConfig:
     widen_factor: int = 1  # wrn widening / resnet "x4" multiplier
     dropout: float = 0.0
     checkpoint: str | None = None  # load weights instead of training (teacher only)
+    # Models from outside kdrun (torchvision, timm, hf, custom: kdrun.models.external).
+    arch: str | None = None  # torchvision/timm architecture name
+    weights: str | None = None  # state-dict file, DEFAULT (torchvision) or hub (timm)
+    path: str | None = None  # hf, hf_causal_lm: a save_pretrained directory
+    num_classes_from_data: bool = False  # resize a pretrained head to the data's class count
+    trust_remote_code: bool = False  # hf: run the model repository's own code (opt-in)
+    finetune_epochs: int = 0  # a pretrained teacher: fine-tune it this many epochs first
+    _target_: str | None = None  # custom: the nn.Module class by import path
+    kwargs: dict[str, Any] = field(default_factory=dict)  # custom: constructor arguments
     pretrained: bool = False  # teacher only: use the model as built (hf_causal_lm: its weights)
     n_layer: int = 2  # gpt: transformer blocks
     n_head: int = 2  # gpt: attention heads (dividing n_embd)
     n_embd: int = 128  # gpt: width
     block_size: int = 0  # gpt: positions; 0 = the data's dataset.block_size
-    path: str | None = None  # hf_causal_lm: a local save_pretrained directory
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -70,6 +78,7 @@ class DatasetConfig:
     download: bool = False  # opt-in torchvision download when the files are absent
     mirror: str | None = None  # base URL to download from instead of torchvision's mirrors
     val_size: float = 0.1  # validation split from train: a fraction (<1) or a count (>=1)
+    val_max: int = 0  # at most this many validation images from a fraction (0 = no cap)
     split_seed: int = 0  # fixed so every job of a sweep sees the same split
     train_fraction: float = 1.0  # students train on a fixed random subset of this size
     omit_classes: list[int] = field(default_factory=list)  # absent from the student's transfer set
@@ -79,8 +88,17 @@ class DatasetConfig:
     augment: bool = False  # batched random crop + flip (image sets)
     crop_padding: int = 4
     hflip: bool = True
+    # The user's own data (image_folder, tensors, hf: kdrun.data.external).
+    path: str | None = None  # tensors: FILE.npz; hf: a datasets directory; text: FILE_OR_DIR
+    image_size: Any = None  # N or [H, W]; None: the images' own, or a pretrained teacher's
+    mean: list[float] | None = None  # per channel on [0, 1] pixels; None: computed on train
+    std: list[float] | None = None
+    on_bad_image: str = "skip"  # skip (one warning) | error
+    in_memory: bool = True  # false: stream from disk per batch
+    num_workers: int = 2  # image decoding threads
+    image_column: str = "image"  # hf
+    label_column: str = "label"  # hf
     # text corpora (task lm: kdrun.data.text)
-    path: str | None = None  # dataset=text: a text file or a directory of them
     glob: str = "*"  # dataset=text with a directory: the files to read (recursively)
     tokenizer: str | None = None  # a local Hugging Face tokenizer directory; None = bytes
     block_size: int = 256  # tokens per training context
@@ -92,8 +110,12 @@ class DatasetConfig:
 class RuntimeConfig:
     """Speed switches: none changes what is computed (see kdrun/perf.py, bench/bench_perf.py)."""
 
-    num_threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 (CUDA, with loss scaling) | off
+    # auto: usable cores (affinity, cgroup quota, SLURM_CPUS_PER_TASK) // the multirun's
+    # joblib n_jobs; N: torch.set_num_threads(N); 0: torch's default (every core)
+    num_threads: Any = "auto"
+    # auto (bf16 on CUDA, float32 on CPU) | bf16 (on a CPU without native bf16: float32 and a
+    # warning) | bf16_force | fp16 (CUDA, with loss scaling) | off
+    amp: str = "auto"
     compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
     compile_backend: str = "inductor"  # "eager" only traces (tests)
     channels_last: bool = True  # NHWC layout for conv nets (CPU and CUDA)
@@ -102,6 +124,13 @@ class RuntimeConfig:
     cache_teacher_logits: bool = True
     progress: str = "auto"  # auto | on | off
     eval_batch_size: int = 1024
+    # Several processes (torchrun / Slurm tasks; docs/distributed.md). These change results
+    # (sync_bn) or only reproducibility (deterministic), never what a single process computes.
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    sync_bn: str = "auto"  # auto (on for CUDA jobs of >1 process with BatchNorm) | on | off
+    dist_timeout_s: int = 1800  # a rank waiting longer at a collective fails the job
+    deterministic: bool = False  # deterministic kernels (CUDA: slower; see docs/distributed.md)
+    max_data_memory: str = "8GB"  # the user's image data above this size streams from disk
 
 
 @dataclass
@@ -136,6 +165,10 @@ class KdrunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: str | None = None  # name of the recipe, set by experiment/*.yaml
+    # Experiment trackers from the `logger` group ({name: options}; conf/logger/*.yaml)
+    logger: dict[str, Any] = field(default_factory=dict)
+    # What a search (hparams_search=...) maximises: a metrics.json key, never a test metric
+    optimized_metric: str = "student.val_acc"
 
 
 def register_configs() -> None:

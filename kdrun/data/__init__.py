@@ -3,9 +3,10 @@
 Importing this package registers every built-in data set.
 """
 
-from kdrun.data import builtin, text  # noqa: F401  (registration)
+from kdrun.data import builtin, external, text  # noqa: F401  (registration)
 from kdrun.data.builtin import read_idx
 from kdrun.data.bundle import DataBundle, augment_batch, batch_indices, load_data
+from kdrun.data.external import LoadHints, parse_size
 from kdrun.data.registry import DATASETS, DatasetSpec, RawData, register_dataset
 from kdrun.data.text import TextData, bits_per_byte, load_text_data
 
@@ -13,6 +14,7 @@ __all__ = [
     "DATASETS",
     "DataBundle",
     "DatasetSpec",
+    "LoadHints",
     "RawData",
     "TextData",
     "augment_batch",
@@ -20,6 +22,7 @@ __all__ = [
     "bits_per_byte",
     "load_data",
     "load_text_data",
+    "parse_size",
     "read_idx",
     "register_dataset",
 ]

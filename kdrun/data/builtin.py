@@ -15,7 +15,7 @@ from kdrun.errors import DataError, one_line
 # --------------------------------------------------------------------------- digits
 
 
-@register_dataset("digits", 10, [str(i) for i in range(10)])
+@register_dataset("digits", 10, [str(i) for i in range(10)], pixel_max=16.0)
 def load_digits(cfg) -> RawData:
     """scikit-learn's bundled 8x8 digits (1797 images): ships with the package, never downloads."""
     from sklearn.datasets import load_digits as sk_digits

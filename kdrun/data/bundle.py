@@ -1,19 +1,23 @@
 """Data sets as in-memory tensors: a registry of loaders, fixed splits, batched augmentation.
 
-Every data set is read once into float32 tensors (N, C, H, W), normalised with statistics of
-the training split, and moved to the training device. Batches are index slices; augmentation
-is a batched tensor op. Nothing in the hot loop touches PIL or per-item Python.
+Every built-in data set is read once into float32 tensors (N, C, H, W), normalised with
+statistics of the training split, and moved to the training device. The user's own data
+(kdrun.data.external) is held as uint8 rows normalised per batch, or streamed from disk; the
+loop reads both the same way (``x.index_select(0, idx)``). Batches are index slices;
+augmentation is a batched tensor op.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from kdrun.data.registry import DATASETS, RawData
+from kdrun.data.external import ExternalRaw, LoadHints, load_external, split_rows, take
+from kdrun.data.registry import DATASETS, DatasetSpec, RawData
 from kdrun.errors import DataError
 
 # --------------------------------------------------------------------------- the bundle
@@ -65,11 +69,36 @@ class DataBundle:
         return self
 
 
-def _split_counts(n: int, val_size: float) -> int:
-    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if not 0 <= n_val < n:
-        raise DataError(f"dataset.val_size={val_size} leaves no training data (n={n})")
+def _split_counts(n: int, cfg) -> int:
+    """Validation images out of ``n``: a fraction (capped at ``val_max``) or a count. Each
+    impossible setting says which override fixes it."""
+    val_size, cap = float(cfg.val_size), int(getattr(cfg, "val_max", 0) or 0)
+    if val_size < 1:
+        n_val = int(round(val_size * n))
+        n_val = min(n_val, cap) if cap else n_val
+    else:
+        n_val = int(val_size)
+    pool = f"{n} images" + (
+        f" after dataset.limit_train={cfg.limit_train}" if cfg.limit_train else ""
+    )
+    if n_val >= n:
+        raise DataError(
+            f"dataset.val_size={val_size:g} leaves no training data (the training split has "
+            f"{pool}); try dataset.val_size=0.1"
+        )
+    if n_val == 0:
+        fix = "0.1" if n >= 5 else "0.5"
+        raise DataError(
+            f"dataset.val_size={val_size:g} leaves no validation images (the training split has "
+            f"{pool}) and model selection needs some; try dataset.val_size={fix}"
+        )
     return n_val
+
+
+def _too_few(what: str, n: int, classes: int, fix: str) -> None:
+    """Fewer training images than classes: some class cannot even appear once."""
+    if n < classes:
+        raise DataError(f"{what} leaves {n} training images for {classes} classes; try {fix}")
 
 
 def _class_filter(y: np.ndarray, cfg) -> np.ndarray:
@@ -91,9 +120,10 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _split(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation rows of ``raw``'s training split (fixed ``split_seed``); limits
-    the test split in place when ``limit_test`` is set."""
+def _split(raw: RawData | ExternalRaw, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows of ``raw``'s training split (fixed ``split_seed``; none for
+    validation when the data set has its own validation split); limits the test split in
+    place when ``limit_test`` is set."""
     perm = np.random.default_rng(cfg.split_seed).permutation(len(raw.y_train))
     if cfg.limit_train:
         perm = perm[: cfg.limit_train]
@@ -101,8 +131,10 @@ def _split(raw: RawData, cfg) -> tuple[np.ndarray, np.ndarray]:
         keep = np.sort(
             np.random.default_rng(cfg.split_seed).permutation(len(raw.y_test))[: cfg.limit_test]
         )
-        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
-    n_val = _split_counts(len(perm), cfg.val_size)
+        raw.x_test, raw.y_test = take(raw.x_test, keep), raw.y_test[keep]
+    if getattr(raw, "x_val", None) is not None:
+        return np.sort(perm), np.zeros(0, np.int64)
+    n_val = _split_counts(len(perm), cfg)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
@@ -114,6 +146,14 @@ def _student_rows(y_tr: np.ndarray, y_va: np.ndarray, cfg) -> tuple[np.ndarray, 
         raise DataError("the student's transfer set is empty: every class is omitted")
     if cfg.train_fraction < 1:
         k = max(1, int(round(cfg.train_fraction * len(s_idx))))
+        classes = len(np.unique(y_tr[s_idx]))
+        need = f"{math.ceil(1000 * classes / len(s_idx)) / 1000:g}"  # rounded up: enough
+        _too_few(
+            f"dataset.train_fraction={cfg.train_fraction:g}",
+            k,
+            classes,
+            f"dataset.train_fraction={need}",
+        )
         sub_rng = np.random.default_rng(cfg.split_seed + 1)
         s_idx = np.sort(sub_rng.choice(s_idx, size=k, replace=False))
     return s_idx, np.flatnonzero(_class_filter(y_va, cfg))
@@ -128,20 +168,73 @@ def _normaliser(mean: np.ndarray, std: np.ndarray):
     return norm
 
 
-def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
-    """Load, split (fixed ``split_seed``), normalise with train statistics, move to device."""
+def _check_classes(cfg, num_classes: int) -> None:
+    for c in list(cfg.omit_classes) + list(cfg.keep_classes):
+        if not 0 <= c < num_classes:
+            raise DataError(
+                f"class {c} is out of range for {cfg.name} (classes 0..{num_classes - 1})"
+            )
+
+
+def _external_bundle(cfg, spec: DatasetSpec, hints: LoadHints) -> DataBundle:
+    """The user's own data: uint8 or streamed rows, normalised per batch (kdrun.data.rows)."""
+    raw = load_external(cfg.name, cfg, hints)
+    _check_classes(cfg, raw.num_classes)
+    tr_i, val_i = _split(raw, cfg)
+    rows = split_rows(raw, tr_i, val_i)
+    y_tr = raw.y_train[tr_i]
+    s_idx, sv_idx = _student_rows(y_tr, rows["y_val"], cfg)
+    first = raw.x_train if isinstance(raw.x_train, np.ndarray) else None
+    pixel_max = spec.pixel_max if first is None or first.dtype == np.uint8 else 1.0
+    content = {
+        "fingerprint": raw.fingerprint,
+        "mean": [float(v) for v in rows["mean"]],
+        "std": [float(v) for v in rows["std"]],
+        "shape": list(rows["x_train"].shape[1:]),
+    }
+    return DataBundle(
+        name=cfg.name,
+        x_train=rows["x_train"],
+        y_train=torch.from_numpy(y_tr),
+        x_val=rows["x_val"],
+        y_val=torch.from_numpy(rows["y_val"]),
+        x_test=rows["x_test"],
+        y_test=torch.from_numpy(raw.y_test),
+        num_classes=raw.num_classes,
+        class_names=list(raw.class_names),
+        mean=rows["mean"],
+        std=rows["std"],
+        student_idx=torch.from_numpy(s_idx),
+        student_val_idx=torch.from_numpy(sv_idx),
+        augment=bool(cfg.augment),
+        crop_padding=int(cfg.crop_padding),
+        hflip=bool(cfg.hflip),
+        extra={"content": content, "pixel_max": pixel_max, "load": raw.info},
+    )
+
+
+def load_data(
+    cfg, device: torch.device | str = "cpu", hints: LoadHints | None = None
+) -> DataBundle:
+    """Load, split (fixed ``split_seed``), normalise with train statistics, move to device.
+    ``hints``: a pretrained teacher's preprocessing and the memory limit (the user's data)."""
     if cfg.name not in DATASETS:
         raise DataError(
             f"unknown dataset '{cfg.name}'; choose one of: {', '.join(sorted(DATASETS))}"
         )
     spec = DATASETS[cfg.name]
+    if spec.external:
+        return _external_bundle(cfg, spec, hints or LoadHints()).to(torch.device(device))
     raw = spec.load(cfg)
-    for c in list(cfg.omit_classes) + list(cfg.keep_classes):
-        if not 0 <= c < spec.num_classes:
-            raise DataError(
-                f"class {c} is out of range for {cfg.name} (classes 0..{spec.num_classes - 1})"
-            )
+    _check_classes(cfg, spec.num_classes)
     tr_i, val_i = _split(raw, cfg)
+    if cfg.limit_train:
+        _too_few(
+            f"dataset.limit_train={cfg.limit_train}",
+            len(tr_i),
+            spec.num_classes,
+            f"dataset.limit_train={20 * spec.num_classes} or 0 (all)",
+        )
     x_tr, y_tr = raw.x_train[tr_i], raw.y_train[tr_i]
     x_va, y_va = raw.x_train[val_i], raw.y_train[val_i]
     # Normalisation statistics from the training split only (never val/test).
@@ -166,6 +259,7 @@ def load_data(cfg, device: torch.device | str = "cpu") -> DataBundle:
         augment=bool(cfg.augment),
         crop_padding=int(cfg.crop_padding),
         hflip=bool(cfg.hflip),
+        extra={"pixel_max": spec.pixel_max},
     )
     return bundle.to(torch.device(device))
 
@@ -180,24 +274,48 @@ def batch_indices(
     if shuffle:
         order = torch.randperm(len(idx), generator=generator).to(idx.device)
         idx = idx[order]
-    for start in range(0, len(idx), batch_size):
-        yield idx[start : start + batch_size]
+    starts = list(range(0, len(idx), batch_size))
+    if len(starts) > 1 and len(idx) - starts[-1] == 1:
+        starts.pop()  # a last batch of one joins the one before: BatchNorm cannot train on one
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else len(idx)
+        yield idx[start:stop]
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device``: through pinned memory without blocking on CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def augment_batch(
-    x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator | None
+    x: torch.Tensor,
+    padding: int,
+    hflip: bool,
+    generator: torch.Generator | None,
+    part: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once.
+
+    The offsets and flips are drawn on the CPU generator (the same draws on every device).
+    ``part`` = (start, stop, n): ``x`` is rows start..stop of a batch of n (one rank's slice
+    of a global batch): the draws are made for all n rows and this slice's are used, so the
+    generator advances as in one process.
+    """
     b, _, h, w = x.shape
+    start, stop, n = part if part is not None else (0, b, b)
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        oy = _to(torch.randint(0, 2 * padding + 1, (n,), generator=generator)[start:stop], x.device)
+        ox = _to(torch.randint(0, 2 * padding + 1, (n,), generator=generator)[start:stop], x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
         bi = torch.arange(b, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2)
     if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        flip = _to(torch.rand(n, generator=generator)[start:stop] < 0.5, x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x.contiguous()
+    # The gather above leaves NHWC memory: keep it (channels_last convolutions want it);
+    # a plain .contiguous() would copy it back to NCHW.
+    return x.contiguous(memory_format=torch.channels_last)

@@ -23,17 +23,27 @@ class RawData:
 @dataclass
 class DatasetSpec:
     load: Callable[..., RawData]
-    num_classes: int
+    num_classes: int  # 0: known only once loaded (the user's own data)
     class_names: list[str]
     task: str = "classify"  # the kdrun.tasks entry that knows how to train on it
+    # The user's own data (kdrun.data.external): load(cfg, hints) returns an ExternalRaw.
+    external: bool = False
+    pixel_max: float = 255.0  # raw pixel value that maps to 1.0 (the export's preprocessing)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, num_classes: int, class_names: list[str], task: str = "classify"):
+def register_dataset(
+    name: str,
+    num_classes: int,
+    class_names: list[str],
+    task: str = "classify",
+    external: bool = False,
+    pixel_max: float = 255.0,
+):
     def deco(fn: Callable[..., RawData]) -> Callable[..., RawData]:
-        DATASETS[name] = DatasetSpec(fn, num_classes, class_names, task)
+        DATASETS[name] = DatasetSpec(fn, num_classes, class_names, task, external, pixel_max)
         return fn
 
     return deco

@@ -1,7 +1,7 @@
 """The engine: the one training loop, checkpoints and resume, evaluation, device and speed."""
 
 from kdrun.engine.checkpoint import seed_everything
-from kdrun.engine.device import resolve_device, set_threads
+from kdrun.engine.device import calibrated_threads, effective_amp, resolve_device, set_threads
 from kdrun.engine.evaluate import accuracy, autocast_context, predict
 from kdrun.engine.loop import FitResult, Selection, ValScore, fit, val_accuracy
 from kdrun.engine.optim import lr_factor, make_optimizer
@@ -14,7 +14,9 @@ __all__ = [
     "Selection",
     "accuracy",
     "autocast_context",
+    "calibrated_threads",
     "data_device",
+    "effective_amp",
     "fetch",
     "fit",
     "lr_factor",

@@ -22,7 +22,10 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
+def rng_state(gen: torch.Generator, device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG a training step draws from. On CUDA only the training device's generator:
+    ``get_rng_state_all`` would tie the checkpoint to the number of GPUs visible at save time
+    (restoring it with fewer raised IndexError)."""
     state = {
         "gen": gen.get_state(),
         "torch": torch.get_rng_state(),
@@ -33,12 +36,14 @@ def rng_state(gen: torch.Generator) -> dict[str, Any]:
         ],
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+def set_rng_state(
+    gen: torch.Generator, state: dict[str, Any], device: torch.device | None = None
+) -> None:
     gen.set_state(state["gen"])
     torch.set_rng_state(state["torch"])
     np.random.set_state(
@@ -48,8 +53,9 @@ def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
         )
     )
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # (a checkpoint of the old format's "cuda" list is ignored: it cannot be mapped safely)
+    if "cuda_device" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
 def read_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -31,7 +31,14 @@ from kdrun.engine.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from kdrun.engine.evaluate import accuracy, autocast_context, module_device, predict
+from kdrun.engine.distributed import current, merge_short_tail, sync_buffers, wrap
+from kdrun.engine.evaluate import (
+    accuracy,
+    autocast_context,
+    module_device,
+    predict,
+    resolve_amp,
+)
 from kdrun.engine.optim import lr_factor, make_optimizer
 from kdrun.engine.perf import Perf, RowCache, fetch
 from kdrun.errors import Interrupted, TrainingError
@@ -147,13 +154,16 @@ class _Trainer:
         self.distiller, self.data, self.recipe, self.stage = distiller, data, recipe, stage
         self.amp, self.checkpoint, self.fingerprint = amp, checkpoint, fingerprint
         self.device = module_device(distiller.student, data.x_train.device)  # data may be on host
+        self.dist = current()  # several processes: see kdrun/engine/distributed.py
+        self.model: nn.Module = distiller  # what a step calls: DDP(distiller) under DDP
         self.gen = seed_everything(seed)
         self.opt = make_optimizer(
             distiller.trainable_parameters(), recipe, fused=perf.fused_optimizer
         )
         # fp16 needs loss scaling against gradient underflow; bf16 has float32's range.
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=amp == "fp16" and self.device.type == "cuda"
+            self.device.type,
+            enabled=resolve_amp(amp, self.device) == "fp16" and self.device.type == "cuda",
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: lr_factor(recipe, e))
         self.progress = _Progress()
@@ -168,7 +178,7 @@ class _Trainer:
         self.distiller.load_state_dict(ck["distiller"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
-        set_rng_state(self.gen, ck["rng"])
+        set_rng_state(self.gen, ck["rng"], self.device)
         self.progress = _Progress(
             ck["epoch"],
             ck["best_val"],
@@ -187,7 +197,7 @@ class _Trainer:
             self.scaler.load_state_dict(ck["scaler"])
 
     def save(self, epoch_done: int, mid: dict[str, Any] | None) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or not self.dist.is_main:  # rank 0 writes for all
             return
         p = self.progress
         scaler = {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
@@ -200,7 +210,7 @@ class _Trainer:
                 "distiller": self.distiller.state_dict(),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(),
-                "rng": rng_state(self.gen),
+                "rng": rng_state(self.gen, self.device),
                 **scaler,
                 "best_val": p.best_val,
                 "best_epoch": p.best_epoch,
@@ -214,15 +224,16 @@ class _Trainer:
         """Save the epoch's position (if any progress was made) and say where it stopped."""
         note = "no progress to save since the last checkpoint"
         if b > ep.first and self.checkpoint is not None:
-            _check_finite(ep.sums, ep.seen, self.stage, epoch, self.checkpoint)
+            sums, seen, correct = self._global(ep)
+            _check_finite(sums, seen, self.stage, epoch, self.checkpoint)
             self.save(
                 epoch,
                 {
                     "order": ep.order.cpu(),
                     "batch": b,
-                    "seen": ep.seen,
-                    "sums": {k: v.detach().cpu() for k, v in ep.sums.items()},
-                    "correct": ep.correct.cpu(),
+                    "seen": seen,
+                    "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                    "correct": correct.cpu(),
                     "seconds": time.perf_counter() - ep.t0,
                 },
             )
@@ -240,12 +251,14 @@ class _Trainer:
         mid = self.progress.mid
         if mid is not None:  # continue the stopped epoch: same batch order, same running sums
             self.progress.mid = None
+            # the saved sums are over all ranks: one rank carries them, the others start at 0
+            own = 1 if self.dist.is_main else 0
             return _Epoch(
                 mid["order"].to(train_idx.device),
                 mid["batch"],
-                mid["seen"],
-                {k: v.to(self.device) for k, v in mid["sums"].items()},
-                mid["correct"].to(self.device, torch.float32),
+                mid["seen"] * own,
+                {k: v.to(self.device) * own for k, v in mid["sums"].items()},
+                mid["correct"].to(self.device, torch.float32) * own,
                 t0 - mid["seconds"],
             )
         # The whole epoch's order up front: the draws from gen happen in the same sequence
@@ -257,20 +270,26 @@ class _Trainer:
         correct = torch.zeros((), dtype=torch.float32, device=self.device)
         return _Epoch(order, 0, 0, {}, correct, t0)
 
-    def step(self, idx: torch.Tensor, ep: _Epoch, cache: RowCache | None) -> None:
-        """One optimiser step on the batch of training rows ``idx``."""
-        data, device = self.data, self.device
+    def step(self, batch: torch.Tensor, ep: _Epoch, cache: RowCache | None) -> None:
+        """One optimiser step on the (global) batch of training rows ``batch``; under DDP this
+        rank takes its slice of it."""
+        data, device, dist = self.data, self.device, self.dist
+        idx = dist.shard(batch)
         x, y = fetch(data.x_train, idx, device), fetch(data.y_train, idx, device)
         if data.augment:
-            x = augment_batch(x, data.crop_padding, data.hflip, self.gen)
+            start = dist.bounds(len(batch))[0] if dist.enabled else 0
+            part = (start, start + len(idx), len(batch))
+            x = augment_batch(x, data.crop_padding, data.hflip, self.gen, part)
         # Cached teacher outputs are rows of the training split: keyed by sample index,
         # never by batch position, so shuffling cannot misalign them.
         t_out = cache.fetch(idx, device) if cache is not None else None
         if idx.device != device:
             idx = idx.to(device, non_blocking=True)
         with autocast_context(device, self.amp):
-            logits, losses = self.distiller(x, y, idx, t_out)
+            logits, losses = self.model(x, y, idx, t_out)
         loss = reduce(operator.add, losses.values())
+        if dist.enabled:  # DDP averages gradients over ranks: make that the global mean's
+            loss = loss * dist.loss_scale(len(idx), len(batch))
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -290,10 +309,12 @@ class _Trainer:
 
     def end_epoch(self, epoch: int, ep: _Epoch, val_idx: torch.Tensor, eval_bs: int) -> dict:
         """Validate, select, record the epoch's row and checkpoint; return the row."""
-        parts = _check_finite(ep.sums, ep.seen, self.stage, epoch, self.checkpoint)
+        sums, seen, correct = self._global(ep)
+        parts = _check_finite(sums, seen, self.stage, epoch, self.checkpoint)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
         student, p = self.distiller.student, self.progress
+        sync_buffers(student, self.dist)  # one model evaluated: rank 0's BatchNorm statistics
         val = self.val_score(student, self.data, val_idx, eval_bs, self.amp)
         score = self.selection.score(val)
         p.elapsed += time.perf_counter() - ep.t0
@@ -306,14 +327,37 @@ class _Trainer:
             "loss_soft": parts.get("soft"),
             "loss_hard": parts.get("hard"),
             **{f"loss_{k}": v for k, v in parts.items() if k not in ("soft", "hard")},
-            "train_acc": float(ep.correct) / ep.seen,
+            "train_acc": float(correct) / seen,
             self.selection.name: val,
             "lr": lr,
             "seconds": time.perf_counter() - ep.t0,
         }
+        # Per-epoch values a method reports besides its losses (e.g. CTKD's learned T); the
+        # engine does not know methods, so any module with epoch_metrics() may add columns.
+        epoch_metrics = getattr(self.distiller, "epoch_metrics", None)
+        if epoch_metrics is not None:
+            row.update(epoch_metrics())
         p.history.append(row)
         self.save(epoch + 1, None)
         return row
+
+    def _global(self, ep: _Epoch) -> tuple[dict[str, torch.Tensor], int, torch.Tensor]:
+        """The epoch's running sums, rows seen and correct predictions over all ranks."""
+        if not self.dist.enabled:
+            return ep.sums, ep.seen, ep.correct
+        keys = sorted(ep.sums)
+        flat = torch.stack(
+            [ep.sums[k].double() for k in keys]
+            + [ep.correct.double(), torch.tensor(float(ep.seen), device=self.device).double()]
+        )
+        self.dist.all_reduce_sum(flat)
+        sums = {k: flat[i].float() for i, k in enumerate(keys)}
+        return sums, int(flat[-1].item()), flat[-2].round().long()
+
+    def should_stop(self, asked: Callable[[], bool] | None) -> bool:
+        """A stop requested on any rank stops every rank at the same batch boundary."""
+        stop = asked is not None and asked()
+        return self.dist.any(stop, self.device) if self.dist.enabled else stop
 
     def result(self, start_epoch: int) -> FitResult:
         p, student = self.progress, self.distiller.student
@@ -387,11 +431,12 @@ def fit(
     start_epoch = t.progress.epoch
     cache = _usable_cache(teacher_cache, data, stage, train_idx)
     perf.prepare_distiller(distiller)
+    t.model = wrap(distiller, t.dist, t.device, t.dist.sync_bn)
     for epoch in range(start_epoch, recipe.epochs):
         ep = t.begin_epoch(train_idx)
-        batches = ep.order.split(recipe.batch_size)
+        batches = merge_short_tail(list(ep.order.split(recipe.batch_size)), t.dist.world_size)
         for b in range(ep.first, len(batches)):
-            if should_stop is not None and should_stop():
+            if t.should_stop(should_stop):
                 raise t.stop(epoch, ep, b, len(batches))
             t.step(batches[b], ep, cache)
             if on_step is not None:

@@ -7,11 +7,14 @@ measured effect is recorded by ``bench/bench_perf.py --switches``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from kdrun.engine.evaluate import resolve_amp
 
 # "auto" keeps the data on the accelerator while it takes at most this share of free memory.
 _DEVICE_DATA_SHARE = 0.25
@@ -31,7 +34,10 @@ class Perf:
             channels_last=bool(rt.channels_last) and device.type in ("cuda", "cpu"),
             compile=bool(rt.compile),
             compile_backend=str(rt.compile_backend),
-            fused_optimizer=bool(rt.fused_optimizer) and device.type in ("cuda", "cpu"),
+            # fp16 (amp=auto before Ampere) steps through a GradScaler: the fused step keeps its
+            # inf check on the device instead of a host sync per step
+            fused_optimizer=(bool(rt.fused_optimizer) or resolve_amp(rt.amp, device) == "fp16")
+            and device.type in ("cuda", "cpu"),
         )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -48,6 +54,28 @@ class Perf:
             distiller.compile(backend=self.compile_backend)
             distiller._kdrun_compiled = True
         return distiller
+
+
+def configure_backends(deterministic: bool, device: torch.device) -> None:
+    """Global kernel choices for a job on ``device``.
+
+    Default: cuDNN benchmarks its algorithms per input shape (``cudnn.benchmark``) and float32
+    matmuls may use TF32 on Ampere+ GPUs (precision "high"): the fastest, but run-to-run
+    bits can differ on CUDA. ``deterministic``: deterministic kernels where PyTorch has them
+    (``use_deterministic_algorithms``, ``cudnn.deterministic``, a fixed cuBLAS workspace, full
+    float32 matmuls); slower on CUDA. Ops without a deterministic CUDA kernel (the backward of
+    adaptive_avg_pool2d and of bilinear interpolate, used by at/fitnet) warn instead of failing.
+    On the CPU, kdrun's kernels are deterministic either way.
+    """
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if cuda:
+        torch.set_float32_matmul_precision("highest" if deterministic else "high")
+    if deterministic:
+        # read when cuBLAS creates its handle: before the job's first matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def data_device(placement: str, device: torch.device, nbytes: int) -> torch.device:
@@ -70,6 +98,8 @@ def fetch(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
     data bound for CUDA is gathered straight into pinned memory, so the copy is asynchronous;
     the caching host allocator keeps the buffer alive until the copy has finished.
     """
+    if not isinstance(t, torch.Tensor):  # a row source (kdrun.data.rows): decodes on the CPU
+        return t.index_select(0, idx).to(device, non_blocking=True)
     if t.device == device:
         return t.index_select(0, idx)
     if device.type == "cuda":

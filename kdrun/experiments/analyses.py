@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.engine import predict
+from kdrun.engine.distributed import current
 from kdrun.experiments.soft_targets import dark_knowledge
 
 
@@ -297,6 +298,8 @@ def _last_student(ctx: Context) -> nn.Module | None:
 
 
 def _plot_bias(o: dict[str, Any], dataset: str, path: Path) -> None:
+    if not current().is_main:  # rank 0 draws for all ranks
+        return
     plt = _plt()
     c = o["curve"]
     fig, ax = plt.subplots(figsize=(9, 3.8))
@@ -465,6 +468,8 @@ def _bars(o: dict[str, Any]) -> list[tuple[str, float | None]]:
 
 
 def _plot_small(o: dict[str, Any], dataset: str, path: Path) -> None:
+    if not current().is_main:  # rank 0 draws for all ranks
+        return
     plt = _plt()
     bars = [(lab, v) for lab, v in _bars(o) if v is not None]
     fig, ax = plt.subplots(figsize=(6.4, 3.4))

@@ -17,7 +17,7 @@ def validate(cfg: DictConfig) -> None:
     methods, name = task.methods, cfg.method.name
     if name not in methods:
         raise ConfigError(
-            f"unknown method '{name}' for {cfg.dataset.name} (task {task.name}); choose one of: "
-            f"{', '.join(sorted(methods))}"
+            f"unknown method '{name}'; choose one of: {', '.join(sorted(methods))} (the "
+            f"methods of task {task.name}, which dataset={cfg.dataset.name} belongs to)"
         )
     methods[name].check_config(cfg)

@@ -23,17 +23,22 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from kdrun import __version__
+from kdrun.config import to_container
+from kdrun.engine import distributed as dist_
+from kdrun.engine import resolve_device
 from kdrun.errors import Interrupted, KdrunError, find_os_error, os_error_message
 from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
-from kdrun.report import Reporter, results_table, write_history
+from kdrun.report import Reporter, results_table, round_floats, write_history
 from kdrun.store import atomic_write_json
 from kdrun.tasks import TASKS
+from kdrun.trackers import Trackers, make_trackers
 
 log = logging.getLogger("kdrun")
 
 # Keys that do not change results: a rerun that differs only in these is the same job.
-VOLATILE_KEYS = ("runtime", "resume", "debug")
+# (device too: a job moved from cuda to cuda:1, or to another node, is the same job)
+VOLATILE_KEYS = ("runtime", "resume", "debug", "device", "logger", "optimized_metric")
 
 
 def versions() -> dict[str, str]:
@@ -80,6 +85,24 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
         return None
 
 
+class TrialFailed(KdrunError):
+    """A search's trial whose job did not complete: the sweeper records it as failed."""
+
+
+def search_objective(run_dir: Path, key: str) -> float:
+    """The number a search maximises for the job in ``run_dir``: ``key`` (dotted) of its
+    metrics.json, e.g. student.val_acc. A job that did not complete raises TrialFailed."""
+    m = read_metrics(run_dir / "metrics.json") or {}
+    if m.get("status") != "completed":
+        raise TrialFailed(f"{run_dir}: {m.get('error') or 'the job did not complete'}")
+    value: Any = m
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TrialFailed(f"{run_dir}: metrics.json has no number at {key} (optimized_metric)")
+    return float(value)
+
+
 class StopFlag:
     """SIGINT/SIGTERM set a flag; the training loop stops at the next batch boundary."""
 
@@ -110,7 +133,7 @@ class StopFlag:
 
 def _err(msg: str) -> None:
     """The one line a failed job leaves on stderr (a table or a log may precede it on stdout)."""
-    print(f"kdrun: error: {msg}", file=sys.stderr, flush=True)
+    print(f"kdrun: error: {dist_.rank_tag()}{msg}", file=sys.stderr, flush=True)
 
 
 def resume_hint(run_dir: Path) -> str:
@@ -127,6 +150,8 @@ def run_job(
     environment, 3 training diverged, 130 stopped by SIGINT/SIGTERM.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if dist_.env_from().rank != 0:  # the ranks of one DDP job share it; rank 0 holds the lock
+        return _run_job(cfg, run_dir, multirun, command)
     # One process per run directory: a second one would interleave checkpoints and metrics.
     lock = FileLock(str(run_dir / ".kdrun.lock"))
     try:
@@ -190,6 +215,8 @@ class _Record:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, result_cfg: dict, command: dict | None):
         self.path = run_dir / "metrics.json"
+        self.main = dist_.env_from().rank == 0  # in a DDP job rank 0 writes for all ranks
+        self.trackers = Trackers()
         self.t0 = time.perf_counter()
         self.base: dict[str, Any] = {
             "status": "running",
@@ -207,26 +234,32 @@ class _Record:
         }
 
     def start(self) -> None:
-        atomic_write_json(self.base, self.path)
+        if self.main:
+            atomic_write_json(self.base, self.path)
 
     def completed(self, m: dict[str, Any]) -> None:
+        if not self.main:
+            return
         atomic_write_json(
             {
                 **self.base,
-                **m,
+                **round_floats(m),  # results only: the config is stored as given
                 "status": "completed",
-                "wall_seconds": time.perf_counter() - self.t0,
+                "wall_seconds": round_floats(time.perf_counter() - self.t0),
                 "finished_at": _now(),
             },
             self.path,
         )
 
     def finish(self, status: str, **extra: Any) -> None:
+        self.trackers.close(status)
+        if not self.main:
+            return
         doc = {
             **self.base,
             **extra,
             "status": status,
-            "wall_seconds": time.perf_counter() - self.t0,
+            "wall_seconds": round_floats(time.perf_counter() - self.t0),
             "finished_at": _now(),
         }
         try:
@@ -240,14 +273,29 @@ def _execute(
 ) -> int:
     """Validate, run the experiment, write its results; exceptions go to the caller."""
     validate(cfg)
+    dist = _join(cfg)
     rec.start()
     progress = {"on": True, "off": False}.get(cfg.runtime.progress)
     if progress is None:
         progress = console.is_terminal and not multirun
+    rec.trackers = make_trackers(to_container(cfg.logger), enabled=dist.is_main)
+    rec.trackers.start(_run_name(run_dir), rec.base["config"], {"run_dir": str(run_dir)})
+    reporter = Reporter(console, progress and dist.is_main, on_row=rec.trackers.log_epoch)
     with stop:
-        m = run_kind(cfg, run_dir, Reporter(console, progress), should_stop=stop)
-    write_history(m.pop("_history"), run_dir / "history.csv")
+        m = run_kind(cfg, run_dir, reporter, should_stop=stop)
+    history = m.pop("_history")
+    for row in history:  # stages loaded from the store: their stored epochs, once
+        if row.get("from_store"):
+            rec.trackers.log_epoch(row["stage"], row)
+    if dist.is_main:
+        write_history(history, run_dir / "history.csv")
     rec.completed(m)
+    rec.trackers.log_final({**rec.base, **m})
+    rec.trackers.log_artifact(run_dir / "checkpoints" / "student.pt")
+    rec.trackers.close("completed")
+    dist.barrier()  # every rank returns after metrics.json is whole
+    if not dist.is_main:
+        return 0
     # Only now: until metrics.json is whole, the student's checkpoint resumes it.
     (run_dir / "checkpoints" / "student.partial.pt").unlink(missing_ok=True)
     console.print(run_table({**rec.base, **m}))
@@ -256,6 +304,24 @@ def _execute(
         _err("stopped by a signal after the run completed; its results are recorded")
         return Interrupted.exit_code
     return 0
+
+
+def _join(cfg: DictConfig) -> dist_.Dist:
+    """Join the job's process group (a no-op for one process) and check what depends on it."""
+    rt = cfg.runtime
+    sizes = {"teacher": cfg.teacher.train.batch_size, "student": cfg.student.train.batch_size}
+    dist_.check_world(dist_.env_from().world_size, sizes)  # before waiting for the others
+    dist, _ = dist_.init(
+        resolve_device(cfg.device), rt.dist_backend, timeout_s=rt.dist_timeout_s, sync_bn=rt.sync_bn
+    )
+    if not dist.is_main:  # one log for the job: rank 0's (errors still come from every rank)
+        logging.getLogger("kdrun").setLevel(logging.WARNING)
+    return dist
+
+
+def _run_name(run_dir: Path) -> str:
+    """A tracker's name for the run: the last parts of its directory (date/time[/job])."""
+    return "/".join(run_dir.resolve().parts[-3:])
 
 
 def _failed(e: Exception, cfg: DictConfig, rec: _Record) -> int:
@@ -281,6 +347,8 @@ def _failed(e: Exception, cfg: DictConfig, rec: _Record) -> int:
 
 def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | None) -> int:
     console = make_console()
+    if dist_.env_from().rank != 0:
+        console.quiet = True  # rank 0 prints the job's tables
     result_cfg = _result_config(cfg)
     code = _previous_run(cfg, run_dir, multirun, result_cfg, console)
     if code is not None:
@@ -292,7 +360,11 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | Non
         msg = str(e) if isinstance(e, Interrupted) else "stopped by a second Ctrl-C"
         rec.finish("interrupted", error=msg)
         hint = "" if multirun else f"; resume with: {resume_hint(run_dir)}"  # sweeps: cli
-        print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
+        env = dist_.env_from()
+        if env.world_size > 1:  # every rank stopped at the same batch: rank 0 says so
+            hint = "; resume by rerunning the same command (or on one process: kdrun resume)"
+        if env.rank == 0:
+            print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
         return Interrupted.exit_code
     except KdrunError as e:
         rec.finish("failed", error=str(e), error_type=type(e).__name__)

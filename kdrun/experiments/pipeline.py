@@ -19,20 +19,31 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.config import DatasetConfig, to_container
-from kdrun.data import DATASETS, DataBundle
-from kdrun.engine import FitResult, RowCache, fit, place_data, resolve_device, set_threads
-from kdrun.engine.perf import Perf
+from kdrun.data import DATASETS, DataBundle, LoadHints, parse_size
+from kdrun.engine import (
+    FitResult,
+    RowCache,
+    calibrated_threads,
+    fit,
+    place_data,
+    resolve_device,
+    set_threads,
+)
+from kdrun.engine import distributed as dist_
+from kdrun.engine.perf import Perf, configure_backends
 from kdrun.errors import CheckpointError
 from kdrun.experiments.analyses import run_analyses
+from kdrun.experiments.export import PREPROCESSING_FILE, preprocessing_record
 from kdrun.experiments.kinds import register_kind
 from kdrun.methods import Distiller
 from kdrun.methods.kd import KD
 from kdrun.methods.lm import teacher_samples
-from kdrun.models import count_params
+from kdrun.models import count_params, is_pretrained, preprocessing, weights_identity
 from kdrun.store import (
     ArtifactStore,
     CorruptArtifact,
     atomic_torch_save,
+    atomic_write_json,
     content_key,
     load_weights,
     sha256_file,
@@ -42,9 +53,30 @@ from kdrun.tasks import task_named
 log = logging.getLogger("kdrun")
 
 
+# Keys for models from outside kdrun, left out of store keys at their defaults so the keys of
+# kdrun's own models (stored before these keys existed) stay what they were.
+_EXTERNAL_DEFAULTS = {
+    "arch": None,
+    "weights": None,
+    "path": None,
+    "num_classes_from_data": False,
+    "trust_remote_code": False,
+    "finetune_epochs": 0,
+    "_target_": None,
+    "kwargs": {},
+}
+
+
 def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     spec = to_container(model_cfg)
     spec.pop("checkpoint", None)
+    for k, default in _EXTERNAL_DEFAULTS.items():
+        if spec.get(k, default) == default:
+            spec.pop(k, None)
+    ident = weights_identity(model_cfg)  # the weights' content, not their file name
+    if ident:
+        spec["weights"] = ident
+        spec.pop("path", None)
     if not spec.get("pretrained"):  # absent unless set: older store keys stay valid
         spec.pop("pretrained", None)
     return spec
@@ -60,30 +92,69 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-# Data set fields that change what a model learns, besides name, split and student subset.
-# Classification's are the image options; a text corpus adds how it is cut into samples.
-_DATA_KEYS = ("augment", "crop_padding", "hflip", "limit_train", "limit_test")
-_TEXT_KEYS = ("path", "glob", "tokenizer", "block_size", "stride", "test_size")
+def model_label(model_cfg: DictConfig) -> str:
+    """The model's name in tables: kdrun's name, or e.g. torchvision:resnet18 / hf:vit-tiny."""
+    if model_cfg.get("arch") and model_cfg.name in ("torchvision", "timm"):
+        return f"{model_cfg.name}:{model_cfg.arch}"
+    if model_cfg.name == "hf" and model_cfg.get("path"):
+        return f"hf:{Path(model_cfg.path).name}"
+    if model_cfg.name == "custom" and model_cfg.get("_target_"):
+        return str(model_cfg._target_).rsplit(".", 1)[-1]
+    return str(model_cfg.name)
 
 
-def data_spec(cfg: DictConfig, student: bool, content: str | None = None) -> dict[str, Any]:
-    """The data set fields that change what a model trained on it learns; ``content`` is a
-    hash of the data's content when the loader has one (a text corpus on disk can change)."""
+def load_hints(cfg: DictConfig) -> LoadHints:
+    """A pretrained teacher's preprocessing (the user's data follows it unless dataset.*
+    says otherwise) and the memory limit above which the user's images stream from disk."""
+    pre = preprocessing(cfg.teacher) if is_pretrained(cfg.teacher) else None
+    return LoadHints(
+        image_size=pre.image_size if pre else None,
+        mean=pre.mean if pre else None,
+        std=pre.std if pre else None,
+        max_data_memory=parse_size(cfg.runtime.max_data_memory),
+    )
+
+
+def run_test_inputs(run_dir: Path, n: int) -> torch.Tensor:
+    """The first ``n`` test inputs of a finished run's data, preprocessed as it trained
+    (what `kdrun export` checks an ONNX file on)."""
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    task = task_named(DATASETS[cfg.dataset.name].task)
+    data = task.load_data(cfg.dataset, load_hints(cfg))
+    return data.x_test[0:n]
+
+
+# Text-corpus fields (task lm): in the key only when set away from their defaults, so the
+# keys of image data sets stay as they were.
+_TEXT_KEYS = ("glob", "tokenizer", "block_size", "stride", "test_size")
+
+
+def data_spec(cfg: DictConfig, student: bool, content: Any = None) -> dict[str, Any]:
+    """The data set fields that change what a model trained on it learns; ``content``: the
+    data's fingerprint (the user's images and statistics, a text corpus's sha256)."""
     ds = cfg.dataset
-    spec = {"name": ds.name, "val_size": ds.val_size, "split_seed": ds.split_seed}
-    # limit_train changes the training data; limit_test the test numbers kept in meta.
-    spec.update({k: ds[k] for k in _DATA_KEYS})
-    # text fields only when set away from their defaults: image keys stay as they were
+    spec = {
+        "name": ds.name,
+        "val_size": ds.val_size,
+        "val_max": ds.val_max,
+        "split_seed": ds.split_seed,
+        "augment": ds.augment,
+        "crop_padding": ds.crop_padding,
+        "hflip": ds.hflip,
+        # limit_train changes the training data; limit_test the test numbers kept in meta.
+        "limit_train": ds.limit_train,
+        "limit_test": ds.limit_test,
+    }
     defaults = DatasetConfig()
     spec.update({k: ds[k] for k in _TEXT_KEYS if ds[k] != getattr(defaults, k)})
-    if content:
-        spec["content"] = content
     if student:
         spec.update(
             train_fraction=ds.train_fraction,
             omit_classes=list(ds.omit_classes),
             keep_classes=list(ds.keep_classes),
         )
+    if content:
+        spec["content"] = content
     return spec
 
 
@@ -111,13 +182,15 @@ def _check_state(model: nn.Module):
 def resumable_config(cfg: DictConfig) -> dict[str, Any]:
     """The config a checkpoint must match to be resumed: without switches that change no result."""
     c = to_container(cfg)
-    for k in ("resume", "debug"):
+    # device: a job moved from cuda to cuda:1 (or to another node) resumes, not restarts
+    for k in ("resume", "debug", "device"):
         c.pop(k, None)
-    c.get("runtime", {}).pop("progress", None)
+    for k in ("progress", "dist_backend", "dist_timeout_s"):
+        c.get("runtime", {}).pop(k, None)
     return c
 
 
-_META_FIELDS = ("model", "params", "best_epoch", "train_seconds", "history")
+_META_FIELDS = ("model", "params", "best_epoch", "train_seconds", "history", "source")
 
 
 @dataclass
@@ -131,6 +204,7 @@ class StageReport:
     best_epoch: int
     train_seconds: float
     from_cache: bool = False
+    source: str = "trained"  # trained | store | pretrained | checkpoint | finetuned
 
     @property
     def test_acc(self) -> float | None:
@@ -144,6 +218,7 @@ class StageReport:
             "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
             "from_cache": self.from_cache,
+            "source": self.source,
         }
 
 
@@ -159,7 +234,7 @@ class Pipeline:
         self.perf = Perf.from_config(cfg.runtime, device)
         self.task = task_named(DATASETS[cfg.dataset.name].task)
         self.data: DataBundle = place_data(
-            self.task.load_data(cfg.dataset), cfg.runtime.data_on_device, device
+            self.task.load_data(cfg.dataset, load_hints(cfg)), cfg.runtime.data_on_device, device
         )
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
@@ -168,12 +243,12 @@ class Pipeline:
         self._teacher: nn.Module | None = None
         self._student_init: dict[str, torch.Tensor] | None = None
         self.should_stop = lambda: False
+        self.dist = dist_.current()  # rank 0 alone writes the store and the run's files
+        # runtime.num_threads=auto: each stage measures 1 thread against this budget.
+        self.thread_budget = torch.get_num_threads()
+        self.stage_threads: dict[str, int] = {}
 
     # ---- helpers -------------------------------------------------------------------
-    def data_spec(self, student: bool) -> dict[str, Any]:
-        content = getattr(self.data, "extra", {}).get("files_sha256")
-        return data_spec(self.cfg, student, content)
-
     def _build(self, model_cfg: DictConfig) -> nn.Module:
         model = self.task.build_model(model_cfg, self.data).to(self.device)
         return self.perf.prepare_model(model)
@@ -194,6 +269,7 @@ class Pipeline:
         if recipe.steps_per_epoch > 0:
             per_epoch = min(per_epoch, recipe.steps_per_epoch)
         steps = recipe.epochs * per_epoch
+        self._choose_threads(distiller.student, recipe.batch_size, stage)
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
                 distiller,
@@ -213,6 +289,17 @@ class Pipeline:
                 **hooks,
                 **kw,
             )
+
+    def _choose_threads(self, model: nn.Module, batch_size: int, stage: str) -> None:
+        """runtime.num_threads=auto on a CPU: 1 thread or the whole budget, whichever trains
+        this model faster (measured once per machine and model, remembered in the store)."""
+        if str(self.cfg.runtime.num_threads) != "auto" or self.device.type != "cpu":
+            return
+        x = self.data.x_train[:batch_size]
+        cache_file = Path(self.cfg.store_dir) / "threads.json"
+        n = calibrated_threads(model, x, self.thread_budget, cache_file)
+        torch.set_num_threads(n)
+        self.stage_threads[stage] = n
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
         """The model's outputs on the test split."""
@@ -242,7 +329,7 @@ class Pipeline:
 
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
         return {
-            "model": cfg_m.name,
+            "model": model_label(cfg_m),
             "params": count_params(model),
             **self._test_scores(model, res),
             "best_epoch": res.best_epoch,
@@ -268,11 +355,14 @@ class Pipeline:
 
         cfg_m = spec["model_cfg"]
         spec = {k: v for k, v in spec.items() if k != "model_cfg"}
-        art = self.store.get_or_build(
+        art = dist_.get_or_build(
+            self.store,
+            self.dist,
             kind,
             spec,
             build,
             check=_check_state(model),
+            collective=True,  # every rank trains it (DDP); rank 0 stores it
             on_wait=lambda: log.info("waiting for another process building %s", kind),
         )
         model.load_state_dict(art.payload)
@@ -292,8 +382,13 @@ class Pipeline:
             meta["best_epoch"],
             meta["train_seconds"],
             art.from_cache,
+            "store" if art.from_cache else "trained",
         )
         return model, rep
+
+    def data_spec(self, student: bool) -> dict[str, Any]:
+        extra = self.data.extra  # the user's images' fingerprint, or a text corpus's sha256
+        return data_spec(self.cfg, student, extra.get("content") or extra.get("files_sha256"))
 
     # ---- BuildContext ----------------------------------------------------------------
     def teacher(self) -> nn.Module:
@@ -303,24 +398,35 @@ class Pipeline:
 
     def _make_teacher(self) -> nn.Module:
         tcfg = self.cfg.teacher
+        if is_pretrained(tcfg) and not tcfg.checkpoint:
+            return self._pretrained_teacher()
+        source = "checkpoint"
         if tcfg.checkpoint:
             model = self._teacher_from_file(tcfg)
             # Keyed by content, so overwriting the file never reuses stale cached logits.
             key = f"file:{sha256_file(Path(tcfg.checkpoint).expanduser())}"
         elif tcfg.pretrained:  # used as built: e.g. hf_causal_lm's saved weights
             model = self._build(tcfg)
-            key = f"weights:{state_digest(model)}"
+            key, source = f"weights:{state_digest(model)}", "pretrained"
         else:
             return self.model(tcfg, "teacher")
+        self._untrained_report(tcfg, model, True, source)
+        self.teacher_keys.append(key)
+        return model
+
+    def _untrained_report(
+        self, tcfg: DictConfig, model: nn.Module, from_cache: bool, source: str
+    ) -> None:
+        """The report of a teacher kdrun did not train: test numbers only."""
         headline = self.task.headline
         scores = {
             **self.test_metrics(model),
             self.task.selection.name: float("nan"),
             f"last_{headline}": float("nan"),
         }
-        self.reports["teacher"] = StageReport(tcfg.name, count_params(model), scores, 0, 0.0, True)
-        self.teacher_keys.append(key)
-        return model
+        self.reports["teacher"] = StageReport(
+            model_label(tcfg), count_params(model), scores, 0, 0.0, from_cache, source
+        )
 
     def _teacher_from_file(self, tcfg: DictConfig) -> nn.Module:
         model = self._build(tcfg)
@@ -347,6 +453,21 @@ class Pipeline:
                 f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
                 f"{self.cfg.dataset.name} ({first}); check the teacher model and data set"
             ) from None
+        return model
+
+    def _pretrained_teacher(self) -> nn.Module:
+        """A pretrained teacher is evaluated, never retrained: its test accuracy on this data
+        set's test split is reported with source 'pretrained' and 0 s of training. With
+        ``teacher.finetune_epochs=N`` it is fine-tuned first, through the store."""
+        tcfg = self.cfg.teacher
+        if tcfg.finetune_epochs > 0:
+            ft = OmegaConf.merge(tcfg, {"train": {"epochs": tcfg.finetune_epochs}})
+            model = self.model(ft, "teacher")
+            self.reports["teacher"].source = "finetuned"
+            return model
+        model = self._build(tcfg)
+        self._untrained_report(tcfg, model, False, "pretrained")
+        self.teacher_keys.append(f"pretrained:{content_key(_model_spec(tcfg))}")
         return model
 
     def model(
@@ -457,12 +578,14 @@ class Pipeline:
         cfg = self.cfg
         if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
             return None
-        if distiller.teacher is None:
+        outputs_spec = distiller.teacher_output_spec()
+        if outputs_spec is None:
             return None
+        # One cache per (teachers, data, what the method caches): method options that only
+        # shape the student's loss (DKD's beta, ...) are not in the key.
         spec = {
             "teachers": list(self.teacher_keys),
-            "method": to_container(cfg.method),
-            "outputs": distiller.cache_spec(),
+            "outputs": outputs_spec,
             "data": self.data_spec(student=True),
         }
         x = self.data.x_train
@@ -476,8 +599,10 @@ class Pipeline:
             parts = [_cpu_rows(outputs(rows[i : i + bs])) for i in range(0, len(rows), bs)]
             return _cat_rows(parts), {"rows": len(rows)}
 
-        art = self.store.get_or_build(
-            "teacher_logits", spec, build, check=_cache_check(outputs, rows)
+        rtol = 1e-2 if self.device.type == "cuda" else 1e-3
+        # rank 0 computes it alone, in the batches of a single process: the same bytes
+        art = dist_.get_or_build(
+            self.store, self.dist, "teacher_logits", spec, build, _cache_check(outputs, rows, rtol)
         )
         self.from_store["teacher_logits"] = art.from_cache
         pos = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
@@ -579,9 +704,11 @@ def _n_rows(out: Any) -> int | None:
     return out.shape[0] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
 
 
-def _cache_check(outputs: Callable[[torch.Tensor], Any], rows: torch.Tensor):
+def _cache_check(outputs: Callable[[torch.Tensor], Any], rows: torch.Tensor, rtol: float):
     """A stored cache must be this teacher's outputs for these rows, row by row: recompute
-    a spread of rows and compare the floating-point parts (a shifted or stale cache fails)."""
+    a spread of rows and compare the floating-point parts (a shifted or stale cache fails).
+    ``rtol``: CUDA's TF32 matmuls and per-shape cuDNN algorithms differ from the batches the
+    cache was built with by more than float32 rounding; a stale cache is off by far more."""
 
     def check(t: Any) -> None:
         n = len(rows)
@@ -597,8 +724,8 @@ def _cache_check(outputs: Callable[[torch.Tensor], Any], rows: torch.Tensor):
             if not v.is_floating_point():
                 continue  # ids of near-tied top-k entries may swap between batch sizes
             old = stored[k][probe].float()
-            tol = 1e-3 * (1 + float(v.float().abs().max()))
-            if v.shape != old.shape or not torch.allclose(v.float(), old, rtol=1e-3, atol=tol):
+            tol = rtol * (1 + float(v.float().abs().max()))
+            if v.shape != old.shape or not torch.allclose(v.float(), old, rtol=rtol, atol=tol):
                 raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
 
     return check
@@ -610,7 +737,7 @@ def _student_report(p: Pipeline, student: nn.Module, res: FitResult, ref: Any) -
     scores = p._test_scores(student, res)  # leaves the selected weights loaded
     sel = p.task.selection.name
     return {
-        "model": p.cfg.student.name,
+        "model": model_label(p.cfg.student),
         "params": count_params(student),
         **scores,
         **p.task.compare(student, p.data, ref, rt.eval_batch_size, rt.amp),
@@ -648,7 +775,10 @@ def _save_models(
     ckpt_dir: Path, teacher: nn.Module | None, baseline: nn.Module | None, res: FitResult
 ) -> None:
     """The run's own copies of its models. student.partial.pt stays until metrics.json says
-    completed (job.py removes it then), so a kill before that still resumes the student."""
+    completed (job.py removes it then), so a kill before that still resumes the student.
+    Rank 0 writes them for all ranks."""
+    if not dist_.current().is_main:
+        return
     if teacher is not None:
         atomic_torch_save(_cpu(teacher), ckpt_dir / "teacher.pt")
     atomic_torch_save(res.best_state, ckpt_dir / "student.pt")
@@ -660,8 +790,9 @@ def _save_models(
 @register_kind("distill")
 def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
     """Train everything one job needs and return its metrics (without run bookkeeping)."""
-    device = resolve_device(cfg.device)
-    set_threads(cfg.runtime.num_threads)
+    device = dist_.current().place(resolve_device(cfg.device))  # cuda:LOCAL_RANK under DDP
+    threads = set_threads(cfg.runtime.num_threads)
+    configure_backends(cfg.runtime.deterministic, device)
     p = Pipeline(cfg, run_dir, device, reporter)
     if should_stop is not None:
         p.should_stop = should_stop
@@ -673,20 +804,33 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     # Test-set numbers, computed once here; model selection used validation only.
     ref = p.teacher_reference(teacher) if teacher is not None else None
     student_rep = _student_report(p, student, res, ref)
+    effective = distiller.effective()
     metrics: dict[str, Any] = {
         "task": p.task.name,
+        # What the method actually used: T/alpha it ignores are null, not the config's values
+        "T": effective.get("T"),
+        "alpha": effective.get("alpha"),
+        "effective": effective,
         "teacher": p.reports["teacher"].as_dict() if teacher is not None else None,
         "baseline": None,
         "student": student_rep,
         "kd_gain": None,
         "from_store": p.from_store,
         "data": _data_sizes(p),
+        "world_size": p.dist.world_size,
+        "dist_backend": p.dist.backend,
+        "threads": {"job": threads, **p.stage_threads},  # runtime.num_threads resolved
     }
     if baseline is not None:
         metrics["baseline"] = _baseline_report(p, baseline, ref)
         key, sign = p.task.headline, 1.0 if p.task.higher_is_better else -1.0
         metrics["kd_gain"] = sign * (student_rep[key] - metrics["baseline"][key])
     _save_models(run_dir / "checkpoints", teacher, baseline, res)
+    # What `kdrun export` needs to rebuild and feed the student without loading the data.
+    if p.dist.is_main:  # rank 0 writes the run's files for all ranks
+        atomic_write_json(
+            preprocessing_record(p.data, cfg.student), run_dir / "checkpoints" / PREPROCESSING_FILE
+        )
     extra = getattr(distiller, "extra_metrics", None)
     if extra is not None:
         metrics.update(extra(p))

@@ -121,8 +121,12 @@ def _stage(m: dict[str, Any], stage: str, key: str) -> Any:
 def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> dict[str, Any]:
     m = read_metrics(job_dir / "metrics.json") or {}
     row: dict[str, Any] = {"job": name, **dict.fromkeys(keys)}  # filled last, as swept
+    eff = m.get("effective")
     for k, kind in (("T", float), ("alpha", float), ("seed", int)):
-        row[k] = _num(m[k] if m.get(k) is not None else ov.get(k), kind)
+        if eff is not None and k in eff:  # what the method used; null: a knob it ignores
+            row[k] = eff[k]
+        else:
+            row[k] = _num(m[k] if m.get(k) is not None else ov.get(k), kind)
     status = m.get("status", "missing")
     error = m.get("error")
     if status == "missing":
@@ -142,6 +146,7 @@ def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> di
         baseline_acc=_stage(m, "baseline", "test_acc"),
         baseline_from_cache=_stage(m, "baseline", "from_cache"),
         student_acc=_stage(m, "student", "test_acc"),
+        student_val=_stage(m, "student", "val_acc"),
         kd_gain=m.get("kd_gain"),
         agreement=_stage(m, "student", "agreement"),
         teacher_seconds=_stage(m, "teacher", "train_seconds"),
@@ -327,6 +332,65 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def is_search(s: Summary) -> bool:
+    """A search (Optuna) rather than a grid: most T × alpha cells of a panel were never run."""
+    for _label, cells in _panels(s):
+        n_t, n_a = len({c["T"] for c in cells}), len({c["alpha"] for c in cells})
+        if len(cells) < 0.5 * n_t * n_a:
+            return True
+    return False
+
+
+def plot_search(s: Summary, path: Path) -> bool:
+    """A search's trials over (T, alpha): T on a log axis, colour = student test accuracy,
+    the best trial by validation circled."""
+    from matplotlib.figure import Figure
+
+    panels = _panels(s)
+    if not panels:
+        return False
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, cells) in zip(axes, panels, strict=True):
+        ok = [c for c in cells if c["ok"] and _finite(c["acc"])]
+        sc = ax.scatter(
+            [c["T"] for c in ok],
+            [c["alpha"] for c in ok],
+            s=60,
+            c=[100 * c["acc"] for c in ok],
+            cmap="RdYlGn",
+            edgecolors="k",
+        )
+        bad = [c for c in cells if c not in ok]
+        ax.scatter([c["T"] for c in bad], [c["alpha"] for c in bad], marker="x", c="gray")
+        best = best_by_val(ok)
+        if best is not None:
+            ax.scatter(
+                [best["T"]],
+                [best["alpha"]],
+                s=260,
+                facecolors="none",
+                edgecolors="b",
+                label="best by validation",
+            )
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xscale("log")
+        ax.set_xlabel("temperature T (log scale)")
+        ax.set_ylabel("alpha (weight of the soft term)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title("search trials · " + _title(cells, label, 1), fontsize=10)
+        fig.colorbar(sc, ax=ax).set_label("student test accuracy (%)")
+    _save(fig, path)
+    return True
+
+
+def best_by_val(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed job with the best student validation accuracy (the selection rule)."""
+    ok = [r for r in rows if r.get("status", "completed") == "completed"]
+    ok = [r for r in ok if _finite(r.get("student_val"))]
+    return max(ok, key=lambda r: r["student_val"], default=None)
+
+
 def plot_heatmap(s: Summary, path: Path) -> bool:
     """Student test accuracy over T × alpha; colours centred on the baseline's accuracy."""
     import matplotlib
@@ -479,8 +543,10 @@ def summary_table(s: Summary) -> Table:
         secs = r.get(f"student_seconds{sfx}")
         t.add_row(
             *[str(r[k]) for k in s.keys],
-            f"{r['T']:g}" if _finite(r["T"]) else str(r["T"]),
-            f"{r['alpha']:g}" if _finite(r["alpha"]) else str(r["alpha"]),
+            f"{r['T']:g}" if _finite(r["T"]) else ("-" if r["T"] is None else str(r["T"])),
+            f"{r['alpha']:g}"
+            if _finite(r["alpha"])
+            else ("-" if r["alpha"] is None else str(r["alpha"])),
             seed,
             _fmt_pct_std(r.get(f"student_acc{sfx}"), r.get("student_acc_std") if agg else None),
             _fmt_pct_std(gain, r.get("kd_gain_std") if agg else None).replace("%", " pt")
@@ -502,6 +568,16 @@ def summary_table(s: Summary) -> Table:
 
 def show(s: Summary, console: Console) -> None:
     console.print(summary_table(s))
+    best = best_by_val(s.jobs)
+    if best is not None and len(s.jobs) > 1:
+        where = ", ".join(f"{k}={best[k]}" for k in s.keys)
+        console.print(
+            f"best by validation accuracy: T={best['T']:.4g}, alpha={best['alpha']:.4g}"
+            f"{', ' + where if where else ''}, seed={best['seed']} (val "
+            f"{fmt_acc(best['student_val'])}, test {fmt_acc(best['student_acc'])}; job "
+            f"{best['job']})",
+            highlight=False,
+        )
     for j in s.failed:
         where = ", ".join(
             f"{k}={j[k]:g}" if _finite(j[k]) else f"{k}={j[k]}"
@@ -532,7 +608,8 @@ def summarize(sweep_dir: str | Path, console: Console | None = None) -> Summary:
     atomic_write_text(_csv(keys, jobs, s.aggregates), sweep_dir / "summary.csv")
     atomic_write_json(_json_safe(doc), sweep_dir / "summary.json")
     s.files = [sweep_dir / "summary.csv", sweep_dir / "summary.json"]
-    for name, plot in (("heatmap.png", plot_heatmap), ("acc_vs_T.png", plot_lines)):
+    heat = plot_search if is_search(s) else plot_heatmap  # a search's trials are scattered
+    for name, plot in (("heatmap.png", heat), ("acc_vs_T.png", plot_lines)):
         try:
             if plot(s, sweep_dir / name):
                 s.files.append(sweep_dir / name)
@@ -551,6 +628,9 @@ class SummaryCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Resolved now, so ${now:...} in the directory name is the one the launcher uses.
         self.sweep_dir = str(config.hydra.sweep.dir)
+        storage = str(config.hydra.sweeper.get("storage") or "")
+        if storage.startswith("sqlite:///"):  # a search's study file: SQLite cannot make dirs
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or str(config.hydra.sweep.dir)

@@ -3,6 +3,7 @@
 The spatial attention map of a (N, C, H, W) feature is Q = mean_c |f_c|^p, flattened and
 L2-normalised per sample; for each paired stage the loss is mean over batch and positions of
 (Q_s - Q_t)^2 (the authors' and RepDistiller's code), summed over pairs and weighted by beta.
+|f|^p is the paper's; RepDistiller/mdistiller compute f^p (equal for even p, the default 2).
 When the pair's resolutions differ, the larger feature is average-pooled to the smaller.
 
 Stages pair by resolution by default: for each H x W present in both models, the last
@@ -27,6 +28,7 @@ from kdrun.methods.feature_base import (
     FeatureOptions,
     check,
     probe_models,
+    probe_shape,
 )
 from kdrun.models import MODELS, build_model
 from kdrun.models.features import Taps, probe, resolve_stage
@@ -123,27 +125,33 @@ class AT(FeatureDistiller):
             f"empty to pair stages by resolution",
         )
         s, t = probe_models(cfg)
+        shape = probe_shape(cfg)
         for role, model, model_cfg, names in (
             ("student", s, cfg.student, opts.student_layers),
             ("teacher", t, cfg.teacher, opts.teacher_layers),
         ):
-            spatial = _spatial_stages(model, PROBE_SHAPE)
+            spatial = _spatial_stages(model, shape)
             if not spatial:
+                why = (
+                    " (a transformer: its features are tokens)"
+                    if getattr(model, "kd_kind", "") == "tokens"
+                    else ""
+                )
                 raise ConfigError(
                     f"method=at needs spatial (N, C, H, W) feature maps but {role} "
-                    f"'{model_cfg.name}' has none; models that have them: "
-                    f"{', '.join(spatial_models())} (e.g. {role}=cnn)"
+                    f"'{model_cfg.name}' has none{why}; use kd, dkd, rkd, sp or crd, or a model "
+                    f"that has them: {', '.join(spatial_models())} (e.g. {role}=cnn)"
                 )
             for spec in names:
                 n = resolve_stage(model, spec, f"method.{role}_layers")
                 check(
-                    probe(model, PROBE_SHAPE, [n]).stages[n].dim() == 4,
+                    probe(model, shape, [n]).stages[n].dim() == 4,
                     f"method.{role}_layers: '{n}' of {role} '{model_cfg.name}' is not a spatial "
                     f"map; spatial stages: {', '.join(spatial)}",
                 )
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), opts, cls.in_shape(ctx))
 

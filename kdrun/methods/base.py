@@ -8,6 +8,7 @@ mode and excluded from the optimiser.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol
 
@@ -59,6 +60,28 @@ class BuildContext(Protocol):
         ``seed`` (default: the run's) sets its init and batch order."""
 
 
+# Run-level knobs: one place for each, the top level. A method never has its own copy.
+RUN_LEVEL = {
+    "T": "the temperature is the top-level T for every method",
+    "alpha": "alpha is the top-level weight of KD's soft term",
+}
+
+
+def unknown_option(method: str, key: str, known: list[str]) -> str:
+    """The one-line error for method.<key>, with the closest option (as for top-level keys)."""
+    if key in RUN_LEVEL:
+        return (
+            f"unknown config key 'method.{key}' for method '{method}': {RUN_LEVEL[key]}; "
+            f"write {key}=... instead of method.{key}=..."
+        )
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean 'method.{close[0]}'? " if close else ""
+    return (
+        f"unknown config key 'method.{key}' for method '{method}'; {hint}"
+        f"its options are: {', '.join(known)}"
+    )
+
+
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -91,15 +114,28 @@ class Distiller(nn.Module):
         frozen = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
 
+    def effective(self) -> dict[str, Any]:
+        """The run-level knobs this method actually used (metrics.json ``effective``, the run
+        header, the sweep table): None for one it does not use."""
+        return {"T": getattr(self, "T", None), "alpha": getattr(self, "alpha", None)}
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Extra columns of this epoch's history.csv row (e.g. a learned temperature)."""
+        return {}
+
+    def teacher_output_spec(self) -> dict[str, Any] | None:
+        """What ``teacher_outputs`` depends on besides the teachers' weights and the data: the
+        key of the teacher-output cache. None: nothing to cache (not cacheable, no teacher).
+        A method whose outputs depend on a knob (a temperature, an averaging rule) names it."""
+        if not self.cacheable or self.teacher is None:
+            return None
+        return {"outputs": "logits"}
+
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor] | None:
         """Per-sample teacher outputs the pipeline may cache: a tensor or a dict of tensors
         whose first dim is the sample."""
         return None if self.teacher is None else self.teacher(x)
-
-    def cache_spec(self) -> dict[str, Any]:
-        """What ``teacher_outputs`` depends on besides the teacher and the data (cache key)."""
-        return {}
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, teacher_out: torch.Tensor | None
@@ -110,15 +146,18 @@ class Distiller(nn.Module):
     @classmethod
     def options(cls, method_cfg: DictConfig) -> Any:
         """Merge the method's YAML onto its typed options: unknown keys and bad types fail."""
+        given = OmegaConf.to_container(method_cfg, resolve=True)
+        known = [f.name for f in fields(cls.Options)]
+        for key in given:
+            if key not in known:
+                raise ConfigError(unknown_option(cls.name, str(key), known))
         try:
-            given = OmegaConf.to_container(method_cfg, resolve=True)
             merged = OmegaConf.merge(OmegaConf.structured(cls.Options), given)
         except OmegaConfBaseException as e:
-            known = ", ".join(f.name for f in fields(cls.Options))
             key = getattr(e, "full_key", None) or "?"
             raise ConfigError(
                 f"bad option method.{key} for method '{cls.name}' ({str(e).splitlines()[0]}); "
-                f"its options are: {known}"
+                f"its options are: {', '.join(known)}"
             ) from None
         return OmegaConf.to_object(merged)
 

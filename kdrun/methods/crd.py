@@ -13,14 +13,27 @@ teacher as anchor against M_s; loss = beta * (both). After the step, M[i] <- nor
 momentum * M[i] + (1 - momentum) * v_i). N is the size of the student's transfer set.
 
 Negatives are drawn uniformly from the transfer set, K per step and shared by the batch (a
-(B, K) score matrix instead of RepDistiller's (B, K, d) gather: the same objective in
-expectation, far cheaper on a CPU); those of the anchor's own class are masked out, as
-RepDistiller draws negatives from other classes. K is capped at N - 1 for tiny data sets.
+(B, K) score matrix instead of RepDistiller's (B, K, d) gather, far cheaper on a CPU).
+RepDistiller draws each anchor's K negatives from the *other* classes; here those of the
+anchor's own class are masked out and the K_i kept ones of row i are reweighted by K / K_i,
+so the negative sum is K times the mean over other-class negatives, as with K draws from
+other classes (masking alone would scale its expectation by (N - N_y) / N, 0.9 on 10
+balanced classes). K is capped at N - 1 for tiny data sets.
+
+Several processes (DDP): every rank draws the same negatives (a function of seed and step) and
+the banks are updated with the embeddings and indices of the GLOBAL batch (all-gathered through
+``gather``), so the banks stay identical on every rank; the NCE loss itself is computed on the
+rank's local slice of the batch (its anchors), against the shared banks. Z is fixed from the
+first global batch (the mean over ranks).
+Under ``torch.compile`` the draw, the step counter and the bank update run outside the compiled
+graph (``torch.compiler.disable``): the counter is a Python int, which dynamo would otherwise
+guard on and recompile for at every step.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +56,16 @@ def nce_loss(
     """NCE with a uniform noise distribution (P_n = 1/n_data) and K = neg.shape[1] draws.
 
     ``pos`` (B,) and ``neg`` (B, K) are the normalised scores P; ``neg_mask`` (B, K) keeps
-    (1) or drops (0) each negative term.
+    (1) or drops (0) each negative term, and the K_i kept terms of row i are weighted by
+    K / K_i: the estimator of K draws from the kept (other-class) population.
     """
-    k_pn = neg.shape[1] / n_data
+    k = neg.shape[1]
+    k_pn = k / n_data
     log_d1 = torch.log(pos / (pos + k_pn + eps))
     log_d0 = torch.log(k_pn / (neg + k_pn + eps))
     if neg_mask is not None:
-        log_d0 = log_d0 * neg_mask
+        kept = neg_mask.sum(1, keepdim=True).clamp(min=1)
+        log_d0 = log_d0 * neg_mask * (k / kept)
     return -(log_d1.sum() + log_d0.sum()) / pos.shape[0]
 
 
@@ -97,6 +113,8 @@ class CRD(FeatureDistiller):
         self.seed = seed
         self._step = 0  # in the state dict (extra state): negatives replay exactly on resume
         self._gen = torch.Generator()
+        # all-gather over ranks (set by the DDP wrapper); the identity in one process
+        self.gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
     def get_extra_state(self) -> Any:
         return {"step": self._step}
@@ -112,7 +130,7 @@ class CRD(FeatureDistiller):
         check(0 <= opts.momentum < 1, f"method.momentum must be in [0, 1) (got {opts.momentum})")
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         student, teacher = ctx.new_student(), ctx.teacher()
         shape = cls.in_shape(ctx)
@@ -127,12 +145,22 @@ class CRD(FeatureDistiller):
         """K indices into the training split, a function of (seed, step) only."""
         self._gen.manual_seed(self.seed * 1_000_003 + self._step)
         pick = torch.randint(self.n_data, (self.k,), generator=self._gen)
-        return self.pool[pick.to(self.pool.device)]
+        if self.pool.device.type == "cuda":  # drawn on the CPU (same draws), copied async
+            pick = pick.pin_memory().to(self.pool.device, non_blocking=True)
+        return self.pool[pick]
+
+    @torch.compiler.disable
+    def _next_negatives(self) -> torch.Tensor:
+        """This step's negatives; a training step then advances the counter."""
+        neg = self.negatives()
+        if self.training:
+            self._step += 1
+        return neg
 
     def feature_losses(self, s: Taps, t: Taps, y, idx):
         v_s = F.normalize(self.embed_s(s.embedding.float().flatten(1)), dim=1)
         v_t = F.normalize(self.embed_t(t.embedding.float().flatten(1)), dim=1)
-        neg = self.negatives()
+        neg = self._next_negatives()
         keep = (self.labels[neg][None, :] != y[:, None]).float()  # other-class negatives only
         tau = self.opts.nce_t
 
@@ -144,6 +172,7 @@ class CRD(FeatureDistiller):
         e_t = scores(v_t, self.memory_s)  # teacher anchors against the student bank
         if self.training:  # Z: fixed once, from the first batch (as RepDistiller)
             first = torch.stack([e_s.detach().mean(), e_t.detach().mean()]) * self.n_data
+            first = self.gather(first[None]).mean(0)  # the same Z on every rank
             self.z.copy_(torch.where(self.z < 0, first, self.z))
         p_s, p_t = e_s / self.z[0], e_t / self.z[1]
         loss = nce_loss(p_s[:, 0], p_s[:, 1:], self.n_data, keep) + nce_loss(
@@ -151,11 +180,12 @@ class CRD(FeatureDistiller):
         )
         if self.training:
             self._update_memory(idx, v_s.detach(), v_t.detach())
-            self._step += 1
         return {"crd": self.opts.beta * loss}
 
+    @torch.compiler.disable
     @torch.no_grad()
     def _update_memory(self, idx: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
+        idx, v_s, v_t = self.gather(idx), self.gather(v_s), self.gather(v_t)
         m = self.opts.momentum
         self.memory_s[idx] = F.normalize(self.memory_s[idx] * m + v_s * (1 - m), dim=1)
         self.memory_t[idx] = F.normalize(self.memory_t[idx] * m + v_t * (1 - m), dim=1)

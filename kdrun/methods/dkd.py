@@ -11,6 +11,8 @@ DKD drops the (1 - p_t[target]) coupling and weights the parts freely:
     loss = ce_weight * CE + w(epoch) * T^2 * (alpha * TCKD + beta * NCKD)
 
 with w rising linearly to 1 over the first ``warmup`` epochs (epoch e, 1-based: w = e/warmup).
+T is the run's top-level ``T``; alpha and beta here are DKD's own TCKD/NCKD weights (the
+top-level alpha, KD's soft-term weight, is not used).
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ def dkd_per_sample(
     """Per-sample (TCKD, NCKD) at temperature T, without the T^2 factor or weights."""
     s = student_logits.float() / T
     t = teacher_logits.float() / T
-    b, c = s.shape
-    gt = F.one_hot(targets, c).bool()
+    c = s.shape[1]
+    # Index arithmetic, not one_hot / boolean masks: those check values or size their output
+    # from the data, which syncs with a GPU and breaks torch.compile graphs.
+    cls = torch.arange(c, device=s.device)
+    gt = cls[None, :] == targets[:, None]
+    # the C - 1 non-target classes of each row, in class order: j, or j + 1 past the target
+    rest = cls[None, : c - 1] + (cls[None, : c - 1] >= targets[:, None]).long()
 
     def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
         # log [p_target, 1 - p_target], from log-sum-exps so neither part underflows to log 0
@@ -44,8 +51,8 @@ def dkd_per_sample(
     bs, bt = binary_log_probs(s), binary_log_probs(t)
     tckd = (bt.exp() * (bt - bs)).sum(1)
     # the C - 1 non-target logits of each row, in class order
-    ls = F.log_softmax(s[~gt].view(b, c - 1), 1)
-    lt = F.log_softmax(t[~gt].view(b, c - 1), 1)
+    ls = F.log_softmax(s.gather(1, rest), 1)
+    lt = F.log_softmax(t.gather(1, rest), 1)
     nckd = (lt.exp() * (lt - ls)).sum(1)
     return tckd, nckd
 
@@ -69,7 +76,6 @@ class DKDOptions(MethodOptions):
     ce_weight: float = 1.0
     alpha: float = 1.0
     beta: float = 8.0
-    T: float = 4.0
     warmup: int = 20  # epochs; clamped to the student's epochs
 
 
@@ -79,9 +85,11 @@ class DKD(Distiller):
 
     Options = DKDOptions
 
-    def __init__(self, student, teacher, opts: DKDOptions, steps_per_epoch: int, epochs: int):
+    def __init__(
+        self, student, teacher, opts: DKDOptions, steps_per_epoch: int, epochs: int, T: float = 4.0
+    ):
         super().__init__(student, teacher)
-        self.opts = opts
+        self.opts, self.T = opts, T  # T: the run's top-level T (mdistiller CFG.DKD.T = 4)
         self.steps_per_epoch = max(1, steps_per_epoch)
         # mdistiller warms up over 20 of 240 epochs; kdrun recipes are short, so never longer
         # than the run itself (warmup >= epochs: the full weight is reached in the last epoch).
@@ -92,7 +100,6 @@ class DKD(Distiller):
     @classmethod
     def check_config(cls, cfg) -> None:
         o = cls.options(cfg.method)
-        check(o.T > 0, f"method.T must be > 0 (got {o.T}); try method.T=4")
         for k in ("ce_weight", "alpha", "beta", "warmup"):
             check(getattr(o, k) >= 0, f"method.{k} must be >= 0 (got {getattr(o, k)})")
 
@@ -101,7 +108,7 @@ class DKD(Distiller):
         opts = cls.options(cfg.method)
         recipe = cfg.student.train
         steps = math.ceil(len(ctx.data.student_idx) / recipe.batch_size)
-        return cls(ctx.new_student(), ctx.teacher(), opts, steps, recipe.epochs)
+        return cls(ctx.new_student(), ctx.teacher(), opts, steps, recipe.epochs, cfg.T)
 
     def warmup_factor(self) -> torch.Tensor:
         """min(epoch / warmup, 1) for the current 1-based epoch, as a tensor (no device sync)."""
@@ -118,7 +125,7 @@ class DKD(Distiller):
         w = self.warmup_factor()
         if self.training:
             self.step += 1
-        parts = dkd_loss(logits, teacher_out, y, o.T, o.alpha, o.beta)
+        parts = dkd_loss(logits, teacher_out, y, self.T, o.alpha, o.beta)
         losses = {"hard": o.ce_weight * F.cross_entropy(logits.float(), y)}
         losses.update({k: w * v for k, v in parts.items()})
         return logits, losses

@@ -32,7 +32,6 @@ SEED_STRIDE = 1000  # peer k starts from seed + 1 + 1000 k: never another run's 
 class DMLOptions(MethodOptions):
     name: str = "dml"
     peers: int = 2  # students trained together, the run's student included
-    T: float = 1.0  # DML's own temperature (the paper mimics plain predictions: T = 1)
     weight: float = 1.0  # weight of the mimicry (KL) term; the CE term has weight 1
 
 
@@ -70,8 +69,6 @@ class DML(Distiller):
         opts = cls.options(cfg.method)
         if opts.peers < 2:
             raise ConfigError(f"method.peers must be >= 2 (got {opts.peers}); DML needs peers")
-        if opts.T <= 0:
-            raise ConfigError(f"method.T must be > 0 (got {opts.T}); the DML paper uses 1")
         if opts.weight < 0:
             raise ConfigError(f"method.weight must be >= 0 (got {opts.weight})")
 
@@ -82,7 +79,7 @@ class DML(Distiller):
         peers += [
             ctx.new_student(seed=cfg.seed + 1 + SEED_STRIDE * k) for k in range(1, opts.peers)
         ]
-        return cls(peers, opts.T, opts.weight)
+        return cls(peers, cfg.T, opts.weight)
 
     def forward(self, x, y, idx, teacher_out):
         logits = [peer(x) for peer in self.peers]

@@ -6,6 +6,8 @@ cacheable. Each adds its own weighted loss terms to a common core,
 
     loss = ce_weight * CE(student, y) + kd_weight * T^2 * KL(p_t^T || p_s^T) + <method terms>
 
+(T: the run's top-level ``T``, RepDistiller's --kd_T 4),
+
 with RepDistiller's defaults ce_weight 1, kd_weight 0 (the feature loss alone, as in the CRD
 paper's comparison table). Their adapters/embeddings are submodules of the Distiller, so
 ``trainable_parameters()`` gives them to the optimiser; memory banks are buffers.
@@ -18,13 +20,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Distiller, MethodOptions
 from kdrun.methods.losses import kl_soft
-from kdrun.models import build_model
+from kdrun.models import build_model, is_pretrained, preprocessing
 from kdrun.models.features import Taps, capture, probe, resolve_stage
 
 # Shape probes before any data is loaded (check_config) use this input: every image model
@@ -36,7 +38,6 @@ PROBE_SHAPE = (3, 32, 32)
 class FeatureOptions(MethodOptions):
     ce_weight: float = 1.0  # RepDistiller -r / mdistiller *.LOSS.CE_WEIGHT
     kd_weight: float = 0.0  # RepDistiller -a: optional soft-target term on top (0 = off)
-    T: float = 4.0  # temperature of that optional KD term (RepDistiller --kd_T)
 
 
 def check(cond: bool, msg: str) -> None:
@@ -44,12 +45,27 @@ def check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def probe_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """The probe input: 32x32 RGB, or the input size a pretrained teacher prescribes (a ViT
+    takes no other size)."""
+    pre = preprocessing(cfg.teacher) if is_pretrained(cfg.teacher) else None
+    return (3, *pre.image_size) if pre and pre.image_size else PROBE_SHAPE
+
+
+def _structure_only(model_cfg: DictConfig) -> DictConfig:
+    """The model's architecture without its weights: checks read module names and shapes."""
+    c = OmegaConf.merge(model_cfg, {"weights": None, "num_classes_from_data": True})
+    c._set_parent(model_cfg._get_parent())  # keep its role (teacher/student) for messages
+    return c
+
+
 def probe_models(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Student and teacher built on the CPU for shape checks, leaving the RNG untouched."""
-    n_cls = DATASETS[cfg.dataset.name].num_classes
+    n_cls = DATASETS[cfg.dataset.name].num_classes or 10  # 0: the user's data, not yet counted
+    shape = probe_shape(cfg)
     with torch.random.fork_rng(devices=[]):
-        s = build_model(cfg.student, PROBE_SHAPE, n_cls)
-        t = build_model(cfg.teacher, PROBE_SHAPE, n_cls)
+        s = build_model(_structure_only(cfg.student), shape, n_cls)
+        t = build_model(_structure_only(cfg.teacher), shape, n_cls)
     return s, t
 
 
@@ -66,6 +82,7 @@ class FeatureDistiller(Distiller):
     def __init__(self, student, teacher, opts: Any):
         super().__init__(student, teacher)
         self.opts = opts
+        self.T = 4.0  # of the optional KD term; build() sets the run's top-level T
         self.student_stages: list[str] = []
         self.teacher_stages: list[str] = []
         self.use_embedding = False  # capture the input of kd_head on both models
@@ -76,7 +93,6 @@ class FeatureDistiller(Distiller):
         o = cls.options(cfg.method)
         check(o.ce_weight >= 0, f"method.ce_weight must be >= 0 (got {o.ce_weight})")
         check(o.kd_weight >= 0, f"method.kd_weight must be >= 0 (got {o.kd_weight})")
-        check(o.T > 0, f"method.T must be > 0 (got {o.T}); try method.T=4")
         if hasattr(o, "beta"):
             check(o.beta >= 0, f"method.beta must be >= 0 (got {o.beta})")
         cls.check_options(o, cfg)
@@ -84,6 +100,20 @@ class FeatureDistiller(Distiller):
     @classmethod
     def check_options(cls, opts: Any, cfg: DictConfig) -> None:
         """Method-specific checks; run before anything is trained."""
+
+    @classmethod
+    def build(cls, cfg: DictConfig, ctx) -> Distiller:
+        d = cls.create(cfg, ctx)
+        d.T = float(cfg.T)  # one place for every feature method: the top-level T
+        return d
+
+    @classmethod
+    def create(cls, cfg: DictConfig, ctx) -> FeatureDistiller:
+        """The method's own construction (its adapters, memory banks, stage choice)."""
+        raise NotImplementedError
+
+    def effective(self) -> dict[str, Any]:
+        return {"T": self.T if self.opts.kd_weight > 0 else None, "alpha": None}
 
     @staticmethod
     def in_shape(ctx) -> tuple[int, ...]:
@@ -98,7 +128,7 @@ class FeatureDistiller(Distiller):
         o = self.opts
         losses = {"hard": o.ce_weight * F.cross_entropy(logits.float(), y)}
         if o.kd_weight > 0:
-            losses["soft"] = o.kd_weight * o.T * o.T * kl_soft(logits, t_logits, o.T)
+            losses["soft"] = o.kd_weight * self.T * self.T * kl_soft(logits, t_logits, self.T)
         # Feature losses in float32 even under autocast: normalisations and exp(s / 0.07).
         with torch.autocast(x.device.type, enabled=False):
             losses.update(self.feature_losses(s, t, y, idx))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdrun.errors import ConfigError
 from kdrun.methods.base import register_method
 from kdrun.methods.feature_base import (
     FeatureDistiller,
@@ -60,12 +61,50 @@ class HintAdapter(nn.Module):
         return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
 
 
+class ConvReg(nn.Module):
+    """RepDistiller's FitNet regressor (models/util.py ConvReg): conv + BN + ReLU.
+
+    Student H twice the teacher's: 3x3 conv, stride 2; half: 4x4 transposed conv, stride 2;
+    otherwise larger or equal: a valid conv of kernel (1 + H_s - H_t, 1 + W_s - W_t). A
+    student map smaller than the teacher's (other than half) has no ConvReg.
+    """
+
+    def __init__(self, s_shape: tuple[int, ...], t_shape: tuple[int, ...]):
+        super().__init__()
+        if len(s_shape) != 3 or len(t_shape) != 3:
+            raise ConfigError(
+                f"method.regressor=convreg needs spatial (C, H, W) maps on both sides (got "
+                f"{tuple(s_shape)} and {tuple(t_shape)}); use method.regressor=conv1x1"
+            )
+        (sc, sh, sw), (tc, th, tw) = s_shape, t_shape
+        if sh == 2 * th:
+            self.conv: nn.Module = nn.Conv2d(sc, tc, kernel_size=3, stride=2, padding=1)
+        elif 2 * sh == th:
+            self.conv = nn.ConvTranspose2d(sc, tc, kernel_size=4, stride=2, padding=1)
+        elif sh >= th and sw >= tw:
+            self.conv = nn.Conv2d(sc, tc, kernel_size=(1 + sh - th, 1 + sw - tw))
+        else:
+            raise ConfigError(
+                f"method.regressor=convreg cannot map a {sh}x{sw} student map onto a {th}x{tw} "
+                f"teacher map (RepDistiller's ConvReg has no such case); pick other layers "
+                f"(method.student_layer / method.teacher_layer) or method.regressor=conv1x1"
+            )
+        self.bn = nn.BatchNorm2d(tc)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(f)))
+
+
+REGRESSORS = {"conv1x1": HintAdapter, "convreg": ConvReg}
+
+
 @dataclass
 class FitNetOptions(FeatureOptions):
     name: str = "fitnet"
     beta: float = 100.0  # RepDistiller -b 100 / mdistiller FITNET.LOSS.FEAT_WEIGHT
     student_layer: str = "mid"  # guided layer: a module name, a kd_stages index, or mid
     teacher_layer: str = "mid"  # hint layer: the paper uses the middle of the teacher
+    regressor: str = "conv1x1"  # conv1x1 (1x1 conv + BN + resize) | convreg (RepDistiller's)
 
 
 @register_method("fitnet")
@@ -76,16 +115,21 @@ class FitNet(FeatureDistiller):
         super().__init__(student, teacher, opts)
         s_name, t_name, s, t = stage_pair(student, teacher, opts, in_shape)
         self.student_stages, self.teacher_stages = [s_name], [t_name]
-        self.adapter = HintAdapter(
+        self.adapter = REGRESSORS[opts.regressor](
             tuple(s.stages[s_name].shape[1:]), tuple(t.stages[t_name].shape[1:])
         )
 
     @classmethod
     def check_options(cls, opts, cfg) -> None:
+        if opts.regressor not in REGRESSORS:
+            raise ConfigError(
+                f"unknown method.regressor '{opts.regressor}'; choose one of: "
+                f"{', '.join(REGRESSORS)}"
+            )
         check_layer_options(opts, cfg)
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), opts, cls.in_shape(ctx))
 

@@ -95,9 +95,12 @@ class TokenKD(Distiller):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, opts)
 
-    def cache_spec(self) -> dict[str, Any]:
-        """What the cached teacher outputs depend on besides the teacher and the data."""
+    def teacher_output_spec(self) -> dict[str, Any] | None:
+        """The cache holds top-k log-probs at T: keyed by T, k and the standardisation."""
+        if not self.cacheable or self.teacher is None:
+            return None
         return {
+            "outputs": "topk_logprobs",
             "T": self.T,
             "top_k": self.opts.cache_top_k,
             "standardize": self.opts.logit_standardization,

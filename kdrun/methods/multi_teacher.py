@@ -87,6 +87,11 @@ class MultiTeacher(KD):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), members, cfg.T, cfg.alpha, opts.average)
 
+    def teacher_output_spec(self) -> dict[str, Any]:
+        # The averaged logits depend on T when averaging probabilities (T log p^T)
+        T = self.T if self.average == "probs" else None
+        return {"outputs": "ensemble_logits", "average": self.average, "T": T}
+
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return ensemble_logits([t(x) for t in self.teacher], self.T, self.average)

@@ -8,6 +8,10 @@ On the embeddings (the input of each model's classifier), the student matches th
     <(e_i - e_j)/|e_i - e_j|, (e_k - e_j)/|e_k - e_j|>;  loss = mean over all (j, i, k) of
     Huber(cos_s - cos_t)  (degenerate triplets give 0 on both sides).
 Huber is smooth L1 with delta 1, as in the paper.
+
+Several processes (DDP): the batch here is the rank's LOCAL slice of the global batch, so
+relations between samples on different ranks are not compared; keep the per-rank batch of a
+single-process recipe by scaling batch_size with the number of processes.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class RKD(FeatureDistiller):
             check(getattr(opts, k) >= 0, f"method.{k} must be >= 0 (got {getattr(opts, k)})")
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         return cls(ctx.new_student(), ctx.teacher(), cls.options(cfg.method))
 
     def feature_losses(self, s: Taps, t: Taps, y, idx):

@@ -7,6 +7,10 @@ L2-normalise each row of G, and match the matrices:
 
 Only within-batch similarities are compared, so student and teacher features may differ in
 size (even an MLP student against a CNN teacher).
+
+Several processes (DDP): the batch here is the rank's LOCAL slice of the global batch, so
+relations between samples on different ranks are not compared; keep the per-rank batch of a
+single-process recipe by scaling batch_size with the number of processes.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class SP(FeatureDistiller):
         check_layer_options(opts, cfg)
 
     @classmethod
-    def build(cls, cfg, ctx):
+    def create(cls, cfg, ctx):
         return cls(ctx.new_student(), ctx.teacher(), cls.options(cfg.method))
 
     def feature_losses(self, s: Taps, t: Taps, y, idx):

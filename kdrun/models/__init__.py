@@ -4,8 +4,31 @@ Importing this package registers every built-in model (basic, the CIFAR families
 causal language models).
 """
 
-from kdrun.models import basic, cifar, gpt  # noqa: F401  (registration)
+from kdrun.models import basic, cifar, external, gpt  # noqa: F401  (registration)
 from kdrun.models.basic import MLP, SmallCNN
+from kdrun.models.external import (
+    Preprocessing,
+    is_pretrained,
+    load_state_file,
+    preprocessing,
+    require,
+    weights_identity,
+    with_weights,
+)
 from kdrun.models.registry import MODELS, build_model, count_params, register_model
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "build_model", "count_params", "register_model"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "Preprocessing",
+    "SmallCNN",
+    "build_model",
+    "count_params",
+    "is_pretrained",
+    "load_state_file",
+    "preprocessing",
+    "register_model",
+    "require",
+    "weights_identity",
+    "with_weights",
+]

@@ -19,6 +19,22 @@ from kdrun.store import atomic_write_text
 
 log = logging.getLogger("kdrun")
 
+# Significant digits of the numbers stored in metrics.json: accuracies over <= 10^6 test images
+# are exact at 6, and float32 noise (0.925000011920929) is gone.
+STORED_DIGITS = 6
+
+
+def round_floats(value: Any, digits: int = STORED_DIGITS) -> Any:
+    """``value`` with every float inside (dicts, lists, tuples) rounded to ``digits``
+    significant digits; non-finite floats, ints, bools and strings unchanged."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(v, digits) for v in value]
+    return value
+
 
 def _val_key(row: dict[str, Any]) -> str:
     """The row's validation metric (val_acc for classification, val_bpb for language)."""
@@ -28,13 +44,22 @@ def _val_key(row: dict[str, Any]) -> str:
 class Reporter:
     """Rich progress bars in an interactive terminal; one log line per epoch otherwise."""
 
-    def __init__(self, console: Console, progress: bool):
+    def __init__(
+        self,
+        console: Console,
+        progress: bool,
+        on_row: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
+        """``on_row(stage, row)``: also called with every epoch's row (experiment trackers)."""
         self.console = console
         self.progress = progress
+        self.on_row = on_row
 
     @contextmanager
     def stage(self, name: str, total_steps: int) -> Iterator[dict[str, Any]]:
         def log_epoch(row: dict[str, Any]) -> None:
+            if self.on_row is not None:
+                self.on_row(name, row)
             key = _val_key(row)
             log.info(
                 "%s epoch %d: loss %.4f train_acc %.4f %s %.4f (%.1fs)",
@@ -63,6 +88,8 @@ class Reporter:
             task = bar.add_task(name, total=total_steps, info="")
 
             def on_epoch(row: dict[str, Any]) -> None:
+                if self.on_row is not None:
+                    self.on_row(name, row)
                 info = f"epoch {row['epoch']} loss {row['loss']:.3f} val {row[_val_key(row)]:.4f}"
                 bar.update(task, info=info)
                 logging.getLogger("kdrun.file").debug("%s", info)
@@ -74,6 +101,20 @@ def fmt_acc(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{100 * x:.2f}%"
+
+
+def knob_text(m: dict[str, Any]) -> str:
+    """'T=4 · alpha=0.9' as the method used them (metrics.json ``effective``); a knob the
+    method does not use is left out, a learned T says so."""
+    eff = m.get("effective") or {"T": m.get("T"), "alpha": m.get("alpha")}
+    parts = []
+    if eff.get("T") is not None:
+        parts.append(f"T={eff['T']:g}")
+    elif eff.get("T_learned") is not None:
+        parts.append(f"T learned ({eff['T_learned']:.3g})")
+    if eff.get("alpha") is not None:
+        parts.append(f"alpha={eff['alpha']:g}")
+    return " · ".join(parts)
 
 
 def fmt_value(x: Any, fmt: str) -> str:
@@ -100,7 +141,7 @@ def _acc_gain(gain: float) -> str:
 
 def _source(stage: str, r: dict[str, Any]) -> str:
     if stage != "student":
-        return "store" if r.get("from_cache") else "trained"
+        return r.get("source") or ("store" if r.get("from_cache") else "trained")
     return "trained" if not r.get("resumed_from_epoch") else f"resumed@{r['resumed_from_epoch']}"
 
 
@@ -111,8 +152,9 @@ def results_table(
 ) -> Table:
     """The run table. ``columns``: (header, key, fmt) triples or objects with those fields
     (the task's); ``gain_text`` words the kd_gain caption."""
+    knobs = knob_text(m)
     title = (
-        f"kdrun · {m['dataset']} · method={m['method']} · T={m['T']:g} · alpha={m['alpha']:g}"
+        f"kdrun · {m['dataset']} · method={m['method']}{' · ' + knobs if knobs else ''}"
         f" · seed={m['seed']}"
     )
     cols = [tuple(c) if isinstance(c, tuple) else (c.header, c.key, c.fmt) for c in columns]

@@ -34,9 +34,23 @@ log = logging.getLogger("kdrun.store")
 FORMAT_VERSION = 1
 
 
+def canonical(spec: Any) -> Any:
+    """``spec`` with equal numbers written alike: an integral float becomes an int, so
+    ``beta=1`` and ``beta=1.0`` (YAML vs. command line) describe the same artifact."""
+    if isinstance(spec, dict):
+        return {str(k): canonical(v) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return [canonical(v) for v in spec]
+    if isinstance(spec, float) and spec.is_integer():
+        return int(spec)
+    return spec
+
+
 def content_key(spec: Any) -> str:
     """Stable hash of a JSON-able description of everything that determines an artifact."""
-    blob = json.dumps({"format": FORMAT_VERSION, "spec": spec}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"format": FORMAT_VERSION, "spec": canonical(spec)}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -127,6 +141,10 @@ class ArtifactStore:
             return Artifact(payload, meta, False, d)
         finally:
             lock.release()
+
+    def has(self, kind: str, spec: Any, check: Callable[[Any], None] | None = None) -> bool:
+        """Whether a sound artifact for ``spec`` is stored (loads and checks it; no lock)."""
+        return self._try_load(self.dir(kind, content_key(spec)), check) is not None
 
     def remove(self, kind: str, key: str) -> None:
         shutil.rmtree(self.dir(kind, key), ignore_errors=True)

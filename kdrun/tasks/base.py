@@ -42,8 +42,9 @@ class Task(Protocol):
     def gain_text(self, gain: float) -> str:
         """The run table's caption for ``kd_gain`` (in the headline's units)."""
 
-    def load_data(self, ds_cfg: DictConfig) -> Any:
-        """The data bundle (on the CPU) the loop trains on: splits, index sets, shapes."""
+    def load_data(self, ds_cfg: DictConfig, hints: Any = None) -> Any:
+        """The data bundle (on the CPU) the loop trains on: splits, index sets, shapes.
+        ``hints``: a pretrained teacher's preprocessing and the memory limit (LoadHints)."""
 
     def build_model(self, model_cfg: DictConfig, data: Any) -> nn.Module:
         """A model from the registry, sized for this data (input shape, classes, vocabulary)."""

@@ -8,12 +8,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.data import DataBundle, load_data
+from kdrun.data import DataBundle, LoadHints, load_data
 from kdrun.engine import Selection, accuracy, predict, val_accuracy
 from kdrun.methods import METHODS
 from kdrun.methods.base import HardLabels
 from kdrun.methods.losses import kl_soft
-from kdrun.models import build_model
+from kdrun.models import build_model, with_weights
 from kdrun.tasks.base import Column, register_task
 
 
@@ -48,11 +48,11 @@ class Classification:
     def gain_text(self, gain: float) -> str:
         return f"KD gain (distilled − baseline test acc): {100 * gain:+.2f} points"
 
-    def load_data(self, ds_cfg: DictConfig) -> DataBundle:
-        return load_data(ds_cfg, "cpu")
+    def load_data(self, ds_cfg: DictConfig, hints: LoadHints | None = None) -> DataBundle:
+        return load_data(ds_cfg, "cpu", hints)
 
     def build_model(self, model_cfg: DictConfig, data: DataBundle) -> nn.Module:
-        return build_model(model_cfg, data.in_shape, data.num_classes)
+        return with_weights(build_model(model_cfg, data.in_shape, data.num_classes), model_cfg)
 
     def hard_distiller(self, model: nn.Module) -> nn.Module:
         return HardLabels(model)

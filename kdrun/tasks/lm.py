@@ -80,7 +80,7 @@ class LanguageModelling:
     def gain_text(self, gain: float) -> str:
         return f"KD gain (baseline − distilled test bits per byte): {gain:+.4f} bpb"
 
-    def load_data(self, ds_cfg: DictConfig) -> TextData:
+    def load_data(self, ds_cfg: DictConfig, hints: Any = None) -> TextData:
         return load_text_data(ds_cfg)
 
     def build_model(self, model_cfg: DictConfig, data: TextData) -> nn.Module:
