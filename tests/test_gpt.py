@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from kdrun.errors import ConfigError
+from kdrun.models.features import capture
 from kdrun.models.gpt import (
     GPT,
     GPTShape,
@@ -107,3 +108,13 @@ def test_hf_causal_lm_loads_a_saved_tiny_gpt2_without_network(tmp_path, monkeypa
         hf_causal_lm(cfg, (16,), 256)  # bytes (256) for a model of 64 tokens
     with pytest.raises(ConfigError, match="config.json"):
         hf_causal_lm(OmegaConf.create({"path": str(tmp_path)}), (16,), 64)
+
+
+def test_block_hooks_capture_every_stage_and_the_embedding():
+    m = _tiny()
+    x = torch.randint(0, 31, (2, 10))
+    with capture(m, m.kd_stages, embedding=True) as taps:
+        out = m(x)
+    assert set(taps.stages) == set(m.kd_stages)
+    assert all(t.shape == (2, 10, 16) for t in taps.stages.values())
+    torch.testing.assert_close(m.head(taps.embedding), out)
