@@ -14,6 +14,7 @@ from kdrun.cli import precheck
 from kdrun.config import config_dir
 from kdrun.errors import ConfigError
 from kdrun.experiments import validate
+from kdrun.methods import LM_METHODS, METHODS
 
 CONF = Path(config_dir())
 GROUPS = ["dataset", "teacher", "student", "method", "experiment"]
@@ -45,7 +46,9 @@ def test_defaults():
     "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda x: str(x)
 )
 def test_every_yaml_composes_and_validates(group, option):
-    cfg = compose_cfg(f"{group}={option}")
+    # methods of the language-model task only: composed with a text corpus
+    lm_only = group == "method" and option in LM_METHODS and option not in METHODS
+    cfg = compose_cfg(f"{group}={option}", *(["dataset=pystdlib"] if lm_only else []))
     validate(cfg)
     if group in ("dataset", "method"):
         assert cfg[group].name == option

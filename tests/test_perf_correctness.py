@@ -59,6 +59,13 @@ def kd(p: Pipeline, teacher: nn.Module) -> KD:
     return KD(build_model(p.cfg.student, p.data.in_shape, 10), teacher, p.cfg.T, p.cfg.alpha)
 
 
+def outputs_of(p: Pipeline, dist) -> torch.Tensor:
+    """The stored teacher outputs (the student's rows: every training row here)."""
+    cache = p.teacher_cache(dist)
+    assert cache is not None and torch.equal(cache.pos, torch.arange(len(p.data.y_train)))
+    return cache.outputs
+
+
 def logits_dir(p: Pipeline):
     dirs = [d for d in (p.store.root / "teacher_logits").iterdir() if d.is_dir()]
     assert len(dirs) == 1
@@ -83,7 +90,7 @@ def test_cached_logits_match_fresh_teacher_under_shuffling(tmp_path):
     p = make_pipeline(tmp_path)
     teacher = random_teacher(p)
     dist = Spy(kd(p, teacher).student, teacher, 4.0, 0.9)
-    cache = p.teacher_cache(dist)
+    cache = outputs_of(p, dist)
     assert cache is not None and cache.shape == (len(p.data.y_train), 10)
     d = p.data
     fit(
@@ -105,13 +112,13 @@ def test_cached_logits_match_fresh_teacher_under_shuffling(tmp_path):
 
 def test_cache_is_reused_across_jobs_and_keyed_by_teacher(tmp_path):
     p1 = make_pipeline(tmp_path, T=4.0)
-    c1 = p1.teacher_cache(kd(p1, random_teacher(p1)))
+    c1 = outputs_of(p1, kd(p1, random_teacher(p1)))
     p2 = make_pipeline(tmp_path, T=2.0, alpha=0.5)  # another job of the sweep: same teacher
-    c2 = p2.teacher_cache(kd(p2, random_teacher(p2)))
+    c2 = outputs_of(p2, kd(p2, random_teacher(p2)))
     assert torch.equal(c1, c2)
     assert len([d for d in (p1.store.root / "teacher_logits").iterdir() if d.is_dir()]) == 1
     p3 = make_pipeline(tmp_path)  # another teacher: its own cache, never the first one's
-    c3 = p3.teacher_cache(kd(p3, random_teacher(p3, seed=5, key="teacher:B")))
+    c3 = outputs_of(p3, kd(p3, random_teacher(p3, seed=5, key="teacher:B")))
     assert not torch.allclose(c1, c3)
     assert len([d for d in (p1.store.root / "teacher_logits").iterdir() if d.is_dir()]) == 2
 
@@ -136,10 +143,10 @@ def _tamper(d, payload: torch.Tensor) -> None:
 def test_stale_or_misaligned_cache_is_rejected_and_rebuilt(tmp_path, corrupt, caplog):
     p = make_pipeline(tmp_path)
     teacher = random_teacher(p)
-    good = p.teacher_cache(kd(p, teacher))
+    good = outputs_of(p, kd(p, teacher))
     _tamper(logits_dir(p), corrupt(good))
     again = make_pipeline(tmp_path)
-    cache = again.teacher_cache(kd(again, random_teacher(again)))
+    cache = outputs_of(again, kd(again, random_teacher(again)))
     assert torch.equal(cache, good)
     assert "corrupt" in caplog.text
 
@@ -148,10 +155,10 @@ def test_same_key_but_replaced_teacher_is_detected(tmp_path):
     """e.g. teacher.checkpoint=FILE overwritten by another teacher: the key stays, the
     spot-check of recomputed rows does not."""
     p = make_pipeline(tmp_path)
-    old = p.teacher_cache(kd(p, random_teacher(p, seed=0)))
+    old = outputs_of(p, kd(p, random_teacher(p, seed=0)))
     q = make_pipeline(tmp_path)
     new_teacher = random_teacher(q, seed=7)  # same key "teacher:A", other weights
-    cache = q.teacher_cache(kd(q, new_teacher))
+    cache = outputs_of(q, kd(q, new_teacher))
     assert not torch.allclose(cache, old)
     torch.testing.assert_close(cache, predict(new_teacher, q.data.x_train), rtol=1e-5, atol=1e-5)
 
@@ -209,7 +216,7 @@ def test_distillation_with_cache_equals_without(tmp_path):
     runs = []
     for use in (True, False):
         dist = kd(p, teacher)
-        cache = p.teacher_cache(dist) if use else None
+        cache = outputs_of(p, dist) if use else None
         runs.append(
             fit(
                 dist,

@@ -18,6 +18,7 @@ from kdrun.engine import predict
 from kdrun.errors import CheckpointError, ConfigError, KdrunError
 from kdrun.experiments.export import FORMATS as EXPORT_FORMATS
 from kdrun.experiments.export import N_CHECK, ONNX_TOLERANCE, export_run
+from kdrun.experiments.generate import generate_text
 from kdrun.experiments.job import read_metrics
 from kdrun.experiments.pipeline import run_test_inputs
 from kdrun.experiments.soft_targets import (
@@ -30,7 +31,7 @@ from kdrun.experiments.soft_targets import (
     softmax_table,
 )
 from kdrun.experiments.sweep import summarize
-from kdrun.methods import METHODS
+from kdrun.methods import LM_METHODS, METHODS
 from kdrun.models import MODELS
 from kdrun.store import atomic_write_json
 
@@ -41,6 +42,7 @@ def list_registries(args: list[str]) -> int:
     c.print("[bold]datasets:[/]", ", ".join(sorted(DATASETS)))
     c.print("[bold]models:[/]  ", ", ".join(sorted(MODELS)))
     c.print("[bold]methods:[/] ", ", ".join(sorted(METHODS)))
+    c.print("[bold]lm methods:[/]", ", ".join(sorted(LM_METHODS)), "(dataset=pystdlib, text)")
     return 0
 
 
@@ -221,6 +223,35 @@ def export_command(args: list[str]) -> int:
     return 0
 
 
+def generate_command(args: list[str]) -> int:
+    """kdrun generate RUN_DIR [--prompt P] [--tokens N] [--model student|teacher|baseline]."""
+    ap = argparse.ArgumentParser(
+        prog="kdrun generate",
+        description="Sample text from a language model a run trained (task lm).",
+    )
+    ap.add_argument("run_dir", type=Path, help="a kdrun run directory")
+    ap.add_argument("--prompt", default="def ")
+    ap.add_argument("--tokens", type=int, default=200, help="tokens to sample")
+    ap.add_argument("--model", default="student", choices=["student", "teacher", "baseline"])
+    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--seed", type=int, default=0)
+    ns = _parse(ap, args)
+    if isinstance(ns, int):
+        return ns
+    try:
+        if ns.tokens < 1 or ns.temperature < 0 or not 0 < ns.top_p <= 1:
+            raise ConfigError("--tokens must be >= 1, --temperature >= 0, --top-p in (0, 1]")
+        text = generate_text(
+            ns.run_dir, ns.prompt, ns.tokens, ns.model, ns.temperature, ns.top_p, ns.seed
+        )
+    except KdrunError as e:
+        print(f"kdrun generate: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(text)
+    return 0
+
+
 # The subcommands, by the name typed after `kdrun`.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "list": list_registries,
@@ -228,5 +259,6 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "summarize": summarize_sweep,
     "softmax": softmax_command,
     "dark-knowledge": dark_knowledge_command,
+    "generate": generate_command,
     "export": export_command,
 }

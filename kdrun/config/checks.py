@@ -86,6 +86,12 @@ def _check_dataset(ds: DictConfig) -> None:
         f"unknown dataset.on_bad_image '{ds.on_bad_image}'; choose one of: skip, error",
     )
     n_cls = DATASETS[ds.name].num_classes
+    if DATASETS[ds.name].task != "classify":  # a text corpus: no class options apply
+        _check(
+            not (ds.omit_classes or ds.keep_classes),
+            f"dataset {ds.name} has no classes; remove dataset.omit_classes/keep_classes",
+        )
+        return
     if not n_cls:  # the user's own data: its classes are counted when it is loaded
         n_cls = 1 << 30
     bad = [c for c in [*ds.omit_classes, *ds.keep_classes] if not 0 <= c < n_cls]

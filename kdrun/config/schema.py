@@ -40,6 +40,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # for schedule=step
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # > 0: an "epoch" is this many batches drawn afresh from the training rows (for corpora
+    # too large to pass over: validation, selection and checkpoints happen at its end)
+    steps_per_epoch: int = 0
 
 
 @dataclass
@@ -55,12 +58,17 @@ class ModelConfig:
     # Models from outside kdrun (torchvision, timm, hf, custom: kdrun.models.external).
     arch: str | None = None  # torchvision/timm architecture name
     weights: str | None = None  # state-dict file, DEFAULT (torchvision) or hub (timm)
-    path: str | None = None  # hf: a save_pretrained directory
+    path: str | None = None  # hf, hf_causal_lm: a save_pretrained directory
     num_classes_from_data: bool = False  # resize a pretrained head to the data's class count
     trust_remote_code: bool = False  # hf: run the model repository's own code (opt-in)
     finetune_epochs: int = 0  # a pretrained teacher: fine-tune it this many epochs first
     _target_: str | None = None  # custom: the nn.Module class by import path
     kwargs: dict[str, Any] = field(default_factory=dict)  # custom: constructor arguments
+    pretrained: bool = False  # teacher only: use the model as built (hf_causal_lm: its weights)
+    n_layer: int = 2  # gpt: transformer blocks
+    n_head: int = 2  # gpt: attention heads (dividing n_embd)
+    n_embd: int = 128  # gpt: width
+    block_size: int = 0  # gpt: positions; 0 = the data's dataset.block_size
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -82,7 +90,8 @@ class DatasetConfig:
     crop_padding: int = 4
     hflip: bool = True
     # The user's own data (image_folder, tensors, hf: kdrun.data.external).
-    path: str | None = None  # tensors: FILE.npz; hf: a datasets directory; synthetic: synthetic.pt
+    # tensors: FILE.npz; hf: a datasets directory; synthetic: synthetic.pt; text: FILE_OR_DIR
+    path: str | None = None
     image_size: Any = None  # N or [H, W]; None: the images' own, or a pretrained teacher's
     mean: list[float] | None = None  # per channel on [0, 1] pixels; None: computed on train
     std: list[float] | None = None
@@ -91,6 +100,12 @@ class DatasetConfig:
     num_workers: int = 2  # image decoding threads
     image_column: str = "image"  # hf
     label_column: str = "label"  # hf
+    # text corpora (task lm: kdrun.data.text)
+    glob: str = "*"  # dataset=text with a directory: the files to read (recursively)
+    tokenizer: str | None = None  # a local Hugging Face tokenizer directory; None = bytes
+    block_size: int = 256  # tokens per training context
+    stride: int = 0  # tokens between window starts; 0 = block_size (non-overlapping)
+    test_size: float = 0.1  # share of the text held out for test (val_size: for validation)
 
 
 @dataclass

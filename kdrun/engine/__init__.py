@@ -3,13 +3,15 @@
 from kdrun.engine.checkpoint import seed_everything
 from kdrun.engine.device import calibrated_threads, effective_amp, resolve_device, set_threads
 from kdrun.engine.evaluate import accuracy, autocast_context, predict
-from kdrun.engine.loop import FitResult, ValScore, fit, val_accuracy
+from kdrun.engine.loop import FitResult, Selection, ValScore, fit, val_accuracy
 from kdrun.engine.optim import lr_factor, make_optimizer
-from kdrun.engine.perf import Perf, data_device, fetch, place_data
+from kdrun.engine.perf import Perf, RowCache, data_device, fetch, place_data
 
 __all__ = [
     "FitResult",
     "Perf",
+    "RowCache",
+    "Selection",
     "accuracy",
     "autocast_context",
     "calibrated_threads",

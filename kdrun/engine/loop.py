@@ -40,7 +40,7 @@ from kdrun.engine.evaluate import (
     resolve_amp,
 )
 from kdrun.engine.optim import lr_factor, make_optimizer
-from kdrun.engine.perf import Perf, fetch
+from kdrun.engine.perf import Perf, RowCache, fetch
 from kdrun.errors import Interrupted, TrainingError
 
 log = logging.getLogger("kdrun")
@@ -63,7 +63,7 @@ class _Progress:
     """What a checkpoint carries besides the modules', optimiser's and RNGs' own state."""
 
     epoch: int = 0  # epochs completed
-    best_val: float = -1.0
+    best_val: float = -math.inf  # the selection score (higher is better)
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -94,6 +94,19 @@ def val_accuracy(
 
 
 ValScore = Callable[[nn.Module, DataBundle, torch.Tensor, int, str], float]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The validation metric a task selects its models on: its name in the history rows and
+    its direction (accuracy: higher; bits per byte: lower)."""
+
+    name: str = "val_acc"
+    higher_is_better: bool = True
+
+    def score(self, value: float) -> float:
+        """A number where higher is always better (what best_val holds)."""
+        return value if self.higher_is_better else -value
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -134,9 +147,10 @@ class _Trainer:
         perf: Perf,
         checkpoint: Path | None,
         fingerprint: str,
-        val_score: ValScore,
     ) -> None:
-        self.val_score = val_score
+        # the task's validation metric and its direction (fit sets them)
+        self.val_score: ValScore = val_accuracy
+        self.selection = Selection()
         self.distiller, self.data, self.recipe, self.stage = distiller, data, recipe, stage
         self.amp, self.checkpoint, self.fingerprint = amp, checkpoint, fingerprint
         self.device = module_device(distiller.student, data.x_train.device)  # data may be on host
@@ -244,17 +258,19 @@ class _Trainer:
                 mid["batch"],
                 mid["seen"] * own,
                 {k: v.to(self.device) * own for k, v in mid["sums"].items()},
-                mid["correct"].to(self.device) * own,
+                mid["correct"].to(self.device, torch.float32) * own,
                 t0 - mid["seconds"],
             )
         # The whole epoch's order up front: the draws from gen happen in the same sequence
         # as when batch_indices is iterated lazily, and the order can be checkpointed.
         parts = list(batch_indices(train_idx, self.recipe.batch_size, self.gen))
+        if self.recipe.steps_per_epoch > 0:  # a fresh random subset of rows per "epoch"
+            parts = parts[: self.recipe.steps_per_epoch]
         order = torch.cat(parts) if parts else train_idx
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        correct = torch.zeros((), dtype=torch.float32, device=self.device)
         return _Epoch(order, 0, 0, {}, correct, t0)
 
-    def step(self, batch: torch.Tensor, ep: _Epoch, cache: torch.Tensor | None) -> None:
+    def step(self, batch: torch.Tensor, ep: _Epoch, cache: RowCache | None) -> None:
         """One optimiser step on the (global) batch of training rows ``batch``; under DDP this
         rank takes its slice of it."""
         data, device, dist = self.data, self.device, self.dist
@@ -266,7 +282,7 @@ class _Trainer:
             x = augment_batch(x, data.crop_padding, data.hflip, self.gen, part)
         # Cached teacher outputs are rows of the training split: keyed by sample index,
         # never by batch position, so shuffling cannot misalign them.
-        t_out = fetch(cache, idx, device) if cache is not None else None
+        t_out = cache.fetch(idx, device) if cache is not None else None
         if idx.device != device:
             idx = idx.to(device, non_blocking=True)
         with autocast_context(device, self.amp):
@@ -286,7 +302,9 @@ class _Trainer:
                     ep.sums[k].add_(v, alpha=n)
                 else:
                     ep.sums[k] = v.float() * n
-            ep.correct += (logits.argmax(1) == y).sum()
+            # per-sample share of correct predictions (a token sequence counts as one sample)
+            hits = logits.argmax(-1) == y
+            ep.correct += hits.sum() * (n / max(hits.numel(), 1))
         ep.seen += n
 
     def end_epoch(self, epoch: int, ep: _Epoch, val_idx: torch.Tensor, eval_bs: int) -> dict:
@@ -297,10 +315,11 @@ class _Trainer:
         self.sched.step()
         student, p = self.distiller.student, self.progress
         sync_buffers(student, self.dist)  # one model evaluated: rank 0's BatchNorm statistics
-        val_acc = self.val_score(student, self.data, val_idx, eval_bs, self.amp)
+        val = self.val_score(student, self.data, val_idx, eval_bs, self.amp)
+        score = self.selection.score(val)
         p.elapsed += time.perf_counter() - ep.t0
-        if val_acc >= p.best_val:  # ties go to the later (usually better-converged) epoch
-            p.best_val, p.best_epoch, p.best_state = val_acc, epoch + 1, _cpu_state(student)
+        if score >= p.best_val:  # ties go to the later (usually better-converged) epoch
+            p.best_val, p.best_epoch, p.best_state = score, epoch + 1, _cpu_state(student)
         row = {
             "stage": self.stage,
             "epoch": epoch + 1,
@@ -309,7 +328,7 @@ class _Trainer:
             "loss_hard": parts.get("hard"),
             **{f"loss_{k}": v for k, v in parts.items() if k not in ("soft", "hard")},
             "train_acc": float(correct) / seen,
-            "val_acc": val_acc,
+            self.selection.name: val,
             "lr": lr,
             "seconds": time.perf_counter() - ep.t0,
         }
@@ -350,22 +369,27 @@ class _Trainer:
             best_state=copy.deepcopy(p.best_state),
             last_state=_cpu_state(student),
             best_epoch=p.best_epoch,
-            best_val_acc=p.best_val if p.best_epoch else float("nan"),
-            last_val_acc=p.history[-1]["val_acc"] if p.history else p.best_val,
+            # NaN when no epoch had a validation score (e.g. data-free: no real images)
+            best_val_acc=self.selection.score(p.best_val) if p.best_epoch else float("nan"),
+            last_val_acc=p.history[-1][self.selection.name] if p.history else float("nan"),
             train_seconds=p.elapsed,
             history=p.history,
             resumed_from_epoch=start_epoch,
         )
 
 
-def _usable_cache(cache: torch.Tensor | None, data: DataBundle, stage: str) -> torch.Tensor | None:
+def _usable_cache(
+    cache: torch.Tensor | RowCache | None, data: DataBundle, stage: str, train_idx: torch.Tensor
+) -> RowCache | None:
     """The teacher cache if it can be used for this data (never with augmentation)."""
     if cache is None or data.augment:
         return None
-    if len(cache) != len(data.x_train):  # never train on a misaligned cache
+    if isinstance(cache, torch.Tensor):
+        cache = RowCache.full(cache)
+    if len(cache) != len(data.x_train) or not cache.covers(train_idx):  # never misaligned
         raise TrainingError(
-            f"{stage}: the teacher cache has {len(cache)} rows but the training split "
-            f"has {len(data.x_train)}; it is stale: delete it from the store"
+            f"{stage}: the teacher cache does not cover the training rows ({len(cache)} rows "
+            f"for a split of {len(data.x_train)}); it is stale: delete it from the store"
         )
     return cache
 
@@ -379,7 +403,7 @@ def fit(
     seed: int,
     train_idx: torch.Tensor,
     val_idx: torch.Tensor,
-    teacher_cache: torch.Tensor | None = None,
+    teacher_cache: torch.Tensor | RowCache | None = None,
     checkpoint: Path | None = None,
     fingerprint: str = "",
     amp: str = "off",
@@ -390,6 +414,7 @@ def fit(
     resume: bool = True,
     perf: Perf | None = None,
     val_score: ValScore = val_accuracy,
+    selection: Selection = Selection(),
 ) -> FitResult:
     """Train ``distiller``'s trainable parameters; select ``distiller.student`` on validation.
 
@@ -399,16 +424,15 @@ def fit(
     ``checkpoint``: resume from it (unless ``resume`` is False) if it exists with the same
     ``fingerprint``; rewritten atomically at each epoch end and when a stop is requested.
     ``perf``: speed switches (kdrun.engine.perf). ``val_score``: the selection score on
-    validation, higher is better (the task's; accuracy by default).
+    validation (the task's; accuracy by default), ``selection`` its name and direction.
     """
     perf = perf or Perf()
-    t = _Trainer(
-        distiller, data, recipe, stage, seed, amp, perf, checkpoint, fingerprint, val_score
-    )
+    t = _Trainer(distiller, data, recipe, stage, seed, amp, perf, checkpoint, fingerprint)
+    t.val_score, t.selection = val_score, selection
     if resume:
         t.resume()
     start_epoch = t.progress.epoch
-    cache = _usable_cache(teacher_cache, data, stage)
+    cache = _usable_cache(teacher_cache, data, stage, train_idx)
     perf.prepare_distiller(distiller)
     t.model = wrap(distiller, t.dist, t.device, t.dist.sync_bn)
     for epoch in range(start_epoch, recipe.epochs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,6 +107,35 @@ def fetch(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Ten
         torch.index_select(t, 0, idx, out=buf)
         return buf.to(device, non_blocking=True)
     return t.index_select(0, idx).to(device)
+
+
+@dataclass
+class RowCache:
+    """Per-sample teacher outputs for some rows of the training split.
+
+    ``outputs`` is a tensor or a dict of tensors whose row ``pos[i]`` belongs to training row
+    ``i`` (``pos[i] = -1``: not cached). Keyed by sample index, never by batch position, so
+    shuffling cannot misalign them; caching only the student's transfer set keeps a cache of a
+    large corpus (or of a large vocabulary) small."""
+
+    outputs: Any
+    pos: torch.Tensor
+
+    @classmethod
+    def full(cls, outputs: torch.Tensor) -> RowCache:
+        return cls(outputs, torch.arange(len(outputs), device=outputs.device))
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def covers(self, idx: torch.Tensor) -> bool:
+        return bool((self.pos.index_select(0, idx.to(self.pos.device)) >= 0).all())
+
+    def fetch(self, idx: torch.Tensor, device: torch.device) -> Any:
+        rows = self.pos.index_select(0, idx)
+        if isinstance(self.outputs, dict):
+            return {k: fetch(v, rows.to(v.device), device) for k, v in self.outputs.items()}
+        return fetch(self.outputs, rows.to(self.outputs.device), device)
 
 
 def place_data(bundle, placement: str, device: torch.device):

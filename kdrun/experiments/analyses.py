@@ -57,6 +57,7 @@ class Analysis:
     applies: Callable[[DictConfig], bool]
     run: Callable[[Context], dict[str, Any]]
     needs_teacher: bool = True  # skipped for teacher-less methods (e.g. dml)
+    tasks: tuple[str, ...] = ("classify",)  # the kdrun.tasks whose data it reads (classes)
 
 
 ANALYSES: dict[str, Analysis] = {}
@@ -74,7 +75,8 @@ def run_analyses(p, teacher, student, baseline, metrics: dict[str, Any]) -> dict
     """Run every analysis that applies to this job, in registration order."""
     out: dict[str, Any] = {}
     for name, a in ANALYSES.items():
-        if a.applies(p.cfg) and (teacher is not None or not a.needs_teacher):
+        applies = a.applies(p.cfg) and p.task.name in a.tasks
+        if applies and (teacher is not None or not a.needs_teacher):
             out[name] = a.run(Context(p, teacher, student, baseline, {**metrics, **out}))
     return out
 

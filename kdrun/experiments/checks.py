@@ -5,16 +5,21 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from kdrun.config import validate_config
+from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
 from kdrun.experiments.kinds import check_kind
-from kdrun.methods import METHODS
+from kdrun.tasks import task_named
 
 
 def validate(cfg: DictConfig) -> None:
     """Every semantic check that must pass before anything is trained or written."""
     validate_config(cfg)
     check_kind(cfg)
-    name = cfg.method.name
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(METHODS))}")
-    METHODS[name].check_config(cfg)
+    task = task_named(DATASETS[cfg.dataset.name].task)
+    methods, name = task.methods, cfg.method.name
+    if name not in methods:
+        raise ConfigError(
+            f"unknown method '{name}'; choose one of: {', '.join(sorted(methods))} (the "
+            f"methods of task {task.name}, which dataset={cfg.dataset.name} belongs to)"
+        )
+    methods[name].check_config(cfg)

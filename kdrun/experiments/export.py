@@ -38,18 +38,24 @@ class Exported:
 
 def preprocessing_record(data: Any, student_cfg: Any) -> dict[str, Any]:
     """What a deployed student needs besides its weights (the run writes it next to them)."""
-    return {
+    rec: dict[str, Any] = {
         "input_shape": list(data.in_shape),
         "num_classes": data.num_classes,
-        "class_names": list(data.class_names),
-        "mean": [float(v) for v in data.mean],
-        "std": [float(v) for v in data.std],
-        "pixel_max": data.extra.get("pixel_max", 1.0),
         "student": OmegaConf.to_container(student_cfg, resolve=True)
         if isinstance(student_cfg, DictConfig)
         else dict(student_cfg),
-        "input": "float32 NCHW: (pixel / pixel_max - mean[c]) / std[c]",
     }
+    if not hasattr(data, "mean"):  # token ids (a text corpus): the tokenizer is the recipe
+        rec.update(tokenizer=data.extra.get("tokenizer"), input="int64 token ids (B, L)")
+        return rec
+    rec.update(
+        class_names=list(data.class_names),
+        mean=[float(v) for v in data.mean],
+        std=[float(v) for v in data.std],
+        pixel_max=data.extra.get("pixel_max", 1.0),
+        input="float32 NCHW: (pixel / pixel_max - mean[c]) / std[c]",
+    )
+    return rec
 
 
 def _run_config(run_dir: Path) -> DictConfig:

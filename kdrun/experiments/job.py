@@ -31,6 +31,7 @@ from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
 from kdrun.report import Reporter, results_table, round_floats, write_history
 from kdrun.store import atomic_write_json
+from kdrun.tasks import TASKS
 from kdrun.trackers import Trackers, make_trackers
 
 log = logging.getLogger("kdrun")
@@ -61,6 +62,14 @@ def _result_config(cfg: DictConfig) -> dict[str, Any]:
     for k in VOLATILE_KEYS:
         c.pop(k, None)
     return c
+
+
+def run_table(m: dict[str, Any]):
+    """The run table with the columns of the run's task (classification for older runs)."""
+    task = TASKS.get(m.get("task") or "classify")
+    if task is None:
+        return results_table(m)
+    return results_table(m, task.columns, task.gain_text)
 
 
 def make_console() -> Console:
@@ -185,7 +194,7 @@ def _previous_run(
             console.print(f"kdrun: {run_dir} is already completed; skipped")
         else:
             console.print(f"kdrun: {run_dir} is already completed; showing its results")
-            console.print(results_table(previous))
+            console.print(run_table(previous))
         return 0
     if prev_status in ("interrupted", "running") and not same and partial.is_file() and cfg.resume:
         _err(
@@ -289,7 +298,7 @@ def _execute(
         return 0
     # Only now: until metrics.json is whole, the student's checkpoint resumes it.
     (run_dir / "checkpoints" / "student.partial.pt").unlink(missing_ok=True)
-    console.print(results_table({**rec.base, **m}))
+    console.print(run_table({**rec.base, **m}))
     console.print(f"[dim]results: {rec.path}[/]")
     if stop():  # the stop came after the last batch: the run is whole, the command stops
         _err("stopped by a signal after the run completed; its results are recorded")

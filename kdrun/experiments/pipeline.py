@@ -7,6 +7,7 @@ from the same initial weights and see the same batch order: their difference is 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.config import to_container
+from kdrun.config import DatasetConfig, to_container
 from kdrun.data import DATASETS, DataBundle, LoadHints, parse_size
 from kdrun.engine import (
     FitResult,
-    accuracy,
+    RowCache,
     calibrated_threads,
     fit,
     place_data,
@@ -34,9 +35,9 @@ from kdrun.errors import CheckpointError
 from kdrun.experiments.analyses import run_analyses
 from kdrun.experiments.export import PREPROCESSING_FILE, preprocessing_record
 from kdrun.experiments.kinds import register_kind
-from kdrun.methods import METHODS, Distiller
+from kdrun.methods import Distiller
 from kdrun.methods.kd import KD
-from kdrun.methods.losses import kl_soft
+from kdrun.methods.lm import teacher_samples
 from kdrun.models import count_params, is_pretrained, preprocessing, weights_identity
 from kdrun.store import (
     ArtifactStore,
@@ -76,7 +77,19 @@ def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     if ident:
         spec["weights"] = ident
         spec.pop("path", None)
+    if not spec.get("pretrained"):  # absent unless set: older store keys stay valid
+        spec.pop("pretrained", None)
     return spec
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 of a model's weights (names, shapes and values): what a cache derived from a
+    pretrained model is keyed by."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def model_label(model_cfg: DictConfig) -> str:
@@ -111,9 +124,14 @@ def run_test_inputs(run_dir: Path, n: int) -> torch.Tensor:
     return data.x_test[0:n]
 
 
-def data_spec(cfg: DictConfig, student: bool, content: dict | None = None) -> dict[str, Any]:
+# Text-corpus fields (task lm): in the key only when set away from their defaults, so the
+# keys of image data sets stay as they were.
+_TEXT_KEYS = ("glob", "tokenizer", "block_size", "stride", "test_size")
+
+
+def data_spec(cfg: DictConfig, student: bool, content: Any = None) -> dict[str, Any]:
     """The data set fields that change what a model trained on it learns; ``content``: the
-    user's data's fingerprint and statistics (two folders under one name differ by it)."""
+    data's fingerprint (the user's images and statistics, a text corpus's sha256)."""
     ds = cfg.dataset
     spec = {
         "name": ds.name,
@@ -127,6 +145,8 @@ def data_spec(cfg: DictConfig, student: bool, content: dict | None = None) -> di
         "limit_train": ds.limit_train,
         "limit_test": ds.limit_test,
     }
+    defaults = DatasetConfig()
+    spec.update({k: ds[k] for k in _TEXT_KEYS if ds[k] != getattr(defaults, k)})
     if student:
         spec.update(
             train_fraction=ds.train_fraction,
@@ -170,22 +190,36 @@ def resumable_config(cfg: DictConfig) -> dict[str, Any]:
     return c
 
 
+_META_FIELDS = ("model", "params", "best_epoch", "train_seconds", "history", "source")
+
+
 @dataclass
 class StageReport:
-    """What the report shows about one trained model."""
+    """What the report shows about one trained model: ``scores`` are the task's test
+    metrics, ``last_<headline>`` (the last epoch's) and the validation metric it selected on."""
 
     model: str
     params: int
-    test_acc: float
-    val_acc: float
-    last_test_acc: float
+    scores: dict[str, Any]
     best_epoch: int
     train_seconds: float
     from_cache: bool = False
     source: str = "trained"  # trained | store | pretrained | checkpoint | finetuned
 
+    @property
+    def test_acc(self) -> float | None:
+        return self.scores.get("test_acc")
+
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {
+            "model": self.model,
+            "params": self.params,
+            **self.scores,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "from_cache": self.from_cache,
+            "source": self.source,
+        }
 
 
 class Pipeline:
@@ -232,7 +266,10 @@ class Pipeline:
         d = self.data if data is None else data
         rt = self.cfg.runtime
         n = len(d.student_idx if student else d.teacher_idx)
-        steps = recipe.epochs * -(-n // recipe.batch_size)
+        per_epoch = -(-n // recipe.batch_size)
+        if recipe.steps_per_epoch > 0:
+            per_epoch = min(per_epoch, recipe.steps_per_epoch)
+        steps = recipe.epochs * per_epoch
         self._choose_threads(distiller.student, recipe.batch_size, stage)
         with self.reporter.stage(stage, steps) as hooks:
             return fit(
@@ -249,6 +286,7 @@ class Pipeline:
                 should_stop=self.should_stop,
                 resume=self.cfg.resume,
                 val_score=self.task.val_score,
+                selection=self.task.selection,
                 **hooks,
                 **kw,
             )
@@ -269,19 +307,32 @@ class Pipeline:
         rt = self.cfg.runtime
         return self.task.test_logits(model, self.data, rt.eval_batch_size, rt.amp)
 
-    def _test_acc(self, model: nn.Module, state: dict[str, torch.Tensor]) -> float:
-        model.load_state_dict(state)
-        return self.task.test_score(self.evaluate(model), self.data)
+    def test_metrics(self, model: nn.Module) -> dict[str, Any]:
+        rt = self.cfg.runtime
+        return self.task.test_metrics(model, self.data, rt.eval_batch_size, rt.amp)
+
+    def _test_scores(self, model: nn.Module, res: FitResult) -> dict[str, Any]:
+        """The task's test metrics of the selected weights (left loaded), the headline of the
+        last epoch's, and the validation metric the selection used."""
+        headline = self.task.headline
+        last_epoch = res.history[-1]["epoch"] if res.history else None
+        last = None
+        if res.best_epoch != last_epoch:  # else the same weights: one test pass is enough
+            model.load_state_dict(res.last_state)
+            last = self.test_metrics(model)[headline]
+        model.load_state_dict(res.best_state)
+        best = self.test_metrics(model)
+        return {
+            **best,
+            self.task.selection.name: res.best_val_acc,
+            f"last_{headline}": best[headline] if last is None else last,
+        }
 
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
-        last = self._test_acc(model, res.last_state)
-        best = self._test_acc(model, res.best_state)  # leaves the best weights loaded
         return {
             "model": model_label(cfg_m),
             "params": count_params(model),
-            "test_acc": best,
-            "val_acc": res.best_val_acc,
-            "last_test_acc": last,
+            **self._test_scores(model, res),
             "best_epoch": res.best_epoch,
             "train_seconds": res.train_seconds,
             "history": res.history,
@@ -324,12 +375,11 @@ class Pipeline:
             for r in meta["history"]
         )
         self.from_store[stage or kind] = art.from_cache
+        scores = {k: v for k, v in meta.items() if k not in _META_FIELDS}
         rep = StageReport(
             meta["model"],
             meta["params"],
-            meta["test_acc"],
-            meta["val_acc"],
-            meta["last_test_acc"],
+            scores,
             meta["best_epoch"],
             meta["train_seconds"],
             art.from_cache,
@@ -338,7 +388,8 @@ class Pipeline:
         return model, rep
 
     def data_spec(self, student: bool) -> dict[str, Any]:
-        return data_spec(self.cfg, student, self.data.extra.get("content"))
+        extra = self.data.extra  # the user's images' fingerprint, or a text corpus's sha256
+        return data_spec(self.cfg, student, extra.get("content") or extra.get("files_sha256"))
 
     # ---- BuildContext ----------------------------------------------------------------
     def teacher(self) -> nn.Module:
@@ -347,51 +398,63 @@ class Pipeline:
         return self._teacher
 
     def _make_teacher(self) -> nn.Module:
-        cfg = self.cfg
-        tcfg = cfg.teacher
+        tcfg = self.cfg.teacher
         if is_pretrained(tcfg) and not tcfg.checkpoint:
             return self._pretrained_teacher()
+        source = "checkpoint"
         if tcfg.checkpoint:
-            model = self._build(tcfg)
-            path = Path(tcfg.checkpoint).expanduser()
-            if not path.is_file():
-                raise CheckpointError(
-                    f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt "
-                    f"from a kdrun run directory"
-                )
-            try:
-                state = load_weights(path)
-            except (CorruptArtifact, OSError, EOFError) as e:
-                raise CheckpointError(
-                    f"teacher.checkpoint={path} cannot be loaded: {e}; give a teacher.pt from a "
-                    f"kdrun run directory (or a file saved with torch.save(model.state_dict()))"
-                ) from None
-            try:
-                if not isinstance(state, dict):
-                    raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-                model.load_state_dict(state)
-            except Exception as e:
-                first = _first_reason(e)
-                raise CheckpointError(
-                    f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
-                    f"{cfg.dataset.name} ({first}); check the teacher model and data set"
-                ) from None
-            logits = self.evaluate(model)
-            self.reports["teacher"] = StageReport(
-                tcfg.name,
-                count_params(model),
-                self.task.test_score(logits, self.data),
-                float("nan"),
-                float("nan"),
-                0,
-                0.0,
-                True,
-                "checkpoint",
-            )
+            model = self._teacher_from_file(tcfg)
             # Keyed by content, so overwriting the file never reuses stale cached logits.
-            self.teacher_keys.append(f"file:{sha256_file(path)}")
-            return model
-        return self.model(tcfg, "teacher")
+            key = f"file:{sha256_file(Path(tcfg.checkpoint).expanduser())}"
+        elif tcfg.pretrained:  # used as built: e.g. hf_causal_lm's saved weights
+            model = self._build(tcfg)
+            key, source = f"weights:{state_digest(model)}", "pretrained"
+        else:
+            return self.model(tcfg, "teacher")
+        self._untrained_report(tcfg, model, True, source)
+        self.teacher_keys.append(key)
+        return model
+
+    def _untrained_report(
+        self, tcfg: DictConfig, model: nn.Module, from_cache: bool, source: str
+    ) -> None:
+        """The report of a teacher kdrun did not train: test numbers only."""
+        headline = self.task.headline
+        scores = {
+            **self.test_metrics(model),
+            self.task.selection.name: float("nan"),
+            f"last_{headline}": float("nan"),
+        }
+        self.reports["teacher"] = StageReport(
+            model_label(tcfg), count_params(model), scores, 0, 0.0, from_cache, source
+        )
+
+    def _teacher_from_file(self, tcfg: DictConfig) -> nn.Module:
+        model = self._build(tcfg)
+        path = Path(tcfg.checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt "
+                f"from a kdrun run directory"
+            )
+        try:
+            state = load_weights(path)
+        except (CorruptArtifact, OSError, EOFError) as e:
+            raise CheckpointError(
+                f"teacher.checkpoint={path} cannot be loaded: {e}; give a teacher.pt from a "
+                f"kdrun run directory (or a file saved with torch.save(model.state_dict()))"
+            ) from None
+        try:
+            if not isinstance(state, dict):
+                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+            model.load_state_dict(state)
+        except Exception as e:
+            first = _first_reason(e)
+            raise CheckpointError(
+                f"teacher.checkpoint={path} does not fit teacher={tcfg.name} on "
+                f"{self.cfg.dataset.name} ({first}); check the teacher model and data set"
+            ) from None
+        return model
 
     def _pretrained_teacher(self) -> nn.Module:
         """A pretrained teacher is evaluated, never retrained: its test accuracy on this data
@@ -404,18 +467,7 @@ class Pipeline:
             self.reports["teacher"].source = "finetuned"
             return model
         model = self._build(tcfg)
-        acc = self.task.test_score(self.evaluate(model), self.data)
-        self.reports["teacher"] = StageReport(
-            model_label(tcfg),
-            count_params(model),
-            acc,
-            float("nan"),
-            float("nan"),
-            0,
-            0.0,
-            False,
-            "pretrained",
-        )
+        self._untrained_report(tcfg, model, False, "pretrained")
         self.teacher_keys.append(f"pretrained:{content_key(_model_spec(tcfg))}")
         return model
 
@@ -522,8 +574,8 @@ class Pipeline:
         self.reports[stage] = rep
         return model
 
-    def teacher_cache(self, distiller: Distiller) -> torch.Tensor | None:
-        """Teacher outputs for the whole training split, computed once and stored."""
+    def teacher_cache(self, distiller: Distiller) -> RowCache | None:
+        """Teacher outputs for the student's transfer set, computed once and stored."""
         cfg = self.cfg
         if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
             return None
@@ -535,68 +587,79 @@ class Pipeline:
         spec = {
             "teachers": list(self.teacher_keys),
             "outputs": outputs_spec,
-            "data": self.data_spec(student=False),
+            "data": self.data_spec(student=True),
         }
-        x, n = self.data.x_train, len(self.data.y_train)
+        x = self.data.x_train
+        rows = self.data.student_idx.to(x.device)
 
-        def outputs(rows: torch.Tensor) -> torch.Tensor:  # the frozen teacher, in eval mode
-            return distiller.teacher_outputs(x.index_select(0, rows).to(self.device)).float()
+        def outputs(r: torch.Tensor) -> Any:  # the frozen teacher, in eval mode
+            return _float_rows(distiller.teacher_outputs(x.index_select(0, r).to(self.device)))
 
         def build(_workdir: Path):
             bs = cfg.runtime.eval_batch_size
-            all_rows = torch.arange(n, device=x.device)
-            outs = [outputs(all_rows[i : i + bs]).cpu() for i in range(0, n, bs)]
-            return torch.cat(outs), {"rows": n}
+            parts = [_cpu_rows(outputs(rows[i : i + bs])) for i in range(0, len(rows), bs)]
+            return _cat_rows(parts), {"rows": len(rows)}
 
-        def check(t: Any) -> None:
-            """A stored cache must be this teacher's outputs for this split, row by row:
-            recompute a spread of rows and compare (a shifted or stale cache fails)."""
-            if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] != n:
-                raise CorruptArtifact("teacher outputs do not match the training split")
-            if not torch.isfinite(t).all():
-                raise CorruptArtifact("teacher outputs contain NaN/inf")
-            rows = torch.linspace(0, n - 1, min(n, 32)).long()
-            fresh = outputs(rows.to(x.device)).cpu()
-            # CUDA: TF32 matmuls and per-shape cuDNN algorithms differ from the batches the
-            # cache was built with by more than float32 rounding; a stale cache is off by far more
-            rtol = 1e-2 if self.device.type == "cuda" else 1e-3
-            tol = rtol * (1 + float(fresh.abs().max()))
-            if fresh.shape != t[rows].shape or not torch.allclose(
-                fresh, t[rows].float(), rtol=rtol, atol=tol
-            ):
-                raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
-
+        rtol = 1e-2 if self.device.type == "cuda" else 1e-3
         # rank 0 computes it alone, in the batches of a single process: the same bytes
-        art = dist_.get_or_build(self.store, self.dist, "teacher_logits", spec, build, check)
+        art = dist_.get_or_build(
+            self.store, self.dist, "teacher_logits", spec, build, _cache_check(outputs, rows, rtol)
+        )
         self.from_store["teacher_logits"] = art.from_cache
-        # Beside the labels (where the batch indices live): a streamed split stays on the
-        # host while labels and indices may sit on the GPU.
-        return art.payload.to(self.data.y_train.device)
+        pos = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        pos[rows] = torch.arange(len(rows), device=x.device)
+        # beside the data: rows are fetched with the batch
+        return RowCache(_rows_to(art.payload, x.device), pos)
 
-    def teacher_test_logits(self, teacher: nn.Module) -> torch.Tensor:
-        """The teacher's test-set outputs, computed once per teacher and split (store)."""
+    def teacher_reference(self, teacher: nn.Module) -> Any:
+        """The teacher's test outputs students are compared with, once per teacher (store)."""
         n = len(self.data.y_test)
         spec = {"teacher": self.teacher_keys[0], "data": self.data_spec(student=False)}
+        rt = self.cfg.runtime
 
         def check(t: Any) -> None:
-            if not isinstance(t, torch.Tensor) or t.shape[0] != n:
-                raise CorruptArtifact("teacher test logits do not match the test split")
+            if _n_rows(t) != n:
+                raise CorruptArtifact("teacher test outputs do not match the test split")
 
-        art = dist_.get_or_build(
-            self.store,
-            self.dist,
-            "teacher_test_logits",
-            spec,
-            lambda _wd: (self.evaluate(teacher).float().cpu(), {"rows": n}),
-            check=check,
-            collective=True,  # evaluation is sharded over ranks
-        )
+        def build(_wd: Path):
+            ref = self.task.teacher_reference(teacher, self.data, rt.eval_batch_size, rt.amp)
+            return _cpu_rows(ref), {"rows": n}
+
+        art = self.store.get_or_build("teacher_test_logits", spec, build, check=check)
         self.from_store["teacher_test_logits"] = art.from_cache
-        return art.payload.to(self.device)
+        return art.payload
+
+    def teacher_samples(self, teacher: nn.Module, opts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences sampled once from the teacher (sequence-level KD), continuing windows of
+        the transfer set; with each training row's sample (``pos``, cycling when fewer)."""
+        d = self.data
+        rows = d.student_idx.cpu()
+        n = opts.samples or len(rows)
+        windows = torch.cat([d.x_train[rows[:n]], d.y_train[rows[:n], -1:]], 1).cpu()
+        spec = {
+            "teacher": self.teacher_keys[0],
+            "options": dict(vars(opts)),
+            "data": self.data_spec(student=True),
+        }
+
+        def check(t: Any) -> None:
+            if not isinstance(t, torch.Tensor) or t.shape != windows.shape:
+                raise CorruptArtifact("teacher samples do not match the transfer set")
+
+        def build(_wd: Path):
+            bs = max(1, self.cfg.runtime.eval_batch_size // 16)
+            out = teacher_samples(teacher, windows, opts, bs, self.cfg.teacher_seed)
+            return out, {"rows": len(out)}
+
+        art = self.store.get_or_build("teacher_samples", spec, build, check=check)
+        self.from_store["teacher_samples"] = art.from_cache
+        pos = torch.zeros(len(d.x_train), dtype=torch.long)
+        pos[rows] = torch.arange(len(rows)) % len(art.payload)
+        return art.payload, pos
 
     def distill(self) -> tuple[Distiller, FitResult]:
         cfg = self.cfg
-        method = METHODS[cfg.method.name]
+        method = self.task.methods[cfg.method.name]
         distiller = method.build(cfg, self).to(self.device)
         cache = self.teacher_cache(distiller)
         ckpt_dir = self.run_dir / "checkpoints"
@@ -617,69 +680,93 @@ class Pipeline:
         return distiller, res
 
 
-def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
-    out = []
-    for c in range(num_classes):
-        m = y == c
-        out.append(float((pred[m] == c).float().mean()) if m.any() else float("nan"))
-    return out
+# ---- per-sample outputs: a tensor or a dict of tensors, first dim the sample ------------
+def _float_rows(out: Any) -> Any:
+    return out if isinstance(out, dict) else out.float()
 
 
-def _student_report(
-    p: Pipeline, distiller: Distiller, res: FitResult, t_logits: torch.Tensor | None
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """The distilled student's test numbers (its last epoch's too), and its test logits."""
-    y = p.data.y_test.to(p.device)
-    student = distiller.student
-    student.load_state_dict(res.last_state)
-    last_test = accuracy(p.evaluate(student), p.data.y_test)
-    student.load_state_dict(res.best_state)
-    s_logits = p.evaluate(student)
-    kl = None if t_logits is None else float(kl_soft(s_logits, t_logits, 1.0))
-    rep = {
+def _cpu_rows(out: Any) -> Any:
+    return {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
+
+
+def _rows_to(out: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in out.items()} if isinstance(out, dict) else out.to(device)
+
+
+def _cat_rows(parts: list[Any]) -> Any:
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def _n_rows(out: Any) -> int | None:
+    if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
+        sizes = {v.shape[0] for v in out.values()}
+        return sizes.pop() if len(sizes) == 1 else None
+    return out.shape[0] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+
+
+def _cache_check(outputs: Callable[[torch.Tensor], Any], rows: torch.Tensor, rtol: float):
+    """A stored cache must be this teacher's outputs for these rows, row by row: recompute
+    a spread of rows and compare the floating-point parts (a shifted or stale cache fails).
+    ``rtol``: CUDA's TF32 matmuls and per-shape cuDNN algorithms differ from the batches the
+    cache was built with by more than float32 rounding; a stale cache is off by far more."""
+
+    def check(t: Any) -> None:
+        n = len(rows)
+        if _n_rows(t) != n:
+            raise CorruptArtifact("teacher outputs do not match the student's training rows")
+        stored = t if isinstance(t, dict) else {"": t}
+        if not all(torch.isfinite(v.float()).all() for v in stored.values()):
+            raise CorruptArtifact("teacher outputs contain NaN/inf")
+        probe = torch.linspace(0, n - 1, min(n, 32)).long()
+        fresh = _cpu_rows(outputs(rows[probe.to(rows.device)]))
+        fresh = fresh if isinstance(fresh, dict) else {"": fresh}
+        for k, v in fresh.items():
+            if not v.is_floating_point():
+                continue  # ids of near-tied top-k entries may swap between batch sizes
+            old = stored[k][probe].float()
+            tol = rtol * (1 + float(v.float().abs().max()))
+            if v.shape != old.shape or not torch.allclose(v.float(), old, rtol=rtol, atol=tol):
+                raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
+
+    return check
+
+
+def _student_report(p: Pipeline, distiller: Distiller, res: FitResult, ref: Any) -> dict[str, Any]:
+    """The distilled student's test numbers (its last epoch's too)."""
+    rt, student = p.cfg.runtime, distiller.student
+    scores = p._test_scores(student, res)  # leaves the selected weights loaded
+    sel = p.task.selection.name
+    return {
         "model": model_label(p.cfg.student),
         "params": count_params(student),
-        "test_acc": accuracy(s_logits, y),
-        "val_acc": res.best_val_acc,
-        "last_test_acc": last_test,
-        "last_val_acc": res.last_val_acc,
+        **scores,
+        **p.task.compare(student, p.data, ref, rt.eval_batch_size, rt.amp),
+        f"last_{sel}": res.last_val_acc,
         "best_epoch": res.best_epoch,
         "train_seconds": res.train_seconds,
-        "agreement": agreement(s_logits, t_logits),
-        "kl_to_teacher": kl,
-        "per_class_acc": per_class_accuracy(s_logits.argmax(1), y, p.data.num_classes),
         "resumed_from_epoch": res.resumed_from_epoch,
         "train_images_seen": distiller.real_images_seen(p.data),
     }
-    return rep, s_logits
 
 
-def agreement(logits: torch.Tensor, t_logits: torch.Tensor | None) -> float | None:
-    """Top-1 agreement with the teacher's test outputs (None without a teacher)."""
-    if t_logits is None:
-        return None
-    return float((logits.argmax(1) == t_logits.argmax(1)).float().mean())
-
-
-def _data_sizes(p: Pipeline) -> dict[str, int]:
-    return {
+def _data_sizes(p: Pipeline) -> dict[str, Any]:
+    sizes = {
         "train_size": len(p.data.y_train),
         "student_train_size": len(p.data.student_idx),
         "val_size": len(p.data.y_val),
         "test_size": len(p.data.y_test),
         "num_classes": p.data.num_classes,
     }
+    return {**sizes, **({"source": p.data.extra} if p.data.extra else {})}
 
 
-def _baseline_report(
-    p: Pipeline, baseline: nn.Module, t_logits: torch.Tensor | None
-) -> dict[str, Any]:
-    b_logits = p.evaluate(baseline)
-    y = p.data.y_test.to(p.device)
+def _baseline_report(p: Pipeline, baseline: nn.Module, ref: Any) -> dict[str, Any]:
+    rt = p.cfg.runtime
     return {
         **p.reports["baseline"].as_dict(),
-        "agreement": agreement(b_logits, t_logits),
-        "per_class_acc": per_class_accuracy(b_logits.argmax(1), y, p.data.num_classes),
+        **p.task.compare(baseline, p.data, ref, rt.eval_batch_size, rt.amp),
     }
 
 
@@ -713,15 +800,16 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
     if should_stop is not None:
         p.should_stop = should_stop
     # A method without a teacher (e.g. DML) gets no teacher stage and teacher-less metrics.
-    teacher = p.teacher() if METHODS[cfg.method.name].needs_teacher else None
+    teacher = p.teacher() if p.task.methods[cfg.method.name].needs_teacher else None
     baseline = p.baseline() if cfg.baseline else None
     distiller, res = p.distill()
     student = distiller.student
     # Test-set numbers, computed once here; model selection used validation only.
-    t_logits = p.teacher_test_logits(teacher) if teacher is not None else None
-    student_rep, _ = _student_report(p, distiller, res, t_logits)
+    ref = p.teacher_reference(teacher) if teacher is not None else None
+    student_rep = _student_report(p, distiller, res, ref)
     effective = distiller.effective()
     metrics: dict[str, Any] = {
+        "task": p.task.name,
         # What the method actually used: T/alpha it ignores are null, not the config's values
         "T": effective.get("T"),
         "alpha": effective.get("alpha"),
@@ -738,8 +826,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "threads": {"job": threads, **p.stage_threads},  # runtime.num_threads resolved
     }
     if baseline is not None:
-        metrics["baseline"] = _baseline_report(p, baseline, t_logits)
-        metrics["kd_gain"] = student_rep["test_acc"] - metrics["baseline"]["test_acc"]
+        metrics["baseline"] = _baseline_report(p, baseline, ref)
+        key, sign = p.task.headline, 1.0 if p.task.higher_is_better else -1.0
+        metrics["kd_gain"] = sign * (student_rep[key] - metrics["baseline"][key])
     _save_models(run_dir / "checkpoints", teacher, baseline, res)
     # What `kdrun export` needs to rebuild and feed the student without loading the data.
     if p.dist.is_main:  # rank 0 writes the run's files for all ranks

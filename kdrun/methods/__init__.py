@@ -11,6 +11,7 @@ import kdrun.methods.dkd  # noqa: F401
 import kdrun.methods.dml  # noqa: F401
 import kdrun.methods.fitnet  # noqa: F401
 import kdrun.methods.kd  # noqa: F401
+import kdrun.methods.lm  # noqa: F401  (the lm task's methods: LM_METHODS)
 import kdrun.methods.mlkd  # noqa: F401
 import kdrun.methods.multi_teacher  # noqa: F401
 import kdrun.methods.nkd  # noqa: F401
@@ -26,12 +27,15 @@ from kdrun.methods.base import (
     register_method,
     unknown_option,
 )
+from kdrun.methods.lm import LM_METHODS, LMHardLabels
 
 __all__ = [
+    "LM_METHODS",
     "METHODS",
     "BuildContext",
     "Distiller",
     "HardLabels",
+    "LMHardLabels",
     "register_method",
     "unknown_option",
 ]

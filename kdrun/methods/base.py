@@ -144,7 +144,9 @@ class Distiller(nn.Module):
         return {"outputs": "logits"}
 
     @torch.no_grad()
-    def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | None:
+    def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor] | None:
+        """Per-sample teacher outputs the pipeline may cache: a tensor or a dict of tensors
+        whose first dim is the sample."""
         return None if self.teacher is None else self.teacher(x)
 
     def forward(

@@ -1,9 +1,10 @@
 """Models: the registry, the built-in families, and forward hooks for feature methods.
 
-Importing this package registers every built-in model (basic, then the CIFAR families).
+Importing this package registers every built-in model (basic, the CIFAR families, the
+causal language models).
 """
 
-from kdrun.models import basic, cifar, convnet, external  # noqa: F401  (registration)
+from kdrun.models import basic, cifar, convnet, external, gpt  # noqa: F401  (registration)
 from kdrun.models.basic import MLP, SmallCNN
 from kdrun.models.external import (
     Preprocessing,

@@ -52,6 +52,11 @@ KDRUN_KEYS = frozenset(
         "finetune_epochs",
         "_target_",
         "kwargs",
+        "pretrained",  # teacher.pretrained (use as built)
+        "n_layer",  # gpt
+        "n_head",
+        "n_embd",
+        "block_size",
     }
 )
 

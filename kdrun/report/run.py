@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,11 @@ def round_floats(value: Any, digits: int = STORED_DIGITS) -> Any:
     return value
 
 
+def _val_key(row: dict[str, Any]) -> str:
+    """The row's validation metric (val_acc for classification, val_bpb for language)."""
+    return next((k for k in row if k.startswith("val_")), "val_acc")
+
+
 class Reporter:
     """Rich progress bars in an interactive terminal; one log line per epoch otherwise."""
 
@@ -55,13 +60,15 @@ class Reporter:
         def log_epoch(row: dict[str, Any]) -> None:
             if self.on_row is not None:
                 self.on_row(name, row)
+            key = _val_key(row)
             log.info(
-                "%s epoch %d: loss %.4f train_acc %.4f val_acc %.4f (%.1fs)",
+                "%s epoch %d: loss %.4f train_acc %.4f %s %.4f (%.1fs)",
                 name,
                 row["epoch"],
                 row["loss"],
                 row["train_acc"],
-                row["val_acc"],
+                key,
+                row[key],
                 row["seconds"],
             )
 
@@ -83,7 +90,7 @@ class Reporter:
             def on_epoch(row: dict[str, Any]) -> None:
                 if self.on_row is not None:
                     self.on_row(name, row)
-                info = f"epoch {row['epoch']} loss {row['loss']:.3f} val {row['val_acc']:.4f}"
+                info = f"epoch {row['epoch']} loss {row['loss']:.3f} val {row[_val_key(row)]:.4f}"
                 bar.update(task, info=info)
                 logging.getLogger("kdrun.file").debug("%s", info)
 
@@ -110,24 +117,49 @@ def knob_text(m: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def results_table(m: dict[str, Any]) -> Table:
+def fmt_value(x: Any, fmt: str) -> str:
+    """A table cell: pct (0.1234 -> 12.34%), num (4 decimals) or num2 (2 decimals)."""
+    if fmt == "pct":
+        return fmt_acc(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.2f}" if fmt == "num2" else f"{x:.4f}"
+
+
+# (header, metrics key, format) per column after stage/model/params: classification's.
+DEFAULT_COLUMNS = (
+    ("test acc", "test_acc", "pct"),
+    ("last ep.", "last_test_acc", "pct"),
+    ("val acc", "val_acc", "pct"),
+    ("agree", "agreement", "pct"),
+)
+
+
+def _acc_gain(gain: float) -> str:
+    return f"KD gain (distilled − baseline test acc): {100 * gain:+.2f} points"
+
+
+def _source(stage: str, r: dict[str, Any]) -> str:
+    if stage != "student":
+        return r.get("source") or ("store" if r.get("from_cache") else "trained")
+    return "trained" if not r.get("resumed_from_epoch") else f"resumed@{r['resumed_from_epoch']}"
+
+
+def results_table(
+    m: dict[str, Any],
+    columns: Sequence[Any] = DEFAULT_COLUMNS,
+    gain_text: Callable[[float], str] = _acc_gain,
+) -> Table:
+    """The run table. ``columns``: (header, key, fmt) triples or objects with those fields
+    (the task's); ``gain_text`` words the kd_gain caption."""
     knobs = knob_text(m)
     title = (
         f"kdrun · {m['dataset']} · method={m['method']}{' · ' + knobs if knobs else ''}"
         f" · seed={m['seed']}"
     )
+    cols = [tuple(c) if isinstance(c, tuple) else (c.header, c.key, c.fmt) for c in columns]
     t = Table(title=title, title_style="bold")
-    for col in (
-        "stage",
-        "model",
-        "params",
-        "test acc",
-        "last ep.",
-        "val acc",
-        "agree",
-        "time",
-        "source",
-    ):
+    for col in ("stage", "model", "params", *(c[0] for c in cols), "time", "source"):
         t.add_column(
             col, justify="left" if col in ("stage", "model", "source") else "right", no_wrap=True
         )
@@ -138,28 +170,18 @@ def results_table(m: dict[str, Any]) -> Table:
         r = m.get(stage) if stage not in extra else extra[stage]
         if not r:
             continue
-        src = r.get("source") or ("store" if r.get("from_cache") else "trained")
-        if stage == "student":
-            src = (
-                "trained"
-                if not r.get("resumed_from_epoch")
-                else f"resumed@{r['resumed_from_epoch']}"
-            )
         t.add_row(
             labels.get(stage, stage),
             r["model"],
             f"{r['params']:,}",
-            fmt_acc(r["test_acc"]),
-            fmt_acc(r.get("last_test_acc")),
-            fmt_acc(r.get("val_acc")),
-            fmt_acc(r.get("agreement")) if stage in ("baseline", "student") else "",
+            *(fmt_value(r.get(key), fmt) if key in r else "" for _, key, fmt in cols),
             f"{r['train_seconds']:.1f}s",
-            src,
+            _source(stage, r),
         )
     gain = m.get("kd_gain")
     if gain is not None:
         style = "bold green" if gain > 0 else ("bold red" if gain < 0 else "bold")
-        t.caption = f"[{style}]KD gain (distilled − baseline test acc): {100 * gain:+.2f} points[/]"
+        t.caption = f"[{style}]{gain_text(gain)}[/]"
         t.caption_justify = "left"
     return t
 
