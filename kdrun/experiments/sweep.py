@@ -566,13 +566,18 @@ def summary_table(s: Summary) -> Table:
     return t
 
 
+def _knob(v: Any) -> str:
+    """T or alpha as the method used it: '-' for one it ignores (recorded as null)."""
+    return f"{v:.4g}" if _finite(v) else "-"
+
+
 def show(s: Summary, console: Console) -> None:
     console.print(summary_table(s))
     best = best_by_val(s.jobs)
     if best is not None and len(s.jobs) > 1:
         where = ", ".join(f"{k}={best[k]}" for k in s.keys)
         console.print(
-            f"best by validation accuracy: T={best['T']:.4g}, alpha={best['alpha']:.4g}"
+            f"best by validation accuracy: T={_knob(best['T'])}, alpha={_knob(best['alpha'])}"
             f"{', ' + where if where else ''}, seed={best['seed']} (val "
             f"{fmt_acc(best['student_val'])}, test {fmt_acc(best['student_acc'])}; job "
             f"{best['job']})",
