@@ -625,7 +625,15 @@ class Pipeline:
             ref = self.task.teacher_reference(teacher, self.data, rt.eval_batch_size, rt.amp)
             return _cpu_rows(ref), {"rows": n}
 
-        art = self.store.get_or_build("teacher_test_logits", spec, build, check=check)
+        art = dist_.get_or_build(
+            self.store,
+            self.dist,
+            "teacher_test_logits",
+            spec,
+            build,
+            check=check,
+            collective=True,  # evaluation is sharded over ranks: every rank builds with rank 0
+        )
         self.from_store["teacher_test_logits"] = art.from_cache
         return art.payload
 
