@@ -8,10 +8,12 @@ matmul rates, and the load when the script started.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kdrun
 
 # As kdrun itself sets it (kdrun/__init__.py): idle OpenMP threads sleep rather than spin, so
 # the rates below are what kdrun gets on a busy machine too. Must precede importing torch.
@@ -19,37 +21,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n or 1)
+# The same readings kdrun's thread and bf16 choices use (kdrun/engine/device.py).
+from kdrun.engine.device import cpu_flags, cpu_model, usable_cores  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, budget_s: float = 0.5) -> float:
@@ -77,7 +50,7 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, budget_s: float = 0.5) -> 
 
 def machine_line() -> str:
     """One line: what this machine is and how fast it multiplies, with the load now."""
-    flags = cpu_flags()
+    flags = cpu_flags() or set()
     native_bf16 = sorted(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (

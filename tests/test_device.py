@@ -33,7 +33,7 @@ def cpu(monkeypatch):
     fake = Fake()
     monkeypatch.setattr(dev.os, "sched_getaffinity", lambda _pid: set(range(fake.cores)))
     monkeypatch.setattr(dev, "_cgroup_cpus", lambda: fake.quota)
-    monkeypatch.setattr(dev, "_cpu_flags", lambda: fake.flags)
+    monkeypatch.setattr(dev, "cpu_flags", lambda: fake.flags)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     dev.cpu_has_native_bf16.cache_clear()
     dev._warn_bf16_fallback.cache_clear()

@@ -175,7 +175,7 @@ def _training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -194,7 +194,7 @@ def calibrated_threads(
     if budget <= 1:
         return 1
     params = sum(p.numel() for p in model.parameters())
-    key = f"{_cpu_model()}|{torch.__version__}|{budget}|{type(model).__name__}|{params}|"
+    key = f"{cpu_model()}|{torch.__version__}|{budget}|{type(model).__name__}|{params}|"
     key += "x".join(map(str, x.shape))
     known = _read_json(cache_file)
     if key in known:
@@ -225,7 +225,7 @@ def _read_json(path: Path | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- bf16
 
 
-def _cpu_flags() -> set[str] | None:
+def cpu_flags() -> set[str] | None:
     """The CPU's feature flags from /proc/cpuinfo (x86 "flags", aarch64 "Features")."""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -242,7 +242,7 @@ def _cpu_flags() -> set[str] | None:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware. From /proc/cpuinfo where it exists;
     elsewhere a ~50 ms probe: bf16 matmul at least a quarter of the float32 rate."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags is not None:
         return bool(flags & _NATIVE_BF16_FLAGS)
     return _bf16_probe_ratio() >= 0.25
