@@ -144,6 +144,14 @@ def test_lm_sweep_trains_the_teacher_once(run_kdrun, tmp_path):
     assert [m["from_store"]["baseline"] for m in ms] == [False, True, True, True]
     assert all(math.isfinite(m["student"]["test_bpb"]) for m in ms)
     assert ms[3]["from_store"]["teacher_samples"] is False
+    # the sweep's summary is in bits per byte: the lowest validation bpb is the best job
+    doc = read_json(sweep / "summary.json")
+    assert doc["task"] == "lm" and doc["n_failed"] == 0
+    assert [j["student_bpb"] for j in doc["jobs"]] == [m["student"]["test_bpb"] for m in ms]
+    best = min(doc["jobs"], key=lambda j: j["student_val_bpb"])
+    t = "-" if best["T"] is None else f"{best['T']:.4g}"  # a T the method ignores: null
+    assert f"best by validation bits per byte: T={t}" in r.stdout
+    assert f"job {best['job']})" in r.stdout
 
 
 @pytest.mark.slow
