@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -118,3 +120,32 @@ def test_block_hooks_capture_every_stage_and_the_embedding():
     assert set(taps.stages) == set(m.kd_stages)
     assert all(t.shape == (2, 10, 16) for t in taps.stages.values())
     torch.testing.assert_close(m.head(taps.embedding), out)
+
+
+def test_a_saved_hf_causal_lm_is_a_pretrained_teacher_keyed_by_its_files(tmp_path):
+    """One pretrained switch: is_pretrained covers hf_causal_lm with a path (and any model
+    with pretrained=true); its store key follows the directory's content, not its name, and
+    pretrained=true beside the directory names the same teacher."""
+    from kdrun.experiments.pipeline import _model_spec
+    from kdrun.models import is_pretrained
+
+    _save_tiny_gpt2(tmp_path / "m")
+    base = {"name": "hf_causal_lm", "path": str(tmp_path / "m")}
+    cfg = OmegaConf.create(base)
+    assert is_pretrained(cfg)
+    assert not is_pretrained(OmegaConf.create({"name": "hf_causal_lm", "path": None}))
+    assert not is_pretrained(OmegaConf.create({"name": "gpt"}))
+    assert is_pretrained(OmegaConf.create({"name": "gpt", "pretrained": True}))
+    spec = _model_spec(cfg)
+    assert spec["weights"].startswith("hf:") and "path" not in spec
+    assert _model_spec(OmegaConf.create({**base, "pretrained": True})) == spec
+    conf = tmp_path / "m" / "config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "n_layer": 1}))
+    assert _model_spec(cfg)["weights"] != spec["weights"]  # changed files: another teacher
+    # used as built (no file to hash): keyed by the weights it builds
+    gpt_cfg = OmegaConf.create({"name": "gpt", "pretrained": True})
+    a, b = GPT(GPTShape(64, 16, 1, 2, 16)), GPT(GPTShape(64, 16, 1, 2, 16))
+    assert _model_spec(gpt_cfg, a)["state"] != _model_spec(gpt_cfg, b)["state"]
+    b.load_state_dict(a.state_dict())
+    assert _model_spec(gpt_cfg, a) == _model_spec(gpt_cfg, b)
+    assert "state" not in _model_spec(OmegaConf.create({"name": "gpt"}), a)  # trained: config

@@ -144,6 +144,14 @@ def test_lm_sweep_trains_the_teacher_once(run_kdrun, tmp_path):
     assert [m["from_store"]["baseline"] for m in ms] == [False, True, True, True]
     assert all(math.isfinite(m["student"]["test_bpb"]) for m in ms)
     assert ms[3]["from_store"]["teacher_samples"] is False
+    # the sweep's summary is in bits per byte: the lowest validation bpb is the best job
+    doc = read_json(sweep / "summary.json")
+    assert doc["task"] == "lm" and doc["n_failed"] == 0
+    assert [j["student_bpb"] for j in doc["jobs"]] == [m["student"]["test_bpb"] for m in ms]
+    best = min(doc["jobs"], key=lambda j: j["student_val_bpb"])
+    t = "-" if best["T"] is None else f"{best['T']:.4g}"  # a T the method ignores: null
+    assert f"best by validation bits per byte: T={t}" in r.stdout
+    assert f"job {best['job']})" in r.stdout
 
 
 @pytest.mark.slow
@@ -180,8 +188,11 @@ def test_lm_bad_input_is_one_line(run_kdrun, tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_hf_teacher_with_its_tokenizer(run_kdrun, tmp_path):
-    """A saved tiny GPT-2 and a tokenizer trained here (no download) as the untrained-by-us
-    teacher of a gpt student; a byte-level run with that teacher is a vocabulary mismatch."""
+    """A saved tiny GPT-2 and a tokenizer trained here (no download) as the teacher of a gpt
+    student: pretrained by its directory alone, so evaluated and never trained (source
+    'pretrained', 0 s, like an image teacher with weights); teacher.pretrained=true names the
+    same teacher; finetune_epochs trains it first; a byte-level run with it is a vocabulary
+    mismatch."""
     transformers = pytest.importorskip("transformers")
     from tests.test_text_data import _save_tiny_tokenizer
 
@@ -197,14 +208,34 @@ def test_pretrained_hf_teacher_with_its_tokenizer(run_kdrun, tmp_path):
         "dataset.block_size=16",
         "teacher=hf_causal_lm",
         f"teacher.path={tmp_path / 'm'}",
-        "teacher.pretrained=true",
     )
-    r = run_kdrun(*hf, f"dataset.tokenizer={tmp_path / 'tok'}", run_dir=tmp_path / "run")
+    tok = f"dataset.tokenizer={tmp_path / 'tok'}"
+    r = run_kdrun(*hf, tok, run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr
     m = read_json(tmp_path / "run" / "metrics.json")
-    assert m["teacher"]["model"] == "hf_causal_lm" and m["teacher"]["from_cache"] is True
+    t = m["teacher"]
+    assert t["model"] == "hf_causal_lm" and t["source"] == "pretrained"
+    assert t["train_seconds"] == 0 and t["best_epoch"] == 0 and t["from_cache"] is False
+    assert math.isfinite(t["test_bpb"]) and "teacher" not in m["from_store"]
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert not [ln for ln in history if ln.startswith("teacher,")]  # no teacher epoch ran
     assert m["data"]["num_classes"] == vocab and m["data"]["source"]["tokenizer"].startswith("hf:")
     assert math.isfinite(m["student"]["test_bpb"]) and m["student"]["agreement"] is not None
+    # the explicit switch names the same teacher: its cached outputs are reused
+    r = run_kdrun(*hf, tok, "teacher.pretrained=true", run_dir=tmp_path / "run2")
+    assert r.returncode == 0, r.stderr
+    m2 = read_json(tmp_path / "run2" / "metrics.json")
+    assert m2["teacher"]["source"] == "pretrained" and m2["teacher"]["test_bpb"] == t["test_bpb"]
+    assert m2["from_store"]["teacher_logits"] is True
+    assert m2["from_store"]["teacher_test_logits"] is True
+    # fine-tuned first when asked, through the store like a trained teacher
+    r = run_kdrun(*hf, tok, "teacher.finetune_epochs=1", run_dir=tmp_path / "ft")
+    assert r.returncode == 0, r.stderr
+    ft = read_json(tmp_path / "ft" / "metrics.json")
+    assert ft["teacher"]["source"] == "finetuned" and ft["from_store"]["teacher"] is False
+    assert ft["teacher"]["best_epoch"] == 1 and ft["teacher"]["train_seconds"] > 0
+    history = (tmp_path / "ft" / "history.csv").read_text().splitlines()
+    assert len([ln for ln in history if ln.startswith("teacher,")]) == 1
     r = run_kdrun(*hf, run_dir=tmp_path / "bytes")  # bytes (256) vs the model's vocabulary
     assert r.returncode == 2 and "vocabulary mismatch" in r.stderr
 

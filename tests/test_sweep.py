@@ -346,3 +346,133 @@ def test_atomic_writes_get_the_umask_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --------------------------------------------------------------------------- language models
+def fake_lm_metrics(T: float, seed: int, s: float, val: float, b: float = 7.40) -> dict:
+    """A completed lm job's metrics.json, shaped like `kdrun experiment=smoke_lm`'s: bits per
+    byte (lower is better) and no accuracy anywhere; kd_gain = baseline - student bpb."""
+
+    def stage(bpb: float, val_bpb: float, **kw) -> dict:
+        loss = bpb * math.log(2)
+        return {
+            "model": "gpt",
+            "params": 7920,
+            "test_loss": loss,
+            "test_ppl": math.exp(loss),
+            "test_bpb": bpb,
+            "val_bpb": val_bpb,
+            "last_test_bpb": bpb,
+            "train_seconds": 0.1,
+            **kw,
+        }
+
+    return {
+        "status": "completed",
+        "dataset": "pystdlib",
+        "method": "kd",
+        "T": T,
+        "alpha": 0.5,
+        "seed": seed,
+        "config": {"teacher": {"name": "gpt"}, "student": {"name": "gpt"}},
+        "task": "lm",
+        "effective": {"T": T, "alpha": 0.5},
+        "teacher": stage(7.07, 7.23, from_cache=seed > 0, source="trained"),
+        "baseline": stage(b, b + 0.08, from_cache=False, agreement=0.94, kl_to_teacher=0.0076),
+        "student": stage(
+            s, val, agreement=0.95, kl_to_teacher=0.0066, last_val_bpb=val, best_epoch=2
+        ),
+        "kd_gain": b - s,
+        "wall_seconds": 1.8,
+    }
+
+
+def lm_sweep(d: Path) -> dict[str, tuple[float, float]]:
+    """Three completed lm jobs and a failed one: job 1 has the lowest validation bpb (not the
+    lowest test bpb: the pick must follow validation), job 2 the highest."""
+    (d / "multirun.yaml").write_text("{}\n")
+    jobs = {"0": (1.0, 7.37, 7.45), "1": (2.0, 7.36, 7.41), "2": (4.0, 7.35, 7.60)}
+    for name, (T, s, val) in jobs.items():
+        fake_job(d / name, [f"T={T:g}", "experiment=smoke_lm"], **fake_lm_metrics(T, 0, s, val))
+    fake_job(  # failed before recording its task: known by its data set
+        d / "3",
+        ["T=-1", "experiment=smoke_lm"],
+        status="failed",
+        dataset="pystdlib",
+        T=-1.0,
+        alpha=0.5,
+        seed=0,
+        error="T must be > 0",
+        error_type="ConfigError",
+    )
+    return {k: (s, val) for k, (_, s, val) in jobs.items()}
+
+
+def test_lm_sweep_summary_reports_bits_per_byte_and_picks_the_lowest_val_bpb(tmp_path, caplog):
+    from rich.console import Console
+
+    from kdrun.experiments.sweep import best_by_val, sweep_metric
+
+    jobs = lm_sweep(tmp_path)
+    keys, rows = collect(tmp_path)
+    metric = sweep_metric(rows)
+    assert (metric.task, metric.headline, metric.higher_is_better) == ("lm", "test_bpb", False)
+    assert [r["task"] for r in rows] == ["lm"] * 4
+    by = {r["job"]: r for r in rows}
+    for name, (s, val) in jobs.items():
+        r = by[name]
+        assert (r["student_bpb"], r["student_val_bpb"]) == (s, val)
+        assert (r["teacher_bpb"], r["baseline_bpb"]) == (7.07, 7.40)
+        assert r["kd_gain"] == pytest.approx(7.40 - s)  # in bpb, positive: KD helped
+        assert "student_acc" not in r and "student_val" not in r  # no accuracy read as 0/NaN
+    assert by["3"]["status"] == "failed" and by["3"]["student_bpb"] is None
+    assert best_by_val(rows, metric)["job"] == "1"  # min val_bpb (max would be job 2)
+
+    console = Console(width=200, record=True)
+    with caplog.at_level("WARNING", logger="kdrun"):
+        s = summarize(tmp_path, console)
+    assert not caplog.records  # both plots drawn
+    assert s.exit_code == 2 and len(s.failed) == 1
+    out = console.export_text()
+    assert "best by validation bits per byte: T=2, alpha=0.5, seed=0" in out
+    assert "(val 7.4100, test 7.3600; job 1)" in out
+    assert "student bpb" in out and "lower is better" in out
+    table = [ln for ln in out.splitlines() if "completed" in ln and "│" in ln]
+    assert [ln.split("│")[1].strip() for ln in table] == ["4", "2", "1"]  # lowest bpb first
+    assert "+0.0500 bpb" in table[0] and "%" not in table[0].split("│")[4]
+    doc = read_json(tmp_path / "summary.json")
+    assert doc["task"] == "lm" and doc["metric"]["selection"] == "val_bpb"
+    assert doc["metric"]["columns"]["student"] == "student_bpb"
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"teacher_bpb", "baseline_bpb", "student_bpb", "kd_gain"} <= set(header)
+    assert not any("acc" in c for c in header)
+    for name in ("heatmap.png", "acc_vs_T.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG)
+
+
+def test_lm_sweep_seeds_aggregate_in_bits_per_byte(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    for i, (T, seed, s) in enumerate([(1.0, 0, 7.30), (1.0, 1, 7.34), (4.0, 0, 7.50)]):
+        fake_job(
+            tmp_path / str(i),
+            [f"T={T:g}", f"seed={seed}"],
+            **fake_lm_metrics(T, seed, s, s + 0.05),
+        )
+    keys, rows = collect(tmp_path)
+    agg = {a["T"]: a for a in aggregate(rows, keys)}
+    assert agg[1.0]["student_bpb_mean"] == pytest.approx(7.32)
+    assert agg[1.0]["student_bpb_std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert agg[1.0]["kd_gain_mean"] == pytest.approx(0.08)
+    assert "student_acc_mean" not in agg[1.0]
+    s = summarize(tmp_path)
+    assert s.exit_code == 0 and s.metric.col("student") == "student_bpb"
+
+
+def test_a_sweep_of_two_tasks_is_one_line(tmp_path, capsys):
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    fake_job(tmp_path / "0", ["dataset=digits"], **fake_metrics(4.0, 0.9, 0, 0.8, 0.7))
+    fake_job(tmp_path / "1", ["dataset=pystdlib"], **fake_lm_metrics(4.0, 0, 7.3, 7.4))
+    assert cli_main("summarize", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "completed jobs of several tasks (classify, lm)" in err
+    assert len(err.strip().splitlines()) == 1

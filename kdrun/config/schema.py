@@ -64,7 +64,9 @@ class ModelConfig:
     finetune_epochs: int = 0  # a pretrained teacher: fine-tune it this many epochs first
     _target_: str | None = None  # custom: the nn.Module class by import path
     kwargs: dict[str, Any] = field(default_factory=dict)  # custom: constructor arguments
-    pretrained: bool = False  # teacher only: use the model as built (hf_causal_lm: its weights)
+    # teacher only: pretrained, used as built (evaluated, not trained); weights=, and path= of
+    # hf / hf_causal_lm, imply it (models.is_pretrained)
+    pretrained: bool = False
     n_layer: int = 2  # gpt: transformer blocks
     n_head: int = 2  # gpt: attention heads (dividing n_embd)
     n_embd: int = 128  # gpt: width

@@ -67,7 +67,11 @@ _EXTERNAL_DEFAULTS = {
 }
 
 
-def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
+def _model_spec(model_cfg: DictConfig, built: nn.Module | None = None) -> dict[str, Any]:
+    """The model's part of a store key. A pretrained model is keyed by its weights' content
+    (a file's or a save_pretrained directory's hash); one used as built
+    (``teacher.pretrained=true``) has no file to hash, so with ``built`` (the model as built)
+    the hash of its weights stands in."""
     spec = to_container(model_cfg)
     spec.pop("checkpoint", None)
     for k, default in _EXTERNAL_DEFAULTS.items():
@@ -77,7 +81,11 @@ def _model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     if ident:
         spec["weights"] = ident
         spec.pop("path", None)
-    if not spec.get("pretrained"):  # absent unless set: older store keys stay valid
+    elif built is not None and is_pretrained(model_cfg):
+        spec["state"] = state_digest(built)
+    # absent unless set (older store keys stay valid), and beside weights it names nothing
+    # more: teacher=hf_causal_lm teacher.path=M and the same with pretrained=true share a key
+    if not spec.get("pretrained") or ident:
         spec.pop("pretrained", None)
     return spec
 
@@ -399,21 +407,15 @@ class Pipeline:
 
     def _make_teacher(self) -> nn.Module:
         tcfg = self.cfg.teacher
-        if is_pretrained(tcfg) and not tcfg.checkpoint:
-            return self._pretrained_teacher()
-        source = "checkpoint"
         if tcfg.checkpoint:
             model = self._teacher_from_file(tcfg)
+            self._untrained_report(tcfg, model, True, "checkpoint")
             # Keyed by content, so overwriting the file never reuses stale cached logits.
-            key = f"file:{sha256_file(Path(tcfg.checkpoint).expanduser())}"
-        elif tcfg.pretrained:  # used as built: e.g. hf_causal_lm's saved weights
-            model = self._build(tcfg)
-            key, source = f"weights:{state_digest(model)}", "pretrained"
-        else:
-            return self.model(tcfg, "teacher")
-        self._untrained_report(tcfg, model, True, source)
-        self.teacher_keys.append(key)
-        return model
+            self.teacher_keys.append(f"file:{sha256_file(Path(tcfg.checkpoint).expanduser())}")
+            return model
+        if is_pretrained(tcfg):
+            return self._pretrained_teacher()
+        return self.model(tcfg, "teacher")
 
     def _untrained_report(
         self, tcfg: DictConfig, model: nn.Module, from_cache: bool, source: str
@@ -457,8 +459,10 @@ class Pipeline:
         return model
 
     def _pretrained_teacher(self) -> nn.Module:
-        """A pretrained teacher is evaluated, never retrained: its test accuracy on this data
-        set's test split is reported with source 'pretrained' and 0 s of training. With
+        """A pretrained teacher (``is_pretrained``: weights=, an hf or hf_causal_lm directory,
+        or teacher.pretrained=true) is evaluated, never retrained: its test numbers on this
+        data set's test split are reported with source 'pretrained' and 0 s of training, and
+        caches derived from it are keyed by its weights' content. With
         ``teacher.finetune_epochs=N`` it is fine-tuned first, through the store."""
         tcfg = self.cfg.teacher
         if tcfg.finetune_epochs > 0:
@@ -468,7 +472,7 @@ class Pipeline:
             return model
         model = self._build(tcfg)
         self._untrained_report(tcfg, model, False, "pretrained")
-        self.teacher_keys.append(f"pretrained:{content_key(_model_spec(tcfg))}")
+        self.teacher_keys.append(f"pretrained:{content_key(_model_spec(tcfg, model))}")
         return model
 
     def model(
@@ -488,16 +492,16 @@ class Pipeline:
         if seed is None:  # the teacher has its own seed, so a sweep over `seed` shares it
             seed = cfg.teacher_seed if role == "teacher" and teacher is None else cfg.seed
         kind = "teacher" if teacher is None else "distilled"
+        torch.manual_seed(seed)
+        model = self._build(model_cfg)
         spec = {
             "role": kind,
-            "model": _model_spec(model_cfg),
+            "model": _model_spec(model_cfg, model),  # a model used as built: by its weights
             "data": self.data_spec(student=False),
             "seed": seed,
         }
         if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
             spec.update(teacher_keys=list(self.teacher_keys), T=cfg.T, alpha=cfg.alpha)
-        torch.manual_seed(seed)
-        model = self._build(model_cfg)
 
         def train(ckpt: Path, fp: str) -> FitResult:
             if teacher is None:

@@ -4,6 +4,11 @@ Everything is rebuilt from what the jobs left on disk (``metrics.json`` and
 ``.hydra/overrides.yaml`` in each job directory), so it works the same for every launcher
 (local, joblib, submitit) and can be rebuilt at any time with ``kdrun summarize DIR``: Hydra
 skips its end-of-multirun callback when a job raises.
+
+What is reported comes from the jobs' task (``kdrun.tasks``, named by each metrics.json's
+``task``): its headline test metric and direction (classification: test accuracy, higher is
+better; language modelling: test bits per byte, lower is better) and the validation metric the
+best job is picked by. Column names follow the headline (``student_acc``, ``student_bpb``).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from kdrun import errors
+from kdrun.data import DATASETS
 from kdrun.errors import KdrunError
 from kdrun.experiments.job import make_console, read_metrics
 from kdrun.report import fmt_acc
 from kdrun.store import atomic_write, atomic_write_json, atomic_write_text
+from kdrun.tasks import TASKS
 
 log = logging.getLogger("kdrun")
 
@@ -36,21 +43,134 @@ SUMMARY_FORMAT = 1
 FILES = ("summary.csv", "summary.json", "heatmap.png", "acc_vs_T.png")
 # Always reported; any other override whose value differs between jobs is a column too.
 GRID = ("T", "alpha", "seed")
-METRICS = (
-    "teacher_acc",
-    "baseline_acc",
-    "student_acc",
-    "kd_gain",
-    "agreement",
-    "teacher_seconds",
-    "baseline_seconds",
-    "student_seconds",
-    "wall_seconds",
-)
+DEFAULT_TASK = "classify"  # metrics.json from before tasks existed: image classification
 
 
 class SweepError(KdrunError):
     """The directory given is not a sweep directory (or holds no job)."""
+
+
+@dataclass(frozen=True)
+class SweepMetric:
+    """What a sweep of one task reports, read off its Task: the headline test metric and its
+    direction, the validation metric the best job is picked by (and its direction), the
+    headline in words and its format in the run table (pct: a fraction shown in %)."""
+
+    task: str
+    headline: str  # test_acc | test_bpb: a key of each stage in metrics.json
+    higher_is_better: bool
+    selection: str  # val_acc | val_bpb: the student's key the best job is picked by
+    selection_higher_is_better: bool
+    name: str  # accuracy | bits per byte
+    fmt: str  # pct | num | num2
+
+    @classmethod
+    def of(cls, task: Any) -> SweepMetric:
+        fmt = next((c.fmt for c in task.columns if c.key == task.headline), "num")
+        return cls(
+            task=task.name,
+            headline=task.headline,
+            higher_is_better=task.higher_is_better,
+            selection=task.selection.name,
+            selection_higher_is_better=task.selection.higher_is_better,
+            name=getattr(task, "headline_name", None) or task.headline,
+            fmt=fmt,
+        )
+
+    @property
+    def short(self) -> str:
+        """The headline's column suffix: acc, bpb."""
+        return self.headline.removeprefix("test_")
+
+    def col(self, stage: str) -> str:
+        """A stage's headline column: student_acc, baseline_bpb, ..."""
+        return f"{stage}_{self.short}"
+
+    @property
+    def val_col(self) -> str:
+        """The student's validation column: student_val (accuracy, as summaries always had
+        it) or student_val_<short> (student_val_bpb)."""
+        return "student_val" if self.short == "acc" else f"student_val_{self.short}"
+
+    @property
+    def pct(self) -> bool:
+        return self.fmt == "pct"
+
+    @property
+    def label(self) -> str:
+        """An axis label for the headline: 'test accuracy (%)', 'test bits per byte'."""
+        return f"test {self.name}" + (" (%)" if self.pct else "")
+
+    @property
+    def digits(self) -> int:
+        return 2 if self.fmt in ("pct", "num2") else 4
+
+    def shown(self, v: float) -> float:
+        """The number drawn: accuracy in %, anything else as it is."""
+        return 100 * v if self.pct else v
+
+    def text(self, v: Any, sd: Any = None) -> str:
+        """A table cell: '84.00%', '84.00% ± 0.50', '7.3703', '7.3703 ± 0.0120'."""
+        if not _finite(v):
+            return "-"
+        s = fmt_acc(v) if self.pct else f"{v:.{self.digits}f}"
+        return s + (f" ± {self.shown(sd):.{self.digits}f}" if _finite(sd) else "")
+
+    def ref(self, v: float) -> str:
+        """A reference in a title or legend: '82.20%', '7.0706 bpb'."""
+        return f"{self.shown(v):.{self.digits}f}" + ("%" if self.pct else f" {self.short}")
+
+    def gain(self, v: Any, sd: Any = None) -> str:
+        """kd_gain (positive: KD helped) in the headline's units: '1.20 pt', '+0.0154 bpb'."""
+        if not _finite(v):
+            return "-"
+        if self.pct:
+            return self.text(v, sd).replace("%", " pt")
+        sd_text = f" ± {sd:.{self.digits}f}" if _finite(sd) else ""
+        return f"{v:+.{self.digits}f}{sd_text} {self.short}"
+
+    def better(self, v: float) -> float:
+        """A key under which larger is better (for sorting and picking the best)."""
+        return v if self.higher_is_better else -v
+
+    def columns(self) -> tuple[str, ...]:
+        """The numeric columns aggregated over seeds."""
+        return (
+            self.col("teacher"),
+            self.col("baseline"),
+            self.col("student"),
+            "kd_gain",
+            "agreement",
+            "teacher_seconds",
+            "baseline_seconds",
+            "student_seconds",
+            "wall_seconds",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "headline": self.headline,
+            "higher_is_better": self.higher_is_better,
+            "selection": self.selection,
+            "selection_higher_is_better": self.selection_higher_is_better,
+            "columns": {
+                "teacher": self.col("teacher"),
+                "baseline": self.col("baseline"),
+                "student": self.col("student"),
+                "student_val": self.val_col,
+            },
+        }
+
+
+def metric_for(task_name: str) -> SweepMetric:
+    task = TASKS.get(task_name)
+    if task is None:
+        raise SweepError(
+            f"the jobs ran task '{task_name}', which this kdrun does not know (known: "
+            f"{', '.join(sorted(TASKS))}); summarize the sweep where that task is installed"
+        )
+    return SweepMetric.of(task)
 
 
 @dataclass
@@ -60,6 +180,11 @@ class Summary:
     jobs: list[dict[str, Any]]
     aggregates: list[dict[str, Any]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    metric: SweepMetric | None = None  # None: the jobs' (sweep_metric)
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            self.metric = sweep_metric(self.jobs)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -118,8 +243,38 @@ def _stage(m: dict[str, Any], stage: str, key: str) -> Any:
     return s.get(key) if isinstance(s, dict) else None
 
 
-def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> dict[str, Any]:
-    m = read_metrics(job_dir / "metrics.json") or {}
+def job_task(m: dict[str, Any], ov: dict[str, str]) -> str:
+    """The task a job ran: metrics.json's ``task``; for a job that stopped before recording
+    it (or ran before tasks existed), its data set's task."""
+    if m.get("task"):
+        return str(m["task"])
+    ds = m.get("dataset") or ((m.get("config") or {}).get("dataset") or {}).get("name")
+    spec = DATASETS.get(str(ds or ov.get("dataset")))
+    return spec.task if spec is not None else DEFAULT_TASK
+
+
+def sweep_task(sweep_dir: Path, tasks: list[str], statuses: list[str]) -> str:
+    """The one task a sweep's numbers are of: that of its completed jobs (of all its jobs
+    when none completed). Completed jobs of two tasks have no common column: an error."""
+    done = sorted({t for t, st in zip(tasks, statuses, strict=True) if st == "completed"})
+    if len(done) > 1:
+        raise SweepError(
+            f"{sweep_dir} holds completed jobs of several tasks ({', '.join(done)}), whose "
+            f"numbers share no column; sweep each task in its own directory"
+        )
+    if done:
+        return done[0]
+    return Counter(tasks).most_common(1)[0][0] if tasks else DEFAULT_TASK
+
+
+def job_row(
+    m: dict[str, Any],
+    job_dir: Path,
+    name: str,
+    ov: dict[str, str],
+    keys: list[str],
+    metric: SweepMetric,
+) -> dict[str, Any]:
     row: dict[str, Any] = {"job": name, **dict.fromkeys(keys)}  # filled last, as swept
     eff = m.get("effective")
     for k, kind in (("T", float), ("alpha", float), ("seed", int)):
@@ -134,19 +289,23 @@ def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> di
     elif status == "running":
         error = error or "still running, or killed before it could record its end"
     cfg = m.get("config") or {}
+    h = metric.headline
     row.update(
         status=status,
         error=error,
         error_type=m.get("error_type"),
+        task=job_task(m, ov),
         dataset=m.get("dataset"),
         teacher=(cfg.get("teacher") or {}).get("name"),
         student=(cfg.get("student") or {}).get("name"),
-        teacher_acc=_stage(m, "teacher", "test_acc"),
-        teacher_from_cache=_stage(m, "teacher", "from_cache"),
-        baseline_acc=_stage(m, "baseline", "test_acc"),
-        baseline_from_cache=_stage(m, "baseline", "from_cache"),
-        student_acc=_stage(m, "student", "test_acc"),
-        student_val=_stage(m, "student", "val_acc"),
+        **{
+            metric.col("teacher"): _stage(m, "teacher", h),
+            "teacher_from_cache": _stage(m, "teacher", "from_cache"),
+            metric.col("baseline"): _stage(m, "baseline", h),
+            "baseline_from_cache": _stage(m, "baseline", "from_cache"),
+            metric.col("student"): _stage(m, "student", h),
+            metric.val_col: _stage(m, "student", metric.selection),
+        },
         kd_gain=m.get("kd_gain"),
         agreement=_stage(m, "student", "agreement"),
         teacher_seconds=_stage(m, "teacher", "train_seconds"),
@@ -160,7 +319,8 @@ def job_row(job_dir: Path, name: str, ov: dict[str, str], keys: list[str]) -> di
 
 
 def collect(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """(other swept keys, one row per job) for the sweep in ``sweep_dir``."""
+    """(other swept keys, one row per job) for the sweep in ``sweep_dir``; the rows hold the
+    numbers of the sweep's task (``sweep_metric(rows)``)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SweepError(
@@ -187,18 +347,33 @@ def collect(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
             if k not in keys and k not in GRID and len({o.get(k) for o in ovs}) > 1:
                 keys.append(k)
     names = [d.relative_to(sweep_dir).as_posix() if d != sweep_dir else "." for d in dirs]
-    rows = [job_row(d, n, ov, keys) for d, n, ov in zip(dirs, names, ovs, strict=True)]
+    ms = [read_metrics(d / "metrics.json") or {} for d in dirs]
+    tasks = [job_task(m, ov) for m, ov in zip(ms, ovs, strict=True)]
+    task = sweep_task(sweep_dir, tasks, [m.get("status", "missing") for m in ms])
+    metric = metric_for(task)
+    rows = [
+        job_row(m, d, n, ov, keys, metric) for m, d, n, ov in zip(ms, dirs, names, ovs, strict=True)
+    ]
     return keys, rows
+
+
+def sweep_metric(rows: list[dict[str, Any]]) -> SweepMetric:
+    """What the rows of ``collect`` report: the task of their completed jobs."""
+    task = sweep_task(Path("."), [r["task"] for r in rows], [r["status"] for r in rows])
+    return metric_for(task)
 
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+def aggregate(
+    rows: list[dict[str, Any]], keys: list[str], metric: SweepMetric | None = None
+) -> list[dict[str, Any]]:
     """One row per cell (keys, T, alpha) with mean and sample std over seeds (>= 2 seeds)."""
     if len({r["seed"] for r in rows}) < 2:
         return []
+    metric = metric or sweep_metric(rows)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in (*keys, "T", "alpha")), []).append(r)
@@ -214,7 +389,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any
             teacher=rs[0]["teacher"],
             student=rs[0]["student"],
         )
-        for c in METRICS:
+        for c in metric.columns():
             vals = [r[c] for r in ok if _finite(r[c])]
             agg[f"{c}_mean"] = statistics.fmean(vals) if vals else None
             agg[f"{c}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
@@ -223,9 +398,9 @@ def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any
 
 
 # ----------------------------------------------------------------------------- write
-def _csv(keys: list[str], jobs: list[dict], aggs: list[dict]) -> str:
+def _csv(keys: list[str], jobs: list[dict], aggs: list[dict], metric: SweepMetric) -> str:
     cols = ["row", "job", *keys, *GRID, "status", "n", "n_failed"]
-    for c in METRICS:
+    for c in metric.columns():
         cols += [c, f"{c}_std"]
     cols += [
         "teacher_from_cache",
@@ -249,7 +424,7 @@ def _csv(keys: list[str], jobs: list[dict], aggs: list[dict]) -> str:
             "seed": " ".join(str(s) for s in a["seeds"]),
             "status": "completed" if a["n"] else "failed",
         }
-        for c in METRICS:
+        for c in metric.columns():
             r[c] = a[f"{c}_mean"]
         w.writerow(r)
     return buf.getvalue()
@@ -266,16 +441,18 @@ def _json_safe(v: Any) -> Any:
 
 
 def _cells(s: Summary) -> list[dict[str, Any]]:
-    """What the plots show: per (keys, T, alpha), over seeds when there are several."""
+    """What the plots show: per (keys, T, alpha), over seeds when there are several; ``score``
+    is the student's headline, ``t_score``/``b_score`` the teacher's and the baseline's."""
+    m = s.metric
     if s.aggregates:
         return [
             {
                 **a,
                 "ok": a["n"] > 0,
-                "acc": a["student_acc_mean"],
-                "std": a["student_acc_std"],
-                "t_acc": a["teacher_acc_mean"],
-                "b_acc": a["baseline_acc_mean"],
+                "score": a[f"{m.col('student')}_mean"],
+                "std": a[f"{m.col('student')}_std"],
+                "t_score": a[f"{m.col('teacher')}_mean"],
+                "b_score": a[f"{m.col('baseline')}_mean"],
             }
             for a in s.aggregates
         ]
@@ -283,10 +460,10 @@ def _cells(s: Summary) -> list[dict[str, Any]]:
         {
             **j,
             "ok": j["status"] == "completed",
-            "acc": j["student_acc"],
+            "score": j[m.col("student")],
             "std": None,
-            "t_acc": j["teacher_acc"],
-            "b_acc": j["baseline_acc"],
+            "t_score": j[m.col("teacher")],
+            "b_score": j[m.col("baseline")],
         }
         for j in s.jobs
     ]
@@ -308,7 +485,7 @@ def _panels(s: Summary) -> list[tuple[str, list[dict[str, Any]]]]:
     ]
 
 
-def _title(cells: list[dict[str, Any]], label: str, seeds: int) -> str:
+def _title(cells: list[dict[str, Any]], label: str, seeds: int, metric: SweepMetric) -> str:
     c0 = cells[0]
     head = " · ".join(
         str(x)
@@ -316,14 +493,22 @@ def _title(cells: list[dict[str, Any]], label: str, seeds: int) -> str:
         if x
     )
     ref = []
-    t, b = _mean([c["t_acc"] for c in cells]), _mean([c["b_acc"] for c in cells])
+    t, b = _mean([c["t_score"] for c in cells]), _mean([c["b_score"] for c in cells])
     if t is not None:
-        ref.append(f"teacher {100 * t:.2f}%")
+        ref.append(f"teacher {metric.ref(t)}")
     if b is not None:
-        ref.append(f"baseline {100 * b:.2f}%")
+        ref.append(f"baseline {metric.ref(b)}")
     if seeds > 1:
         ref.append(f"mean of {seeds} seeds")
     return head + ("\n" + " · ".join(ref) if ref else "")
+
+
+def _cmap(metric: SweepMetric):
+    """Red to green, green the better end (low bits per byte, high accuracy); grey: missing."""
+    import matplotlib
+
+    name = "RdYlGn" if metric.higher_is_better else "RdYlGn_r"
+    return matplotlib.colormaps[name].with_extremes(bad="#d0d0d0")
 
 
 def _save(fig, path: Path) -> None:
@@ -342,28 +527,29 @@ def is_search(s: Summary) -> bool:
 
 
 def plot_search(s: Summary, path: Path) -> bool:
-    """A search's trials over (T, alpha): T on a log axis, colour = student test accuracy,
-    the best trial by validation circled."""
+    """A search's trials over (T, alpha): T on a log axis, colour = the student's headline
+    test metric, the best trial by validation circled."""
     from matplotlib.figure import Figure
 
+    m = s.metric
     panels = _panels(s)
     if not panels:
         return False
     fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, cells) in zip(axes, panels, strict=True):
-        ok = [c for c in cells if c["ok"] and _finite(c["acc"])]
+        ok = [c for c in cells if c["ok"] and _finite(c["score"])]
         sc = ax.scatter(
             [c["T"] for c in ok],
             [c["alpha"] for c in ok],
             s=60,
-            c=[100 * c["acc"] for c in ok],
-            cmap="RdYlGn",
+            c=[m.shown(c["score"]) for c in ok],
+            cmap=_cmap(m),
             edgecolors="k",
         )
         bad = [c for c in cells if c not in ok]
         ax.scatter([c["T"] for c in bad], [c["alpha"] for c in bad], marker="x", c="gray")
-        best = best_by_val(ok)
+        best = best_by_val(ok, m)
         if best is not None:
             ax.scatter(
                 [best["T"]],
@@ -378,25 +564,27 @@ def plot_search(s: Summary, path: Path) -> bool:
         ax.set_xlabel("temperature T (log scale)")
         ax.set_ylabel("alpha (weight of the soft term)")
         ax.set_ylim(-0.05, 1.05)
-        ax.set_title("search trials · " + _title(cells, label, 1), fontsize=10)
-        fig.colorbar(sc, ax=ax).set_label("student test accuracy (%)")
+        ax.set_title("search trials · " + _title(cells, label, 1, m), fontsize=10)
+        fig.colorbar(sc, ax=ax).set_label(f"student {m.label}")
     _save(fig, path)
     return True
 
 
-def best_by_val(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The completed job with the best student validation accuracy (the selection rule)."""
+def best_by_val(rows: list[dict[str, Any]], metric: SweepMetric) -> dict[str, Any] | None:
+    """The completed job with the best student validation score (the selection rule: the
+    highest validation accuracy, the lowest validation bits per byte)."""
+    col, sign = metric.val_col, 1.0 if metric.selection_higher_is_better else -1.0
     ok = [r for r in rows if r.get("status", "completed") == "completed"]
-    ok = [r for r in ok if _finite(r.get("student_val"))]
-    return max(ok, key=lambda r: r["student_val"], default=None)
+    ok = [r for r in ok if _finite(r.get(col))]
+    return max(ok, key=lambda r: sign * r[col], default=None)
 
 
 def plot_heatmap(s: Summary, path: Path) -> bool:
-    """Student test accuracy over T × alpha; colours centred on the baseline's accuracy."""
-    import matplotlib
+    """The student's headline test metric over T × alpha; colours centred on the baseline's."""
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
+    m = s.metric
     panels = _panels(s)
     if not panels:
         return False
@@ -411,22 +599,24 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
         text = [["missing"] * len(ts) for _ in als]
         for c in cells:
             i, j = als.index(c["alpha"]), ts.index(c["T"])
-            if c["ok"] and _finite(c["acc"]):
-                grid[i][j] = 100 * c["acc"]
-                text[i][j] = f"{100 * c['acc']:.2f}" + (
-                    f"\n±{100 * c['std']:.2f}" if _finite(c["std"]) else ""
+            if c["ok"] and _finite(c["score"]):
+                grid[i][j] = m.shown(c["score"])
+                text[i][j] = f"{m.shown(c['score']):.{m.digits}f}" + (
+                    f"\n±{m.shown(c['std']):.{m.digits}f}" if _finite(c["std"]) else ""
                 )
             else:
                 text[i][j] = "failed"
         vals = [v for r in grid for v in r if math.isfinite(v)]
-        base = _mean([c["b_acc"] for c in cells])
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 100.0)
+        base = _mean([c["b_score"] for c in cells])
+        lo, hi = (min(vals), max(vals)) if vals else (0.0, 100.0 if m.pct else 1.0)
+        eps = 0.01 if m.pct else 1e-4
         if base is not None:  # symmetric around the baseline: green = KD helped
-            d = max(abs(lo - 100 * base), abs(hi - 100 * base), 0.01)
-            norm = Normalize(vmin=100 * base - d, vmax=100 * base + d)
+            b0 = m.shown(base)
+            d = max(abs(lo - b0), abs(hi - b0), eps)
+            norm = Normalize(vmin=b0 - d, vmax=b0 + d)
         else:
-            norm = Normalize(vmin=lo - 0.01, vmax=hi + 0.01)
-        cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#d0d0d0")
+            norm = Normalize(vmin=lo - eps, vmax=hi + eps)
+        cmap = _cmap(m)
         im = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto", origin="lower")
         for i in range(len(als)):
             for j in range(len(ts)):
@@ -445,19 +635,21 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
         ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
         ax.set_xlabel("temperature T")
         ax.set_ylabel("alpha (weight of the soft term)")
-        ax.set_title("student test accuracy (%) · " + _title(cells, label, seeds), fontsize=10)
+        ax.set_title(f"student {m.label} · " + _title(cells, label, seeds, m), fontsize=10)
         cb = fig.colorbar(im, ax=ax)
-        cb.set_label("student test accuracy (%)" + (" · yellow = baseline" if base else ""))
+        cb.set_label(f"student {m.label}" + (" · yellow = baseline" if base else ""))
         if base is not None:  # show only the range in use, not the symmetric padding
-            cb.ax.set_ylim(min(lo, 100 * base), max(hi, 100 * base))
+            cb.ax.set_ylim(min(lo, m.shown(base)), max(hi, m.shown(base)))
     _save(fig, path)
     return True
 
 
 def plot_lines(s: Summary, path: Path) -> bool:
-    """Student test accuracy vs T, one line per alpha; teacher and baseline as references."""
+    """The student's headline test metric vs T, one line per alpha; teacher and baseline as
+    references."""
     from matplotlib.figure import Figure
 
+    m = s.metric
     panels = _panels(s)
     if not panels:
         return False
@@ -466,10 +658,10 @@ def plot_lines(s: Summary, path: Path) -> bool:
     for ax, (label, cells) in zip(
         fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
     ):
-        ok = [c for c in cells if c["ok"] and _finite(c["acc"])]
+        ok = [c for c in cells if c["ok"] and _finite(c["score"])]
         for a in sorted({c["alpha"] for c in ok}):
             pts = sorted(
-                (c["T"], 100 * c["acc"], 100 * c["std"] if _finite(c["std"]) else 0.0)
+                (c["T"], m.shown(c["score"]), m.shown(c["std"]) if _finite(c["std"]) else 0.0)
                 for c in ok
                 if c["alpha"] == a
             )
@@ -481,17 +673,17 @@ def plot_lines(s: Summary, path: Path) -> bool:
                 capsize=3,
                 label=f"alpha={a:g}",
             )
-        for ref, style, name in (("t_acc", "--", "teacher"), ("b_acc", ":", "baseline")):
+        for ref, style, name in (("t_score", "--", "teacher"), ("b_score", ":", "baseline")):
             v = _mean([c[ref] for c in cells])
             if v is not None:
-                ax.axhline(100 * v, color="k", ls=style, lw=1, label=f"{name} {100 * v:.2f}%")
+                ax.axhline(m.shown(v), color="k", ls=style, lw=1, label=f"{name} {m.ref(v)}")
         ts = sorted({c["T"] for c in ok})
         if len(ts) > 1 and min(ts) > 0:
             ax.set_xscale("log", base=2)
             ax.set_xticks(ts, [f"{t:g}" for t in ts])
         ax.set_xlabel("temperature T")
-        ax.set_ylabel("student test accuracy (%)")
-        ax.set_title(_title(cells, label, seeds), fontsize=10)
+        ax.set_ylabel(f"student {m.label}" + ("" if m.higher_is_better else " (lower is better)"))
+        ax.set_title(_title(cells, label, seeds, m), fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -500,29 +692,27 @@ def plot_lines(s: Summary, path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- show
-def _fmt_pct_std(m: Any, sd: Any) -> str:
-    s = fmt_acc(m)
-    return s + (f" ± {100 * sd:.2f}" if _finite(sd) else "")
-
-
 def summary_table(s: Summary) -> Table:
-    """Cells sorted by student accuracy (over seeds when there are several), best highlighted."""
+    """Cells sorted by the student's headline (over seeds when there are several), the best
+    (highest accuracy, lowest bits per byte) first and highlighted."""
+    m = s.metric
     agg = bool(s.aggregates)
     rows = s.aggregates if agg else s.jobs
     sfx = "_mean" if agg else ""
+    student = m.col("student")
 
-    def acc(r: dict[str, Any]) -> float:
-        v = r.get(f"student_acc{sfx}")
-        return v if _finite(v) else -math.inf
+    def score(r: dict[str, Any]) -> float:
+        v = r.get(f"{student}{sfx}")
+        return m.better(v) if _finite(v) else -math.inf
 
-    rows = sorted(rows, key=acc, reverse=True)
+    rows = sorted(rows, key=score, reverse=True)
     t = Table(title=f"kdrun sweep · {s.sweep_dir}", title_style="bold")
     cols = [
         *s.keys,
         "T",
         "alpha",
         "seeds" if agg else "seed",
-        "student acc",
+        f"student {m.short}",
         "KD gain",
         "agree",
         "teacher",
@@ -532,14 +722,13 @@ def summary_table(s: Summary) -> Table:
     ]
     for c in cols:
         t.add_column(c, justify="left" if c in (*s.keys, "status") else "right", no_wrap=True)
-    best = next((r for r in rows if _finite(r.get(f"student_acc{sfx}"))), None)
+    best = next((r for r in rows if _finite(r.get(f"{student}{sfx}"))), None)
     for r in rows:
         if agg:
             status = f"{r['n']} ok" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
             seed = str(len(r["seeds"]))
         else:
             status, seed = r["status"], str(r["seed"])
-        gain = r.get(f"kd_gain{sfx}")
         secs = r.get(f"student_seconds{sfx}")
         t.add_row(
             *[str(r[k]) for k in s.keys],
@@ -548,20 +737,20 @@ def summary_table(s: Summary) -> Table:
             if _finite(r["alpha"])
             else ("-" if r["alpha"] is None else str(r["alpha"])),
             seed,
-            _fmt_pct_std(r.get(f"student_acc{sfx}"), r.get("student_acc_std") if agg else None),
-            _fmt_pct_std(gain, r.get("kd_gain_std") if agg else None).replace("%", " pt")
-            if _finite(gain)
-            else "-",
+            m.text(r.get(f"{student}{sfx}"), r.get(f"{student}_std") if agg else None),
+            m.gain(r.get(f"kd_gain{sfx}"), r.get("kd_gain_std") if agg else None),
             fmt_acc(r.get(f"agreement{sfx}")),
-            fmt_acc(r.get(f"teacher_acc{sfx}")),
-            fmt_acc(r.get(f"baseline_acc{sfx}")),
+            m.text(r.get(f"{m.col('teacher')}{sfx}")),
+            m.text(r.get(f"{m.col('baseline')}{sfx}")),
             f"{secs:.1f}s" if _finite(secs) else "-",
             status,
-            style="bold green" if r is best else (None if _finite(acc(r)) else "red"),
+            style="bold green" if r is best else (None if _finite(score(r)) else "red"),
         )
     counts = Counter(j["status"] for j in s.jobs)
     t.caption = f"{len(s.jobs)} job(s): " + ", ".join(f"{n} {st}" for st, n in counts.items())
     t.caption += " · mean ± std over seeds" if agg else ""
+    if not m.higher_is_better:
+        t.caption += f" · {m.short} ({m.name}): lower is better; KD gain > 0: KD helped"
     t.caption_justify = "left"
     return t
 
@@ -572,14 +761,15 @@ def _knob(v: Any) -> str:
 
 
 def show(s: Summary, console: Console) -> None:
+    m = s.metric
     console.print(summary_table(s))
-    best = best_by_val(s.jobs)
+    best = best_by_val(s.jobs, m)
     if best is not None and len(s.jobs) > 1:
         where = ", ".join(f"{k}={best[k]}" for k in s.keys)
         console.print(
-            f"best by validation accuracy: T={_knob(best['T'])}, alpha={_knob(best['alpha'])}"
+            f"best by validation {m.name}: T={_knob(best['T'])}, alpha={_knob(best['alpha'])}"
             f"{', ' + where if where else ''}, seed={best['seed']} (val "
-            f"{fmt_acc(best['student_val'])}, test {fmt_acc(best['student_acc'])}; job "
+            f"{m.text(best[m.val_col])}, test {m.text(best[m.col('student')])}; job "
             f"{best['job']})",
             highlight=False,
         )
@@ -600,17 +790,20 @@ def summarize(sweep_dir: str | Path, console: Console | None = None) -> Summary:
     """Build (or rebuild) the summary files of a sweep directory and print its table."""
     sweep_dir = Path(sweep_dir)
     keys, jobs = collect(sweep_dir)
-    s = Summary(sweep_dir, keys, jobs, aggregate(jobs, keys))
+    metric = sweep_metric(jobs)
+    s = Summary(sweep_dir, keys, jobs, aggregate(jobs, keys, metric), metric=metric)
     doc = {
         "format": SUMMARY_FORMAT,
         "sweep_dir": str(sweep_dir),
+        "task": metric.task,
+        "metric": metric.describe(),
         "swept": keys,
         "n_jobs": len(jobs),
         "n_failed": len(s.failed),
         "jobs": jobs,
         "aggregates": s.aggregates,
     }
-    atomic_write_text(_csv(keys, jobs, s.aggregates), sweep_dir / "summary.csv")
+    atomic_write_text(_csv(keys, jobs, s.aggregates, metric), sweep_dir / "summary.csv")
     atomic_write_json(_json_safe(doc), sweep_dir / "summary.json")
     s.files = [sweep_dir / "summary.csv", sweep_dir / "summary.json"]
     heat = plot_search if is_search(s) else plot_heatmap  # a search's trials are scattered

@@ -30,6 +30,8 @@ from kdrun.models.registry import register_model
 from kdrun.models.stages import annotate
 from kdrun.store import CorruptArtifact, UnsafeFile, load_weights, sha256_file
 
+# Models whose weights are a save_pretrained directory (``path=DIR``): loading one loads weights.
+HF_DIRECTORY_MODELS = ("hf", "hf_causal_lm")
 # Names of the extras that install each optional library (pyproject.toml).
 EXTRAS = {"timm": "timm", "transformers": "hf", "onnx": "onnx", "onnxruntime": "onnx"}
 # Schema keys of ModelConfig that are kdrun's own, never passed to a custom constructor.
@@ -52,7 +54,7 @@ KDRUN_KEYS = frozenset(
         "finetune_epochs",
         "_target_",
         "kwargs",
-        "pretrained",  # teacher.pretrained (use as built)
+        "pretrained",  # teacher.pretrained (used as built: is_pretrained)
         "n_layer",  # gpt
         "n_head",
         "n_embd",
@@ -207,7 +209,7 @@ def weights_identity(cfg: Any) -> str | None:
     if weights:
         p = Path(str(weights)).expanduser()
         return f"sha256:{sha256_file(p)}" if p.is_file() else None
-    if _opt(cfg, "name") == "hf" and path and Path(path).expanduser().is_dir():
+    if _opt(cfg, "name") in HF_DIRECTORY_MODELS and path and Path(path).expanduser().is_dir():
         h = hashlib.sha256()
         for f in sorted(Path(path).expanduser().rglob("*")):
             if f.is_file():
@@ -227,8 +229,15 @@ def with_weights(model: nn.Module, cfg: Any) -> nn.Module:
 
 
 def is_pretrained(cfg: Any) -> bool:
-    """Does this model config load existing weights (a teacher to evaluate, not to train)?"""
-    return bool(_opt(cfg, "weights") or (_opt(cfg, "name") == "hf" and _opt(cfg, "path")))
+    """Does this model config load existing weights (a teacher to evaluate, not to train)?
+    A weights file (``weights=``), a ``save_pretrained`` directory (``hf``, ``hf_causal_lm``
+    with ``path=``), or ``pretrained=true``: the model as its builder makes it (e.g. a custom
+    module that loads its own weights)."""
+    return bool(
+        _opt(cfg, "weights")
+        or (_opt(cfg, "name") in HF_DIRECTORY_MODELS and _opt(cfg, "path"))
+        or _opt(cfg, "pretrained")
+    )
 
 
 # --------------------------------------------------------------------------- torchvision

@@ -36,6 +36,7 @@ class Task(Protocol):
     methods: dict[str, type]  # method name -> Distiller class (the ``method=`` choices)
     selection: Selection  # validation metric and direction (val_acc up; val_bpb down)
     headline: str  # the test metric of the table and of kd_gain (test_acc, test_bpb)
+    headline_name: str  # the headline in words, for labels ("accuracy", "bits per byte")
     higher_is_better: bool  # the headline's direction: kd_gain is positive when KD helps
     columns: tuple[Column, ...]  # per-stage columns of the run table after stage/model/params
 

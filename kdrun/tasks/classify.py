@@ -37,6 +37,7 @@ class Classification:
     methods = METHODS
     selection = Selection("val_acc", higher_is_better=True)
     headline = "test_acc"
+    headline_name = "accuracy"
     higher_is_better = True
     columns = (
         Column("test acc", "test_acc"),

@@ -67,6 +67,7 @@ class LanguageModelling:
     methods = LM_METHODS
     selection = Selection("val_bpb", higher_is_better=False)
     headline = "test_bpb"
+    headline_name = "bits per byte"
     higher_is_better = False
     columns = (
         Column("test bpb", "test_bpb", "num"),
