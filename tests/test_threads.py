@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kdrun.engine.threads import ThreadGovernor, governed
+from kdrun.experiments.pipeline import Pipeline
 
 IDLE = {1: 0.041, 2: 0.027}  # the CNN teacher's ms/step on 2 cores, idle (bounded spinning)
 BUSY = {1: 0.044, 2: 0.128}  # ... with one competing CPU-bound process
@@ -158,3 +159,24 @@ def test_governed_hooks_run_the_reporters_and_the_governors(fake_threads):
     only_epoch["on_step"]()
     only_epoch["on_epoch"]({})
     assert calls == ["gov step", "log", "gov epoch"]
+
+
+def _pipeline(deterministic=False, budget=2, chosen=("teacher",)) -> SimpleNamespace:
+    cfg = SimpleNamespace(runtime=SimpleNamespace(deterministic=deterministic))
+    return SimpleNamespace(
+        cfg=cfg, thread_budget=budget, stage_threads=dict.fromkeys(chosen, 1), governors={}
+    )
+
+
+def test_the_pipeline_governs_only_auto_cpu_stages_with_a_budget_and_no_determinism(
+    fake_threads,
+):
+    hooks = {"on_epoch": lambda row: None}
+    p = _pipeline()
+    assert Pipeline._govern(p, "teacher", hooks) is not hooks and set(p.governors) == {"teacher"}
+    for p, stage in (
+        (_pipeline(), "student"),  # no count chosen: runtime.num_threads=N, or not a CPU
+        (_pipeline(budget=1), "teacher"),
+        (_pipeline(deterministic=True), "teacher"),
+    ):
+        assert Pipeline._govern(p, stage, hooks) is hooks and p.governors == {}
