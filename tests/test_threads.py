@@ -1,8 +1,11 @@
 """The thread governor (kdrun.engine.threads) on a fake clock: every step costs what a table
-says for the thread count in force at the time, so the chosen counts are exact."""
+says for the thread count in force at the time, so the chosen counts are exact. Also: which
+stages the pipeline governs, and the OpenMP spin count `import kdrun` sets."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -11,6 +14,7 @@ import torch
 
 from kdrun.engine.threads import ThreadGovernor, governed
 from kdrun.experiments.pipeline import Pipeline
+from tests.conftest import kdrun_env
 
 IDLE = {1: 0.041, 2: 0.027}  # the CNN teacher's ms/step on 2 cores, idle (bounded spinning)
 BUSY = {1: 0.044, 2: 0.128}  # ... with one competing CPU-bound process
@@ -180,3 +184,20 @@ def test_the_pipeline_governs_only_auto_cpu_stages_with_a_budget_and_no_determin
         (_pipeline(deterministic=True), "teacher"),
     ):
         assert Pipeline._govern(p, stage, hooks) is hooks and p.governors == {}
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ({}, "10000"),
+        ({"GOMP_SPINCOUNT": "300000"}, "300000"),  # the user's own wins
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, None),  # a spin count would override their policy
+    ],
+)
+def test_import_kdrun_bounds_openmp_spinning_unless_the_user_chose(user, expected):
+    env = {k: v for k, v in kdrun_env().items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import os, kdrun; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, **user}, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == str(expected), out.stderr
