@@ -12,8 +12,9 @@
 
 Every variant runs idle and loaded alternately (--reps times each), so drifting background
 load hits both alike; medians are reported. The jobs get the environment a user has: the
-thread variables OMP_NUM_THREADS, MKL_NUM_THREADS and OMP_WAIT_POLICY are removed. The "idle"
-machine is only as idle as it is: the load average is printed beside every figure.
+thread variables OMP_NUM_THREADS, MKL_NUM_THREADS, OMP_WAIT_POLICY and GOMP_SPINCOUNT are
+removed. The "idle" machine is only as idle as it is: the load average is printed beside every
+figure.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import machine_line  # noqa: E402
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 HOG = "while True: pass"
 
 

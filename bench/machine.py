@@ -15,10 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kdrun
 
-# As kdrun itself sets it (kdrun/__init__.py): idle OpenMP threads sleep rather than spin, so
-# the rates below are what kdrun gets on a busy machine too. Must precede importing torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# kdrun's OpenMP spin setting (kdrun/__init__.py), so the rates below are what kdrun gets.
+# Must precede importing torch.
+import kdrun  # noqa: E402, F401
 
+# isort: split
 import torch  # noqa: E402
 
 # The same readings kdrun's thread and bf16 choices use (kdrun/engine/device.py).

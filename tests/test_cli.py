@@ -81,6 +81,26 @@ def test_smoke_writes_every_output(smoke_run):
         assert word in p.stdout
 
 
+def test_auto_threads_record_what_the_governor_did(smoke_run):
+    """runtime.num_threads=auto (the default) on a CPU: each stage's governor entry, every
+    training step but the stage's first timed (the smoke stages are shorter than a window)."""
+    m = read_json(smoke_run[0] / "metrics.json")
+    threads, governor = m["threads"], m["threads_governor"]
+    if threads["job"] == 1:  # a 1-core machine: nothing to govern
+        assert governor == {}
+        return
+    assert set(governor) == set(STAGES)
+    for stage, g in governor.items():
+        recipe = m["config"]["teacher" if stage == "teacher" else "student"]["train"]
+        n = m["data"]["train_size" if stage == "teacher" else "student_train_size"]
+        steps = recipe["epochs"] * math.ceil(n / recipe["batch_size"])
+        assert sum(g["steps"].values()) == steps - 1, stage
+        assert set(g["steps"]) == {"1", str(threads["job"])}
+        assert g["final"] in (1, threads["job"]) and g["switches"] >= 0
+        assert (g["final"] == threads[stage]) == (g["switches"] % 2 == 0)  # started there
+        assert all(s > 0 for s in g["sec_per_step"].values()) and g["sec_per_step"]
+
+
 def test_baseline_and_student_share_init_and_alpha0_reproduces_baseline(run_kdrun, tmp_path):
     """With alpha=0 the KD loss is plain CE: same init + same batches => same model."""
     p = run_kdrun("experiment=smoke", "alpha=0", run_dir=tmp_path / "a0")

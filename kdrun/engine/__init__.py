@@ -6,12 +6,14 @@ from kdrun.engine.evaluate import accuracy, autocast_context, predict
 from kdrun.engine.loop import FitResult, Selection, ValScore, fit, val_accuracy
 from kdrun.engine.optim import lr_factor, make_optimizer
 from kdrun.engine.perf import Perf, RowCache, data_device, fetch, place_data
+from kdrun.engine.threads import ThreadGovernor, governed
 
 __all__ = [
     "FitResult",
     "Perf",
     "RowCache",
     "Selection",
+    "ThreadGovernor",
     "accuracy",
     "autocast_context",
     "calibrated_threads",
@@ -19,6 +21,7 @@ __all__ = [
     "effective_amp",
     "fetch",
     "fit",
+    "governed",
     "lr_factor",
     "make_optimizer",
     "place_data",

@@ -23,8 +23,10 @@ from kdrun.data import DATASETS, DataBundle, LoadHints, parse_size
 from kdrun.engine import (
     FitResult,
     RowCache,
+    ThreadGovernor,
     calibrated_threads,
     fit,
+    governed,
     place_data,
     resolve_device,
     set_threads,
@@ -252,9 +254,11 @@ class Pipeline:
         self._student_init: dict[str, torch.Tensor] | None = None
         self.should_stop = lambda: False
         self.dist = dist_.current()  # rank 0 alone writes the store and the run's files
-        # runtime.num_threads=auto: each stage measures 1 thread against this budget.
+        # runtime.num_threads=auto: each stage measures 1 thread against this budget, then
+        # a governor re-decides while it trains.
         self.thread_budget = torch.get_num_threads()
         self.stage_threads: dict[str, int] = {}
+        self.governors: dict[str, ThreadGovernor] = {}
 
     # ---- helpers -------------------------------------------------------------------
     def _build(self, model_cfg: DictConfig) -> nn.Module:
@@ -280,6 +284,7 @@ class Pipeline:
         steps = recipe.epochs * per_epoch
         self._choose_threads(distiller.student, recipe.batch_size, stage)
         with self.reporter.stage(stage, steps) as hooks:
+            hooks = self._govern(stage, hooks)
             return fit(
                 distiller,
                 d,
@@ -309,6 +314,16 @@ class Pipeline:
         n = calibrated_threads(model, x, self.thread_budget, cache_file)
         torch.set_num_threads(n)
         self.stage_threads[stage] = n
+
+    def _govern(self, stage: str, hooks: dict[str, Any]) -> dict[str, Any]:
+        """The reporter's hooks, plus a thread governor's where the stage's count was chosen
+        (auto, CPU) and can change: a budget above 1 and no runtime.deterministic (the
+        governor's choices depend on timing, and the count can change float sums' order)."""
+        rt = self.cfg.runtime
+        if stage not in self.stage_threads or self.thread_budget <= 1 or rt.deterministic:
+            return hooks
+        self.governors[stage] = ThreadGovernor(self.thread_budget, self.stage_threads[stage])
+        return governed(hooks, self.governors[stage])
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
         """The model's outputs on the test split."""
@@ -836,6 +851,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "world_size": p.dist.world_size,
         "dist_backend": p.dist.backend,
         "threads": {"job": threads, **p.stage_threads},  # runtime.num_threads resolved
+        # what each stage's thread governor did after starting at the count in "threads"
+        "threads_governor": {stage: g.summary() for stage, g in p.governors.items()},
     }
     if baseline is not None:
         metrics["baseline"] = _baseline_report(p, baseline, ref)

@@ -1,0 +1,116 @@
+"""Re-deciding the thread count while a stage trains: 1 thread or the whole budget.
+
+The calibration (device.calibrated_threads) picks a stage's starting count once per machine
+and model, but the machine's load changes later. On a 2-core EPYC with bounded OpenMP
+spinning (kdrun/__init__.py), 2 threads trained the Fashion-MNIST CNN teacher 1.55x faster
+than 1 when idle and 3x slower as soon as one other CPU-bound process ran. So the governor
+times the training steps in windows and keeps the faster count, trying the other one again
+for one window whenever its last measurement is older than ``explore_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# The budget must be this many times faster than 1 thread to be kept. A small margin, unlike
+# the calibration's 1.3 (a one-off choice kept under any later load): the count is measured
+# again every explore_s. It keeps near-ties on 1 thread, which leaves a core to the machine's
+# other processes, and does not switch on the noise of a 2 s window.
+MARGIN = 1.1
+
+
+class ThreadGovernor:
+    """Call ``on_step`` after every training step and ``on_epoch`` at every epoch end (the
+    epoch-end work, e.g. validation, is not step time). Only step time is timed: a window
+    of at least ``window_s`` seconds of steps gives the seconds per step of the thread count
+    in force; at each window end the governor explores or takes the faster count."""
+
+    def __init__(
+        self,
+        budget: int,
+        start: int,
+        window_s: float = 2.0,
+        explore_s: float = 30.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if start not in (1, budget):
+            raise ValueError(f"start={start}: the governor chooses between 1 and {budget}")
+        self.budget, self.window_s, self.explore_s, self.clock = budget, window_s, explore_s, clock
+        self.current = start
+        self.switches = 0
+        self._last: float | None = None  # end of the previous step; None: not timing yet
+        self._win_s, self._win_steps = 0.0, 0
+        self._measured: dict[int, tuple[float, float]] = {}  # count -> (sec/step, when)
+        self._totals = {n: [0.0, 0] for n in {1, budget}}  # count -> [seconds, steps]
+        if torch.get_num_threads() != start:
+            torch.set_num_threads(start)
+
+    def on_step(self) -> None:
+        now = self.clock()
+        if self._last is not None:
+            self._win_s += now - self._last
+            self._win_steps += 1
+            if self._win_s >= self.window_s:
+                self._end_window(now)
+                now = self.clock()  # a switch is not the next step's time
+        self._last = now
+
+    def on_epoch(self, row: Any = None) -> None:
+        self._last = self.clock()  # the epoch end's own work is not step time
+
+    def _end_window(self, now: float) -> None:
+        n, secs, steps = self.current, self._win_s, self._win_steps
+        self._measured[n] = (secs / steps, now)
+        self._totals[n][0] += secs
+        self._totals[n][1] += steps
+        self._win_s, self._win_steps = 0.0, 0
+        self._use(self._choice(now))
+
+    def _choice(self, now: float) -> int:
+        other = 1 if self.current == self.budget else self.budget
+        seen = self._measured.get(other)
+        if seen is None or now - seen[1] > self.explore_s:
+            return other  # explore it for one window
+        one, many = self._measured[1][0], self._measured[self.budget][0]
+        return self.budget if many * MARGIN <= one else 1
+
+    def _use(self, n: int) -> None:
+        if n != self.current:
+            torch.set_num_threads(n)
+            self.current = n
+            self.switches += 1
+
+    def summary(self) -> dict[str, Any]:
+        """What it did, for metrics.json: switches, the count it ended on, and the seconds per
+        step and steps timed at each count (the unfinished window included)."""
+        totals = {n: list(t) for n, t in self._totals.items()}
+        totals[self.current][0] += self._win_s
+        totals[self.current][1] += self._win_steps
+        return {
+            "switches": self.switches,
+            "final": self.current,
+            "sec_per_step": {str(n): s / k for n, (s, k) in sorted(totals.items()) if k},
+            "steps": {str(n): k for n, (_, k) in sorted(totals.items())},
+        }
+
+
+def governed(hooks: dict[str, Any], governor: ThreadGovernor) -> dict[str, Any]:
+    """``hooks`` (a reporter's on_step / on_epoch, either may be absent) with the governor's
+    own calls added after them."""
+    step, epoch = hooks.get("on_step"), hooks.get("on_epoch")
+
+    def on_step() -> None:
+        if step is not None:
+            step()
+        governor.on_step()
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        if epoch is not None:
+            epoch(row)
+        governor.on_epoch(row)
+
+    return {**hooks, "on_step": on_step, "on_epoch": on_epoch}
