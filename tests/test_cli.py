@@ -103,7 +103,7 @@ def test_auto_threads_record_what_the_governor_did(smoke_run):
 
 def test_baseline_and_student_share_init_and_alpha0_reproduces_baseline(run_kdrun, tmp_path):
     """With alpha=0 the KD loss is plain CE: same init + same batches => same model."""
-    p = run_kdrun("experiment=smoke", "alpha=0", run_dir=tmp_path / "a0")
+    p = run_kdrun("experiment=smoke", "alpha=0", "runtime.num_threads=1", run_dir=tmp_path / "a0")
     assert p.returncode == 0, p.stderr
     m = read_json(tmp_path / "a0" / "metrics.json")
     assert m["student"]["test_acc"] == m["baseline"]["test_acc"]
