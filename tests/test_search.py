@@ -48,6 +48,47 @@ def test_search_and_slurm_ddp_configs_compose():
     assert "SlurmLauncher" in la._target_
 
 
+def test_lm_search_minimises_val_bpb_and_a_wrong_objective_is_refused(monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from omegaconf import OmegaConf
+
+    from kdrun.errors import ConfigError
+    from kdrun.experiments import checks
+
+    cfg = _compose("hparams_search=t_alpha_optuna_lm", "experiment=smoke_lm", hydra=True)
+    assert cfg.optimized_metric == "student.val_bpb"
+    assert cfg.hydra.sweeper.direction == "minimize"
+    job = _compose("hparams_search=t_alpha_optuna_lm", "experiment=smoke_lm")
+
+    def searching(direction: str) -> None:
+        hc = OmegaConf.create(
+            {
+                "sweeper": {
+                    "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                    "direction": direction,
+                }
+            }
+        )
+        monkeypatch.setattr(checks, "current_hydra_config", lambda: hc)
+
+    searching("minimize")
+    checks.validate(job)  # the lm search as shipped passes
+    job.optimized_metric = "student.val_acc"  # the image search's objective on an lm job
+    with pytest.raises(ConfigError, match="use optimized_metric=student.val_bpb") as e:
+        checks.validate(job)
+    assert "hparams_search=t_alpha_optuna_lm" in str(e.value) and "\n" not in str(e.value)
+    job.optimized_metric = "student.val_bpb"
+    searching("maximize")  # the right metric, the wrong direction
+    with pytest.raises(ConfigError, match="hydra.sweeper.direction=minimize"):
+        checks.validate(job)
+    image = _compose("hparams_search=t_alpha_optuna", "experiment=smoke")
+    searching("maximize")
+    checks.validate(image)
+    monkeypatch.setattr(checks, "current_hydra_config", lambda: None)  # not a search
+    job.optimized_metric = "student.val_acc"
+    checks.validate(job)
+
+
 def test_missing_plugin_is_a_one_line_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
