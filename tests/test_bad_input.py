@@ -234,6 +234,13 @@ CASES: dict[str, Case] = {
         code=3,
         after=_kept_last_good_checkpoint,
     ),
+    "a language model on images": Case(
+        ["teacher=gpt"], ["teacher=gpt reads tokens", "dataset=digits gives images", "teacher=cnn"]
+    ),
+    "an image model on text": Case(
+        ["dataset=pystdlib", "teacher=gpt"],
+        ["student=mlp reads images", "gives tokens", "student=gpt"],
+    ),
     "other config in a completed run dir": Case(
         ["T=2"], ["already holds a completed run", "new hydra.run.dir"], in_reference=True
     ),

@@ -9,6 +9,7 @@ from kdrun.data import DATASETS
 from kdrun.engine.device import current_hydra_config
 from kdrun.errors import ConfigError
 from kdrun.experiments.kinds import check_kind
+from kdrun.models import MODEL_INPUTS
 from kdrun.tasks import task_named
 
 
@@ -23,8 +24,27 @@ def validate(cfg: DictConfig) -> None:
             f"unknown method '{name}'; choose one of: {', '.join(sorted(methods))} (the "
             f"methods of task {task.name}, which dataset={cfg.dataset.name} belongs to)"
         )
+    _check_model_inputs(cfg, task)
     methods[name].check_config(cfg)
     _check_search_objective(cfg, task)
+
+
+_EXAMPLE = {"images": "cnn", "tokens": "gpt"}
+
+
+def _check_model_inputs(cfg: DictConfig, task) -> None:
+    """A language model on images or an image model on text fails deep inside its first
+    forward (after the teacher has trained): refuse it here, naming a model that fits."""
+    for role in ("teacher", "student"):
+        model = str(cfg[role].name)
+        reads = MODEL_INPUTS.get(model)
+        if reads is None or reads == task.inputs:
+            continue
+        raise ConfigError(
+            f"{role}={model} reads {reads}, but dataset={cfg.dataset.name} gives {task.inputs} "
+            f"(task {task.name}); use a model for {task.inputs}, e.g. {role}="
+            f"{_EXAMPLE[task.inputs]} (kdrun list shows each model's inputs)"
+        )
 
 
 def _check_search_objective(cfg: DictConfig, task) -> None:

@@ -15,7 +15,13 @@ from kdrun.models.external import (
     weights_identity,
     with_weights,
 )
-from kdrun.models.registry import MODELS, build_model, count_params, register_model
+from kdrun.models.registry import (
+    MODEL_INPUTS,
+    MODELS,
+    build_model,
+    count_params,
+    register_model,
+)
 
 __all__ = [
     "MLP",
@@ -28,6 +34,7 @@ __all__ = [
     "load_state_file",
     "preprocessing",
     "register_model",
+    "MODEL_INPUTS",
     "require",
     "weights_identity",
     "with_weights",

@@ -31,7 +31,7 @@ class MLP(nn.Module):
         return self.fc(x)
 
 
-@register_model("mlp")
+@register_model("mlp", inputs="images")
 def mlp(cfg, in_shape, num_classes):
     c, h, w = in_shape
     return MLP(c * h * w, list(cfg.hidden), num_classes, cfg.dropout)
@@ -69,13 +69,13 @@ class SmallCNN(nn.Module):
         return self.fc(self.drop(self.pool(self.stages(x)).flatten(1)))
 
 
-@register_model("cnn")
+@register_model("cnn", inputs="images")
 def cnn(cfg, in_shape, num_classes):
     c, h, w = in_shape
     return SmallCNN(c, list(cfg.channels), num_classes, cfg.dropout, min(h, w))
 
 
-@register_model("resnet18")
+@register_model("resnet18", inputs="images")
 def resnet18(cfg, in_shape, num_classes):
     """torchvision's ResNet-18 with a small-image stem (3x3 conv, stride 1, no max-pool)."""
     from torchvision.models import resnet18 as tv_resnet18

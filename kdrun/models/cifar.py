@@ -246,4 +246,4 @@ def _builder(name: str):
 
 
 for _name in CIFAR_ARCHS:
-    register_model(_name)(_builder(_name))
+    register_model(_name, inputs="images")(_builder(_name))

@@ -47,7 +47,7 @@ class ConvNet(nn.Module):
         return self.fc(self.embed(x))
 
 
-@register_model("convnet3")
+@register_model("convnet3", inputs="images")
 def convnet3(cfg, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """DC's ConvNet; ``width`` (default 128 in conf/student/convnet3.yaml), ``depth`` (0 = 3)."""
     return ConvNet(in_shape, num_classes, cfg.width, cfg.depth or 3)
@@ -82,12 +82,12 @@ class LeNet5(nn.Module):
         return self.fc(self.fc2(self.fc1(self.features(x).flatten(1))))
 
 
-@register_model("lenet5")
+@register_model("lenet5", inputs="images")
 def lenet5(cfg, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return LeNet5(in_shape, num_classes)
 
 
-@register_model("lenet5_half")
+@register_model("lenet5_half", inputs="images")
 def lenet5_half(cfg, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Half the filters and hidden units of LeNet-5 (ZSKD's student)."""
     return LeNet5(in_shape, num_classes, scale=0.5)

@@ -270,7 +270,7 @@ def _tv_build(arch: str, num_classes: int) -> nn.Module:
     return builder(weights=None, num_classes=num_classes)
 
 
-@register_model("torchvision")
+@register_model("torchvision", inputs="images")
 def torchvision_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """``torchvision.models.<arch>``, from scratch or with a state dict (file or DEFAULT)."""
     r, arch, weights = role(cfg), _opt(cfg, "arch"), _opt(cfg, "weights")
@@ -309,7 +309,7 @@ def torchvision_preprocessing(cfg: Any) -> Preprocessing | None:
 # --------------------------------------------------------------------------- timm
 
 
-@register_model("timm")
+@register_model("timm", inputs="images")
 def timm_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """``timm.create_model(arch)``; weights from a file, or ``hub`` (timm's own download)."""
     timm = require("timm")
@@ -377,7 +377,7 @@ def _hf_dir(cfg: Any) -> Path:
     return Path(path).expanduser()
 
 
-@register_model("hf")
+@register_model("hf", inputs="images")
 def hf_model(cfg: Any, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """``AutoModelForImageClassification.from_pretrained(DIR)``, offline, no remote code."""
     tf = require("transformers")

@@ -199,7 +199,7 @@ def sample(
     return seq
 
 
-@register_model("gpt")
+@register_model("gpt", inputs="tokens")
 def gpt(cfg, in_shape, num_classes) -> GPT:
     """``in_shape`` = (block_size,) of the data; ``num_classes`` = the vocabulary size."""
     block = int(cfg.block_size) or int(in_shape[0])
@@ -273,7 +273,7 @@ def same_vocabulary(model_vocab: int, tokenizer_vocab: int) -> bool:
     return padded and tokenizer_vocab < model_vocab < tokenizer_vocab + MAX_VOCAB_PADDING
 
 
-@register_model("hf_causal_lm")
+@register_model("hf_causal_lm", inputs="tokens")
 def hf_causal_lm(cfg, in_shape, num_classes) -> nn.Module:
     if not cfg.path:
         raise ConfigError("hf_causal_lm needs path=DIR (a directory from save_pretrained)")

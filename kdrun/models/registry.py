@@ -14,11 +14,16 @@ from torch import nn
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
+# What each model reads: "images" (C, H, W tensors) or "tokens" (token-id windows); absent for
+# models that take either (custom modules, plugins that do not say), which are not checked.
+MODEL_INPUTS: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, inputs: str | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
     def deco(fn: ModelBuilder) -> ModelBuilder:
         MODELS[name] = fn
+        if inputs is not None:
+            MODEL_INPUTS[name] = inputs
         return fn
 
     return deco

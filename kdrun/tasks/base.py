@@ -37,6 +37,7 @@ class Task(Protocol):
     selection: Selection  # validation metric and direction (val_acc up; val_bpb down)
     headline: str  # the test metric of the table and of kd_gain (test_acc, test_bpb)
     headline_name: str  # the headline in words, for labels ("accuracy", "bits per byte")
+    inputs: str  # what its models read: "images" or "tokens" (models.MODEL_INPUTS)
     higher_is_better: bool  # the headline's direction: kd_gain is positive when KD helps
     columns: tuple[Column, ...]  # per-stage columns of the run table after stage/model/params
 

@@ -38,6 +38,7 @@ class Classification:
     selection = Selection("val_acc", higher_is_better=True)
     headline = "test_acc"
     headline_name = "accuracy"
+    inputs = "images"
     higher_is_better = True
     columns = (
         Column("test acc", "test_acc"),

@@ -68,6 +68,7 @@ class LanguageModelling:
     selection = Selection("val_bpb", higher_is_better=False)
     headline = "test_bpb"
     headline_name = "bits per byte"
+    inputs = "tokens"
     higher_is_better = False
     columns = (
         Column("test bpb", "test_bpb", "num"),
