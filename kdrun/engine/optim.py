@@ -8,8 +8,11 @@ import torch
 
 
 def make_optimizer(params, recipe, fused: bool = False) -> torch.optim.Optimizer:
-    # Pass ``fused`` only when asked: otherwise torch keeps its default implementation.
-    fused_kw = {"fused": True} if fused else {}
+    # ``fused`` only when asked (its rounding differs). Otherwise the foreach implementation,
+    # which torch picks by itself only on CUDA: on a CPU it gives the same bits as the
+    # per-tensor loop (tests/test_optim_foreach.py) and cut an MLP step by ~20% (one kernel
+    # per operation over all parameters instead of one per parameter).
+    fused_kw = {"fused": True} if fused else {"foreach": True}
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             params,
