@@ -12,9 +12,11 @@ from omegaconf import OmegaConf
 import kdrun.cli  # noqa: F401  (registers the schema)
 from kdrun.cli import precheck
 from kdrun.config import config_dir
+from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
 from kdrun.experiments import validate
 from kdrun.methods import LM_METHODS, METHODS
+from kdrun.models import MODEL_INPUTS
 
 CONF = Path(config_dir())
 GROUPS = ["dataset", "teacher", "student", "method", "experiment"]
@@ -48,7 +50,12 @@ def test_defaults():
 def test_every_yaml_composes_and_validates(group, option):
     # methods of the language-model task only: composed with a text corpus
     lm_only = group == "method" and option in LM_METHODS and option not in METHODS
-    cfg = compose_cfg(f"{group}={option}", *(["dataset=pystdlib"] if lm_only else []))
+    text_data = group == "dataset" and DATASETS[option].task == "lm"
+    token_model = group in ("teacher", "student") and MODEL_INPUTS.get(option) == "tokens"
+    extra = ["dataset=pystdlib"] if lm_only or token_model else []
+    if lm_only or text_data or token_model:  # the other roles read tokens too
+        extra += [f"{r}=gpt" for r in ("teacher", "student") if r != group]
+    cfg = compose_cfg(f"{group}={option}", *extra)
     validate(cfg)
     if group in ("dataset", "method"):
         assert cfg[group].name == option
