@@ -121,6 +121,22 @@ def test_one_thread_stays_unless_the_budget_beats_it_by_the_margin(fake_threads)
     assert len(tries) == 3 and all(sim.count_at(t + 2.1) == 1 for t in tries)  # tries only
 
 
+def test_one_noisy_window_does_not_leave_the_budget_but_a_repeated_loss_does(fake_threads):
+    """MLP steps (1.6 vs 1.33 ms): a single 2 s window 20% slower on the budget (noise) keeps
+    it; the same loss twice in a row leaves it. Without the hysteresis the noisy window sent
+    the governor to 1 thread until the next exploration, 30 s later."""
+    mlp = {1: 0.0016, 2: 0.00133}
+
+    def noisy(now: float, n: int) -> float:
+        slow = n == 2 and (40.0 <= now < 42.0 or 60.0 <= now < 64.5)
+        return mlp[n] * (1.45 if slow else 1.0)
+
+    sim = Sim(noisy, start=2).train(until=100)
+    assert all(sim.count_at(t) == 2 for t in (45, 50, 55))  # the 40-42 s window: kept
+    left = [t for t in sim.switches_to(1) if 60 <= t < 70]
+    assert len(left) == 1 and left[0] > 63  # the loss at 60-64.5 s: after two windows
+
+
 def test_epoch_end_gaps_are_not_step_time(fake_threads):
     """10 steps per epoch, then 100 s of validation. Counted, the gaps would end a window at
     every epoch's first step and put ~10 s per step on both counts."""

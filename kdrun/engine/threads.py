@@ -21,6 +21,10 @@ import torch
 # again every explore_s. It keeps near-ties on 1 thread, which leaves a core to the machine's
 # other processes, and does not switch on the noise of a 2 s window.
 MARGIN = 1.1
+# Kept on the budget, a window this much slower than 1 thread's leaves it at once; a smaller
+# loss must be seen in two windows in a row (measured: single 2 s windows of an MLP step
+# varied by ~15%, and the governor spent half of a stage on the slower count without this).
+LEAVE_AT_ONCE = 1.3
 
 
 class ThreadGovernor:
@@ -42,6 +46,8 @@ class ThreadGovernor:
         self.budget, self.window_s, self.explore_s, self.clock = budget, window_s, explore_s, clock
         self.current = start
         self.switches = 0
+        self._strikes = 0  # windows in a row in which the budget lost to 1 thread
+        self._exploring = False  # the window in progress tries the other count
         self._last: float | None = None  # end of the previous step; None: not timing yet
         self._win_s, self._win_steps = 0.0, 0
         self._measured: dict[int, tuple[float, float]] = {}  # count -> (sec/step, when)
@@ -73,10 +79,24 @@ class ThreadGovernor:
     def _choice(self, now: float) -> int:
         other = 1 if self.current == self.budget else self.budget
         seen = self._measured.get(other)
+        exploring, self._exploring = self._exploring, False
         if seen is None or now - seen[1] > self.explore_s:
+            self._exploring = True
             return other  # explore it for one window
         one, many = self._measured[1][0], self._measured[self.budget][0]
-        return self.budget if many * MARGIN <= one else 1
+        if self.current != self.budget or exploring:  # to stay on the budget, it must win
+            return self.budget if many * MARGIN <= one else 1
+        # Leaving the budget costs explore_s at 1 thread before it is tried again, so one
+        # noisy window must not do it: a small loss has to repeat; a large one (another
+        # process wants the core) leaves at once.
+        if many <= one:
+            self._strikes = 0
+            return self.budget
+        self._strikes += 1
+        if many > one * LEAVE_AT_ONCE or self._strikes >= 2:
+            self._strikes = 0
+            return 1
+        return self.budget
 
     def _use(self, n: int) -> None:
         if n != self.current:
