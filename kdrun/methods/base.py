@@ -23,13 +23,21 @@ from kdrun.errors import ConfigError
 METHODS: dict[str, type[Distiller]] = {}
 
 
-def register_method(name: str):
-    def deco(cls: type[Distiller]) -> type[Distiller]:
-        cls.name = name
-        METHODS[name] = cls
-        return cls
+def registrar(table: dict[str, type[Distiller]]):
+    """A ``@register(name)`` decorator that files a Distiller class in ``table`` and names it."""
 
-    return deco
+    def register(name: str):
+        def deco(cls: type[Distiller]) -> type[Distiller]:
+            cls.name = name
+            table[name] = cls
+            return cls
+
+        return deco
+
+    return register
+
+
+register_method = registrar(METHODS)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
-from kdrun.methods.base import Distiller, MethodOptions
+from kdrun.methods.base import Distiller, MethodOptions, registrar
 from kdrun.methods.lm_losses import (
     IGNORE,
     Divergence,
@@ -41,15 +41,7 @@ from kdrun.methods.losses import standardize_logits
 from kdrun.models.gpt import sample
 
 LM_METHODS: dict[str, type[Distiller]] = {}
-
-
-def register_lm_method(name: str):
-    def deco(cls: type[Distiller]) -> type[Distiller]:
-        cls.name = name
-        LM_METHODS[name] = cls
-        return cls
-
-    return deco
+register_lm_method = registrar(LM_METHODS)
 
 
 class LMHardLabels(Distiller):
