@@ -274,6 +274,7 @@ def job_row(
     ov: dict[str, str],
     keys: list[str],
     metric: SweepMetric,
+    task: str,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"job": name, **dict.fromkeys(keys)}  # filled last, as swept
     eff = m.get("effective")
@@ -294,7 +295,7 @@ def job_row(
         status=status,
         error=error,
         error_type=m.get("error_type"),
-        task=job_task(m, ov),
+        task=task,
         dataset=m.get("dataset"),
         teacher=(cfg.get("teacher") or {}).get("name"),
         student=(cfg.get("student") or {}).get("name"),
@@ -351,9 +352,8 @@ def collect(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
     tasks = [job_task(m, ov) for m, ov in zip(ms, ovs, strict=True)]
     task = sweep_task(sweep_dir, tasks, [m.get("status", "missing") for m in ms])
     metric = metric_for(task)
-    rows = [
-        job_row(m, d, n, ov, keys, metric) for m, d, n, ov in zip(ms, dirs, names, ovs, strict=True)
-    ]
+    jobs = zip(ms, dirs, names, ovs, tasks, strict=True)
+    rows = [job_row(m, d, n, ov, keys, metric, t) for m, d, n, ov, t in jobs]
     return keys, rows
 
 
