@@ -8,7 +8,6 @@ import signal
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from kdrun.config import TrainConfig
 from kdrun.data import load_text_data
@@ -19,24 +18,13 @@ from kdrun.models.gpt import GPT, GPTShape
 from kdrun.tasks import task_named
 from tests.conftest import read_json
 from tests.reliability_util import start, wait_for
+from tests.test_text_data import _cfg
 
 SMOKE = ("experiment=smoke_lm", "runtime.num_threads=1")
 
 
 def _text_cfg(path, **kw):
-    base = dict(
-        name="text",
-        path=str(path),
-        glob="*",
-        block_size=16,
-        stride=0,
-        tokenizer=None,
-        val_size=0.1,
-        test_size=0.1,
-        split_seed=0,
-        train_fraction=0.5,
-    )
-    return OmegaConf.create({**base, **kw})
+    return _cfg(**{"path": str(path), "train_fraction": 0.5, **kw})
 
 
 def _corpus(root, n=12):
