@@ -127,6 +127,12 @@ CASES: dict[str, Case] = {
     "unknown dataset": Case(["dataset=imagenet"], ["unknown dataset 'imagenet'", "digits"]),
     "unknown model": Case(["student=vit"], ["unknown student 'vit'", "mlp"]),
     "unknown method": Case(["method=fitnet9"], ["unknown method 'fitnet9'", "kd"]),
+    "unknown parallel_baseline": Case(
+        ["runtime.parallel_baseline=yes"], ["unknown runtime.parallel_baseline 'yes'", "auto, on"]
+    ),
+    "unknown fused_optimizer": Case(
+        ["runtime.fused_optimizer=maybe"], ["runtime.fused_optimizer 'maybe'", "auto, true"]
+    ),
     "unknown key": Case(["student.train.lr_=0.1"], ["unknown config key", "'student.train.lr'"]),
     "unknown key added with +": Case(["+teacher.depthh=3"], ["unknown config key", "depthh"]),
     "wrong type": Case(["T=hot"], ["T=hot", "float"]),

@@ -94,8 +94,10 @@ def test_amp_auto_picks_bf16_only_from_ampere_on(monkeypatch):
     for cap, want in (((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
         assert resolve_amp("auto", cuda) == want
-        # fp16 goes with the GradScaler; the fused step avoids its per-step host sync
-        assert Perf.from_config(RuntimeConfig(), cuda).fused_optimizer is (want == "fp16")
+        # fused by default; with fp16's GradScaler even when switched off (no host sync)
+        assert Perf.from_config(RuntimeConfig(), cuda).fused_optimizer is True
+        off = RuntimeConfig(fused_optimizer=False)
+        assert Perf.from_config(off, cuda).fused_optimizer is (want == "fp16")
     assert resolve_amp("auto", torch.device("cpu")) == "off"
     assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
 

@@ -143,6 +143,14 @@ def _check_runtime(rt: DictConfig) -> None:
         rt.progress in ("auto", "on", "off"),
         f"unknown runtime.progress '{rt.progress}'; choose one of: auto, on, off",
     )
+    _check(
+        rt.fused_optimizer in ("auto", True, False),
+        f"unknown runtime.fused_optimizer '{rt.fused_optimizer}'; choose one of: auto, true, false",
+    )
+    _check(
+        rt.parallel_baseline in ("auto", "on", "off"),
+        f"unknown runtime.parallel_baseline '{rt.parallel_baseline}'; choose one of: auto, on, off",
+    )
 
 
 def _check_analysis(an: DictConfig) -> None:

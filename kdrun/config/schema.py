@@ -125,10 +125,16 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
     compile_backend: str = "inductor"  # "eager" only traces (tests)
     channels_last: bool = True  # NHWC layout for conv nets (CPU and CUDA)
-    fused_optimizer: bool = False  # fused Adam/AdamW/SGD kernel: faster, rounding differs
+    # auto (torch's fused Adam/AdamW/SGD kernel on CPU and CUDA: one pass over the weights;
+    # rounding differs from the per-tensor loop in the last bits) | true | false (foreach:
+    # the per-tensor loop's bits)
+    fused_optimizer: Any = "auto"
     data_on_device: str = "auto"  # auto | device | host (pinned, non-blocking batch copies)
     cache_teacher_logits: bool = True
     progress: str = "auto"  # auto | on | off
+    # the baseline trains in a second process beside the distilled student (CPU, >= 2 threads):
+    # auto (when it is not stored and takes >= 30 s; auto threads, not deterministic) | on | off
+    parallel_baseline: str = "auto"
     eval_batch_size: int = 1024
     # Several processes (torchrun / Slurm tasks; docs/distributed.md). These change results
     # (sync_bn) or only reproducibility (deterministic), never what a single process computes.

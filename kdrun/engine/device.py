@@ -161,7 +161,7 @@ def seconds_per_step(
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
-def _training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def training_step_probe(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """Forward and backward of a copy of ``model`` on ``x`` (the original, its BatchNorm
     statistics and its gradients are untouched)."""
     probe = copy.deepcopy(model).train()
@@ -201,7 +201,7 @@ def calibrated_threads(
         return int(known[key])
     try:
         with torch.random.fork_rng(devices=[]):  # dropout draws must not shift training's RNG
-            secs = seconds_per_step(_training_step(model, x), [1, budget])
+            secs = seconds_per_step(training_step_probe(model, x), [1, budget])
     except Exception as e:  # a model the probe cannot drive (other inputs): no speed probe
         log.debug("thread calibration skipped (%s): using %d threads", e, budget)
         return budget

@@ -8,10 +8,12 @@ import torch
 
 
 def make_optimizer(params, recipe, fused: bool = False) -> torch.optim.Optimizer:
-    # ``fused`` only when asked (its rounding differs). Otherwise the foreach implementation,
-    # which torch picks by itself only on CUDA: on a CPU it gives the same bits as the
-    # per-tensor loop (tests/test_optim_foreach.py) and cut an MLP step by ~20% (one kernel
-    # per operation over all parameters instead of one per parameter).
+    # ``fused`` (runtime.fused_optimizer=auto): one kernel updates each weight in a single pass
+    # (Adam on the Fashion-MNIST MLP's 203k weights, 1 CPU thread: 0.14 ms against foreach's
+    # 0.36); its rounding differs from the per-tensor loop in the last bits. Otherwise the
+    # foreach implementation, which torch picks by itself only on CUDA: on a CPU it gives the
+    # same bits as the per-tensor loop (tests/test_optim_foreach.py) and cut an MLP step by
+    # ~20% (one kernel per operation over all parameters instead of one per parameter).
     fused_kw = {"fused": True} if fused else {"foreach": True}
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(

@@ -34,9 +34,11 @@ class Perf:
             channels_last=bool(rt.channels_last) and device.type in ("cuda", "cpu"),
             compile=bool(rt.compile),
             compile_backend=str(rt.compile_backend),
-            # fp16 (amp=auto before Ampere) steps through a GradScaler: the fused step keeps its
-            # inf check on the device instead of a host sync per step
-            fused_optimizer=(bool(rt.fused_optimizer) or resolve_amp(rt.amp, device) == "fp16")
+            # auto: fused wherever torch has the kernel. (Always with fp16, amp=auto before
+            # Ampere: its GradScaler's inf check stays on the device, no host sync per step.)
+            fused_optimizer=(
+                rt.fused_optimizer in ("auto", True) or resolve_amp(rt.amp, device) == "fp16"
+            )
             and device.type in ("cuda", "cpu"),
         )
 

@@ -34,6 +34,7 @@ from kdrun.engine import (
 from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import Perf, configure_backends
 from kdrun.errors import CheckpointError
+from kdrun.experiments import aside
 from kdrun.experiments.analyses import run_analyses
 from kdrun.experiments.export import PREPROCESSING_FILE, preprocessing_record
 from kdrun.experiments.kinds import register_kind
@@ -258,6 +259,7 @@ class Pipeline:
         # a governor re-decides while it trains.
         self.thread_budget = torch.get_num_threads()
         self.stage_threads: dict[str, int] = {}
+        self.baseline_aside: dict[str, Any] | None = None  # kdrun.experiments.aside
         self.governors: dict[str, ThreadGovernor] = {}
 
     # ---- helpers -------------------------------------------------------------------
@@ -368,8 +370,10 @@ class Pipeline:
         model: nn.Module,
         train: Callable[..., FitResult],
         stage: str | None = None,
+        built_here: bool = False,
     ) -> tuple[nn.Module, StageReport]:
-        """Train ``model`` once through the store (or load it); return it with its report."""
+        """Train ``model`` once through the store (or load it); return it with its report.
+        ``built_here``: a stored copy was built by this job (in a second process)."""
 
         def build(workdir: Path):
             res = train(workdir / "partial.pt", content_key(spec))
@@ -391,13 +395,13 @@ class Pipeline:
         )
         model.load_state_dict(art.payload)
         meta = art.meta
+        from_cache = art.from_cache and not built_here
         # Stored stages contribute their (stored) history rows too, so history.csv is whole.
         # (labelled with this job's stage: another job may have stored it under another role)
         self.history.extend(
-            {**r, "stage": stage or r["stage"], "from_store": art.from_cache}
-            for r in meta["history"]
+            {**r, "stage": stage or r["stage"], "from_store": from_cache} for r in meta["history"]
         )
-        self.from_store[stage or kind] = art.from_cache
+        self.from_store[stage or kind] = from_cache
         scores = {k: v for k, v in meta.items() if k not in _META_FIELDS}
         rep = StageReport(
             meta["model"],
@@ -405,8 +409,8 @@ class Pipeline:
             scores,
             meta["best_epoch"],
             meta["train_seconds"],
-            art.from_cache,
-            "store" if art.from_cache else "trained",
+            from_cache,
+            "store" if from_cache else "trained",
         )
         return model, rep
 
@@ -555,14 +559,11 @@ class Pipeline:
         return m
 
     # ---- the stages ----------------------------------------------------------------
-    def baseline(self, full_data: bool = False, epochs: int = 0) -> nn.Module:
-        """The student trained from scratch on its transfer set; with ``full_data``, on the
-        whole training split instead (the reference of the small-data experiments; its store
-        key is that of an unrestricted run's baseline, so the two are shared). ``epochs`` > 0
-        replaces the student recipe's epoch count."""
-        cfg = self.cfg
-        model = self.new_student()
-        s_cfg = cfg.student
+    def baseline_spec(
+        self, full_data: bool = False, epochs: int = 0
+    ) -> tuple[dict[str, Any], DictConfig]:
+        """The baseline's store key spec and its model config (see ``baseline``)."""
+        s_cfg = self.cfg.student
         if epochs:
             s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
         data = self.data_spec(student=True)
@@ -572,8 +573,20 @@ class Pipeline:
             "role": "baseline",
             "model": _model_spec(s_cfg),
             "data": data,
-            "seed": cfg.seed,
+            "seed": self.cfg.seed,
         }
+        return spec, s_cfg
+
+    def baseline(
+        self, full_data: bool = False, epochs: int = 0, trained_aside: bool = False
+    ) -> nn.Module:
+        """The student trained from scratch on its transfer set; with ``full_data``, on the
+        whole training split instead (the reference of the small-data experiments; its store
+        key is that of an unrestricted run's baseline, so the two are shared). ``epochs`` > 0
+        replaces the student recipe's epoch count. ``trained_aside``: this job trained it in
+        a second process (kdrun.experiments.aside), so loading it from the store is no reuse."""
+        model = self.new_student()
+        spec, s_cfg = self.baseline_spec(full_data, epochs)
         stage = "full_baseline" if full_data else "baseline"
 
         def train(ckpt: Path, fp: str) -> FitResult:
@@ -587,7 +600,9 @@ class Pipeline:
             )
 
         n_rows = len(self.history)
-        model, rep = self._stored_model("baseline", {**spec, "model_cfg": s_cfg}, model, train)
+        model, rep = self._stored_model(
+            "baseline", {**spec, "model_cfg": s_cfg}, model, train, built_here=trained_aside
+        )
         for row in self.history[n_rows:]:  # stored rows may carry the other stage name
             row["stage"] = stage
         self.reports[stage] = rep
@@ -817,6 +832,26 @@ def _save_models(
         atomic_torch_save(_cpu(baseline), ckpt_dir / "baseline.pt")
 
 
+def _baseline_and_student(p: Pipeline) -> tuple[nn.Module | None, Distiller, FitResult]:
+    """The baseline (if asked for) and the distilled student: one after the other, or side by
+    side in two processes (kdrun.experiments.aside)."""
+    if not (p.cfg.baseline and aside.wanted(p)):
+        baseline = p.baseline() if p.cfg.baseline else None
+        return (baseline, *p.distill())
+    job = aside.start(p)
+    p.thread_budget -= 1  # the child has one of them
+    torch.set_num_threads(p.thread_budget)
+    try:
+        distiller, res = p.distill()
+    except BaseException:
+        aside.stop(job)
+        raise
+    finally:
+        p.thread_budget += 1
+        torch.set_num_threads(p.thread_budget)
+    return aside.finish(p, job), distiller, res
+
+
 @register_kind("distill")
 def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> dict[str, Any]:
     """Train everything one job needs and return its metrics (without run bookkeeping)."""
@@ -828,8 +863,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         p.should_stop = should_stop
     # A method without a teacher (e.g. DML) gets no teacher stage and teacher-less metrics.
     teacher = p.teacher() if p.task.methods[cfg.method.name].needs_teacher else None
-    baseline = p.baseline() if cfg.baseline else None
-    distiller, res = p.distill()
+    baseline, distiller, res = _baseline_and_student(p)
     student = distiller.student
     # Test-set numbers, computed once here; model selection used validation only.
     ref = p.teacher_reference(teacher) if teacher is not None else None
@@ -853,6 +887,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         "threads": {"job": threads, **p.stage_threads},  # runtime.num_threads resolved
         # what each stage's thread governor did after starting at the count in "threads"
         "threads_governor": {stage: g.summary() for stage, g in p.governors.items()},
+        "baseline_aside": p.baseline_aside,  # trained in a second process: how it went
     }
     if baseline is not None:
         metrics["baseline"] = _baseline_report(p, baseline, ref)

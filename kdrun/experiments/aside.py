@@ -1,0 +1,160 @@
+"""The from-scratch baseline in a second process, beside the distilled student.
+
+The baseline and the distilled student are independent trainings of the same small model from
+the same initial weights. On a CPU such a model's step rarely uses a second core well (the
+Fashion-MNIST MLP: 1.43 ms on 1 thread, 1.12 ms on 2), so two of them side by side, one
+thread each, finish in about the time of one. With ``runtime.parallel_baseline=auto`` a job
+on a CPU with two or more threads trains the baseline in a spawned process (1 thread) while
+it trains the student (the other threads), when the baseline is not already stored and would
+take long enough to pay for starting a Python process and loading the data again.
+
+The child builds the baseline through the artifact store, under its lock, exactly as the job
+would (same store key, initial weights, batch order); the job then loads it from the store.
+If the child fails, the job trains the baseline itself: nothing is lost but time.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from kdrun.config import to_container
+from kdrun.engine.device import seconds_per_step, training_step_probe
+
+log = logging.getLogger("kdrun")
+
+# The baseline must be expected to train for this long before a second process is worth it
+# (starting Python and torch and loading the data again take a few seconds).
+MIN_SECONDS = 30.0
+
+
+@dataclass
+class Aside:
+    """A baseline training in a second process."""
+
+    proc: Any  # multiprocessing's SpawnProcess
+    result: Any  # a SimpleQueue: the child's outcome
+    t0: float
+    history_at: int  # where the baseline's rows go in the job's history (before the student's)
+
+
+def wanted(p, est_seconds: float | None = None) -> bool:
+    """Whether job ``p`` (a Pipeline) should train its baseline aside: ``on`` whenever the
+    job runs on a CPU with >= 2 threads in one process; ``auto`` also needs auto thread
+    counts, no runtime.deterministic, a baseline not yet stored and an expected training
+    time >= MIN_SECONDS (``est_seconds``; measured when not given)."""
+    rt = p.cfg.runtime
+    mode = str(rt.parallel_baseline)
+    if mode == "off" or not p.cfg.baseline:
+        return False
+    if p.device.type != "cpu" or p.dist.enabled or p.thread_budget < 2:
+        return False
+    spec, _ = p.baseline_spec()
+    if p.store.has("baseline", spec):
+        return False
+    if mode == "on":
+        return True
+    if str(rt.num_threads) != "auto" or rt.deterministic:
+        return False
+    est = _expected_seconds(p) if est_seconds is None else est_seconds
+    return est >= MIN_SECONDS
+
+
+def _expected_seconds(p) -> float:
+    """The baseline's training time at one thread: a timed step times its step count."""
+    train = p.cfg.student.train
+    n = len(p.data.student_idx)
+    per_epoch = -(-n // train.batch_size)
+    if train.steps_per_epoch > 0:
+        per_epoch = min(per_epoch, train.steps_per_epoch)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the job's random state stays as it was
+            model = p.new_student()
+            x = p.data.x_train[: train.batch_size]
+            secs = seconds_per_step(training_step_probe(model, x), [1], reps=2)[1]
+    except Exception as e:  # a model the probe cannot drive: train it in the job
+        log.debug("baseline time estimate failed (%s)", e)
+        return 0.0
+    # forward+backward only; the optimiser step and the loop's bookkeeping add about as much
+    return 1.5 * secs * per_epoch * train.epochs
+
+
+def start(p) -> Aside:
+    """Spawn the process that trains ``p``'s baseline into the store (1 thread)."""
+    ctx = mp.get_context("spawn")  # never fork a process whose OpenMP threads have run
+    result = ctx.SimpleQueue()
+    container = to_container(p.cfg)
+    proc = ctx.Process(
+        target=_child, args=(container, str(p.run_dir), result), name="kdrun-baseline"
+    )
+    proc.daemon = True  # ends with the job
+    proc.start()
+    log.info("baseline: training in a second process (1 thread) beside the student")
+    return Aside(proc, result, time.perf_counter(), len(p.history))
+
+
+def finish(p, aside: Aside) -> torch.nn.Module:
+    """Wait for the child and return the baseline (from the store); trained here instead
+    if the child failed."""
+    waited = time.perf_counter()
+    aside.proc.join()
+    outcome = aside.result.get() if not aside.result.empty() else None
+    ok = aside.proc.exitcode == 0 and isinstance(outcome, dict) and outcome.get("ok")
+    n = len(p.history)
+    if ok:
+        model = p.baseline(trained_aside=not outcome["from_store"])
+        p.stage_threads["baseline"] = 1
+    else:
+        why = outcome.get("error") if isinstance(outcome, dict) else None
+        why = why or f"exit code {aside.proc.exitcode}"
+        log.warning("baseline: its second process failed (%s); training it here", why)
+        model = p.baseline()
+    rows = p.history[n:]
+    del p.history[n:]
+    p.history[aside.history_at : aside.history_at] = rows
+    now = time.perf_counter()
+    p.baseline_aside = {
+        "ok": bool(ok),
+        "seconds": round(now - aside.t0, 1),  # the child's wall time, start to end
+        "waited_seconds": round(now - waited, 1),  # how long the job waited for it
+    }
+    return model
+
+
+def stop(aside: Aside) -> None:
+    """End the child (the job failed or was interrupted); its last epoch-end checkpoint in the
+    store is kept, so the baseline resumes from there next time."""
+    if aside.proc.is_alive():
+        aside.proc.terminate()
+    aside.proc.join()
+
+
+def _child(container: dict[str, Any], run_dir: str, result: Any) -> None:
+    """The second process: the baseline through the store, one thread, no console output."""
+    from kdrun.experiments.pipeline import Pipeline
+    from kdrun.report.run import Reporter
+
+    # Ctrl-C reaches the whole process group: the job decides, and terminates this one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    try:
+        cfg: DictConfig = OmegaConf.create(container)
+        reporter = Reporter(Console(file=io.StringIO()), progress=False)
+        p = Pipeline(cfg, Path(run_dir), torch.device("cpu"), reporter)
+        p.baseline()
+        result.put({"ok": True, "from_store": p.from_store.get("baseline", False)})
+    except BaseException as e:  # reported to the job, which trains the baseline itself
+        result.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        log.debug("%s", traceback.format_exc())
+        raise SystemExit(1) from None

@@ -1,0 +1,119 @@
+"""The baseline trained in a second process beside the distilled student
+(kdrun.experiments.aside): the same bits as in line, a fallback when the process fails, no
+process left behind, and the conditions under which it is used."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+
+from kdrun.errors import Interrupted
+from kdrun.experiments import aside
+from kdrun.experiments.pipeline import run_pipeline
+from kdrun.report import Reporter
+from tests.test_perf_correctness import make_cfg, make_pipeline
+
+
+def _run(tmp_path, name: str, **over):
+    cfg = make_cfg(tmp_path, **over)
+    rep = Reporter(Console(file=io.StringIO()), progress=False)
+    return run_pipeline(cfg, tmp_path / name, rep)
+
+
+# ---- the baseline in a second process ---------------------------------------------------
+def test_the_baseline_trained_aside_is_the_baseline_trained_in_line(tmp_path):
+    """Same store key, initial weights and batch order: the same bits (both on 1 thread; the
+    teacher is shared through the store, so the students match too)."""
+    seq = tmp_path / "seq"
+    seq_m = _run(seq, "run", **{"runtime.parallel_baseline": "off", "runtime.num_threads": 1})
+    a = tmp_path / "aside"
+    (a / "store").mkdir(parents=True)
+    shutil.copytree(seq / "store" / "teacher", a / "store" / "teacher")
+    aside_m = _run(a, "run", **{"runtime.parallel_baseline": "on", "runtime.num_threads": 2})
+    assert aside_m["baseline_aside"]["ok"] is True and seq_m["baseline_aside"] is None
+    assert aside_m["baseline"]["source"] == "trained" and not aside_m["from_store"]["baseline"]
+    assert aside_m["threads"]["baseline"] == 1
+    for k in ("test_acc", "val_acc", "best_epoch"):
+        assert aside_m["baseline"][k] == seq_m["baseline"][k], k
+    for who in ("baseline", "student"):
+        x = torch.load(a / "run" / "checkpoints" / f"{who}.pt")
+        y = torch.load(seq / "run" / "checkpoints" / f"{who}.pt")
+        assert all(torch.equal(x[k], y[k]) for k in y), who
+    # the history keeps the order of a sequential job: teacher, baseline, student
+    stages = [r["stage"] for r in aside_m["_history"]]
+    assert stages == ["teacher"] * 2 + ["baseline"] * 2 + ["student"] * 2
+    for x, y in zip(aside_m["_history"], seq_m["_history"], strict=True):
+        assert {k: v for k, v in x.items() if k not in ("seconds", "from_store")} == {
+            k: v for k, v in y.items() if k not in ("seconds", "from_store")
+        }
+
+
+def test_a_failed_second_process_means_the_job_trains_the_baseline(tmp_path, caplog):
+    p = make_pipeline(tmp_path)
+    failed = SimpleNamespace(join=lambda: None, exitcode=1, is_alive=lambda: False)
+    queue = SimpleNamespace(empty=lambda: False, get=lambda: {"ok": False, "error": "OSError: x"})
+    with caplog.at_level(logging.WARNING, logger="kdrun"):
+        model = aside.finish(p, aside.Aside(failed, queue, 0.0, 0))
+    assert "second process failed (OSError: x); training it here" in caplog.text
+    assert p.reports["baseline"].source == "trained" and p.baseline_aside["ok"] is False
+    assert model is not None and p.history and p.history[0]["stage"] == "baseline"
+
+
+def test_an_interrupted_job_ends_its_second_process(tmp_path, monkeypatch):
+    started = []
+    real_start = aside.start
+    monkeypatch.setattr(aside, "start", lambda p: started.append(real_start(p)) or started[-1])
+    cfg = make_cfg(tmp_path, **{"runtime.parallel_baseline": "on", "runtime.num_threads": 2})
+    rep = Reporter(Console(file=io.StringIO()), progress=False)
+    calls = []
+
+    def stop_in_the_student() -> bool:  # the teacher trains; the student stops at once
+        calls.append(1)
+        return bool(started)
+
+    with pytest.raises(Interrupted, match="student stopped"):
+        run_pipeline(cfg, tmp_path / "run", rep, should_stop=stop_in_the_student)
+    assert len(started) == 1 and not started[0].proc.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("over", "budget", "est", "wanted"),
+    [
+        ({}, 2, 100.0, True),  # auto: a long baseline on 2 threads
+        ({}, 2, 5.0, False),  # too short to pay for a second process
+        ({}, 1, 100.0, False),  # one thread: nothing to share
+        ({"runtime.parallel_baseline": "off"}, 2, 100.0, False),
+        ({"runtime.parallel_baseline": "on"}, 2, 0.0, True),
+        ({"runtime.parallel_baseline": "on"}, 1, 0.0, False),
+        ({"baseline": False}, 2, 100.0, False),
+        ({"runtime.deterministic": True}, 2, 100.0, False),  # auto keeps jobs in one process
+        ({"runtime.num_threads": 2}, 2, 100.0, False),  # a fixed count is the user's choice
+    ],
+)
+def test_when_the_baseline_goes_aside(tmp_path, over, budget, est, wanted):
+    p = make_pipeline(tmp_path, **over)
+    p.thread_budget = budget
+    assert aside.wanted(p, est_seconds=est) is wanted
+
+
+def test_a_stored_baseline_is_loaded_not_trained_aside(tmp_path):
+    p = make_pipeline(tmp_path, **{"runtime.parallel_baseline": "on"})
+    p.thread_budget = 2
+    p.baseline()
+    assert not aside.wanted(p, est_seconds=100.0)
+
+
+def test_the_estimate_counts_every_step_and_leaves_the_rng_alone(tmp_path, monkeypatch):
+    p = make_pipeline(tmp_path)
+    monkeypatch.setattr(aside, "seconds_per_step", lambda *_a, **_k: {1: 0.01})
+    rng = torch.get_rng_state()
+    n = len(p.data.student_idx)
+    steps = -(-n // 64) * 2  # make_cfg: batch 64, 2 epochs
+    assert aside._expected_seconds(p) == pytest.approx(1.5 * 0.01 * steps)
+    assert torch.equal(torch.get_rng_state(), rng)
