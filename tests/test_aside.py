@@ -68,7 +68,9 @@ def test_a_failed_second_process_means_the_job_trains_the_baseline(tmp_path, cap
 def test_an_interrupted_job_ends_its_second_process(tmp_path, monkeypatch):
     started = []
     real_start = aside.start
-    monkeypatch.setattr(aside, "start", lambda p: started.append(real_start(p)) or started[-1])
+    monkeypatch.setattr(
+        aside, "start", lambda p, child: started.append(real_start(p, child)) or started[-1]
+    )
     cfg = make_cfg(tmp_path, **{"runtime.parallel_baseline": "on", "runtime.num_threads": 2})
     rep = Reporter(Console(file=io.StringIO()), progress=False)
     calls = []

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from rich.console import Console
 
 from kdrun.config import to_container
 from kdrun.engine.device import seconds_per_step, training_step_probe
+from kdrun.report.run import Reporter
 
 log = logging.getLogger("kdrun")
 
@@ -90,13 +92,15 @@ def _expected_seconds(p) -> float:
     return 1.5 * secs * per_epoch * train.epochs
 
 
-def start(p) -> Aside:
-    """Spawn the process that trains ``p``'s baseline into the store (1 thread)."""
+def start(p, child: Callable[[dict[str, Any], str, Any], None]) -> Aside:
+    """Spawn the process that trains ``p``'s baseline into the store (1 thread). ``child``: a
+    module-level function (spawn imports it by name) that calls ``run_child`` with the
+    Pipeline class."""
     ctx = mp.get_context("spawn")  # never fork a process whose OpenMP threads have run
     result = ctx.SimpleQueue()
     container = to_container(p.cfg)
     proc = ctx.Process(
-        target=_child, args=(container, str(p.run_dir), result), name="kdrun-baseline"
+        target=child, args=(container, str(p.run_dir), result), name="kdrun-baseline"
     )
     proc.daemon = True  # ends with the job
     proc.start()
@@ -140,18 +144,15 @@ def stop(aside: Aside) -> None:
     aside.proc.join()
 
 
-def _child(container: dict[str, Any], run_dir: str, result: Any) -> None:
+def run_child(container: dict[str, Any], run_dir: str, result: Any, pipeline_cls: type) -> None:
     """The second process: the baseline through the store, one thread, no console output."""
-    from kdrun.experiments.pipeline import Pipeline
-    from kdrun.report.run import Reporter
-
     # Ctrl-C reaches the whole process group: the job decides, and terminates this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     try:
         cfg: DictConfig = OmegaConf.create(container)
         reporter = Reporter(Console(file=io.StringIO()), progress=False)
-        p = Pipeline(cfg, Path(run_dir), torch.device("cpu"), reporter)
+        p = pipeline_cls(cfg, Path(run_dir), torch.device("cpu"), reporter)
         p.baseline()
         result.put({"ok": True, "from_store": p.from_store.get("baseline", False)})
     except BaseException as e:  # reported to the job, which trains the baseline itself

@@ -832,13 +832,18 @@ def _save_models(
         atomic_torch_save(_cpu(baseline), ckpt_dir / "baseline.pt")
 
 
+def _baseline_child(container: dict[str, Any], run_dir: str, result: Any) -> None:
+    """aside's second process (spawn imports this module and calls it by name)."""
+    aside.run_child(container, run_dir, result, Pipeline)
+
+
 def _baseline_and_student(p: Pipeline) -> tuple[nn.Module | None, Distiller, FitResult]:
     """The baseline (if asked for) and the distilled student: one after the other, or side by
     side in two processes (kdrun.experiments.aside)."""
     if not (p.cfg.baseline and aside.wanted(p)):
         baseline = p.baseline() if p.cfg.baseline else None
         return (baseline, *p.distill())
-    job = aside.start(p)
+    job = aside.start(p, _baseline_child)
     p.thread_budget -= 1  # the child has one of them
     torch.set_num_threads(p.thread_budget)
     try:
