@@ -104,6 +104,14 @@ def test_when_the_baseline_goes_aside(tmp_path, over, budget, est, wanted):
     assert aside.wanted(p, est_seconds=est) is wanted
 
 
+def test_auto_keeps_big_data_in_one_process(tmp_path, monkeypatch):
+    p = make_pipeline(tmp_path)
+    p.thread_budget = 2
+    assert aside.wanted(p, est_seconds=100.0)
+    monkeypatch.setattr(aside, "MAX_DATA_BYTES", aside._data_bytes(p) - 1)
+    assert not aside.wanted(p, est_seconds=100.0)  # the child would hold a second copy
+
+
 def test_a_stored_baseline_is_loaded_not_trained_aside(tmp_path):
     p = make_pipeline(tmp_path, **{"runtime.parallel_baseline": "on"})
     p.thread_budget = 2

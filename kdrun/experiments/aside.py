@@ -39,6 +39,8 @@ log = logging.getLogger("kdrun")
 # The baseline must be expected to train for this long before a second process is worth it
 # (starting Python and torch and loading the data again take a few seconds).
 MIN_SECONDS = 30.0
+# The child loads the data again: with auto, not when that would hold a second copy this big.
+MAX_DATA_BYTES = 1 << 30
 
 
 @dataclass
@@ -54,8 +56,9 @@ class Aside:
 def wanted(p, est_seconds: float | None = None) -> bool:
     """Whether job ``p`` (a Pipeline) should train its baseline aside: ``on`` whenever the
     job runs on a CPU with >= 2 threads in one process; ``auto`` also needs auto thread
-    counts, no runtime.deterministic, a baseline not yet stored and an expected training
-    time >= MIN_SECONDS (``est_seconds``; measured when not given)."""
+    counts, no runtime.deterministic, a baseline not yet stored, data under MAX_DATA_BYTES
+    and an expected training time >= MIN_SECONDS (``est_seconds``; measured when not
+    given)."""
     rt = p.cfg.runtime
     mode = str(rt.parallel_baseline)
     if mode == "off" or not p.cfg.baseline:
@@ -67,10 +70,17 @@ def wanted(p, est_seconds: float | None = None) -> bool:
         return False
     if mode == "on":
         return True
-    if str(rt.num_threads) != "auto" or rt.deterministic:
+    if str(rt.num_threads) != "auto" or rt.deterministic or _data_bytes(p) > MAX_DATA_BYTES:
         return False
     est = _expected_seconds(p) if est_seconds is None else est_seconds
     return est >= MIN_SECONDS
+
+
+def _data_bytes(p) -> int:
+    """The job's data in memory (what the child would load a second copy of)."""
+    d = p.data
+    tensors = (d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test)
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _expected_seconds(p) -> float:
