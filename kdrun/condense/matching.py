@@ -18,6 +18,7 @@ from torch import nn
 from kdrun.condense.augment import dsa, parse_strategy
 from kdrun.condense.losses import gradient_match_loss, mean_embedding_loss
 from kdrun.condense.options import CondenseConfig, dc_loops
+from kdrun.methods.base import registrar
 
 NetFactory = Callable[[], nn.Module]
 
@@ -98,13 +99,7 @@ class Condenser:
 CONDENSERS: dict[str, type[Condenser]] = {}
 
 
-def register_condenser(name: str):
-    def deco(cls: type[Condenser]) -> type[Condenser]:
-        cls.name = name
-        CONDENSERS[name] = cls
-        return cls
-
-    return deco
+register_condenser = registrar(CONDENSERS)
 
 
 @register_condenser("dm")

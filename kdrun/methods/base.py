@@ -9,8 +9,9 @@ mode and excluded from the optimiser.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,15 @@ from kdrun.errors import ConfigError
 METHODS: dict[str, type[Distiller]] = {}
 
 
-def registrar(table: dict[str, type[Distiller]]):
-    """A ``@register(name)`` decorator that files a Distiller class in ``table`` and names it."""
+Named = TypeVar("Named", bound=type)
 
-    def register(name: str):
-        def deco(cls: type[Distiller]) -> type[Distiller]:
+
+def registrar(table: dict[str, Named]) -> Callable[[str], Callable[[Named], Named]]:
+    """A ``@register(name)`` decorator that files a class in ``table`` and sets its ``name``
+    (the method registries here, the condensers in kdrun.condense.matching)."""
+
+    def register(name: str) -> Callable[[Named], Named]:
+        def deco(cls: Named) -> Named:
             cls.name = name
             table[name] = cls
             return cls
