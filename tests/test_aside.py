@@ -127,3 +127,12 @@ def test_the_estimate_counts_every_step_and_leaves_the_rng_alone(tmp_path, monke
     steps = -(-n // 64) * 2  # make_cfg: batch 64, 2 epochs
     assert aside._expected_seconds(p) == pytest.approx(1.5 * 0.01 * steps)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_planned_steps_counts_batches_and_caps_an_epoch():
+    from kdrun.engine import planned_steps
+
+    recipe = SimpleNamespace(batch_size=64, steps_per_epoch=0, epochs=3)
+    assert planned_steps(recipe, 130) == 9  # 3 batches (the last short) per epoch
+    recipe.steps_per_epoch = 2
+    assert planned_steps(recipe, 130) == 6

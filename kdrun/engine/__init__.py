@@ -3,7 +3,14 @@
 from kdrun.engine.checkpoint import seed_everything
 from kdrun.engine.device import calibrated_threads, effective_amp, resolve_device, set_threads
 from kdrun.engine.evaluate import accuracy, autocast_context, predict
-from kdrun.engine.loop import FitResult, Selection, ValScore, fit, val_accuracy
+from kdrun.engine.loop import (
+    FitResult,
+    Selection,
+    ValScore,
+    fit,
+    planned_steps,
+    val_accuracy,
+)
 from kdrun.engine.optim import lr_factor, make_optimizer
 from kdrun.engine.perf import Perf, RowCache, data_device, fetch, place_data
 from kdrun.engine.threads import ThreadGovernor, governed
@@ -25,6 +32,7 @@ __all__ = [
     "lr_factor",
     "make_optimizer",
     "place_data",
+    "planned_steps",
     "predict",
     "resolve_device",
     "seed_everything",

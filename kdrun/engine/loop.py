@@ -378,6 +378,15 @@ class _Trainer:
         )
 
 
+def planned_steps(recipe, n_rows: int) -> int:
+    """How many optimiser steps ``fit`` takes on ``n_rows`` training rows with ``recipe``
+    (batches per epoch, capped by ``steps_per_epoch`` when set, times the epochs)."""
+    per_epoch = -(-n_rows // recipe.batch_size)
+    if recipe.steps_per_epoch > 0:
+        per_epoch = min(per_epoch, recipe.steps_per_epoch)
+    return recipe.epochs * per_epoch
+
+
 def _usable_cache(
     cache: torch.Tensor | RowCache | None, data: DataBundle, stage: str, train_idx: torch.Tensor
 ) -> RowCache | None:

@@ -32,6 +32,7 @@ from rich.console import Console
 
 from kdrun.config import to_container
 from kdrun.engine.device import seconds_per_step, training_step_probe
+from kdrun.engine.loop import planned_steps
 from kdrun.report.run import Reporter
 
 log = logging.getLogger("kdrun")
@@ -86,10 +87,6 @@ def _data_bytes(p) -> int:
 def _expected_seconds(p) -> float:
     """The baseline's training time at one thread: a timed step times its step count."""
     train = p.cfg.student.train
-    n = len(p.data.student_idx)
-    per_epoch = -(-n // train.batch_size)
-    if train.steps_per_epoch > 0:
-        per_epoch = min(per_epoch, train.steps_per_epoch)
     try:
         with torch.random.fork_rng(devices=[]):  # the job's random state stays as it was
             model = p.new_student()
@@ -99,7 +96,7 @@ def _expected_seconds(p) -> float:
         log.debug("baseline time estimate failed (%s)", e)
         return 0.0
     # forward+backward only; the optimiser step and the loop's bookkeeping add about as much
-    return 1.5 * secs * per_epoch * train.epochs
+    return 1.5 * secs * planned_steps(train, len(p.data.student_idx))
 
 
 def start(p, child: Callable[[dict[str, Any], str, Any], None]) -> Aside:

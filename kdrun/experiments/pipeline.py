@@ -28,6 +28,7 @@ from kdrun.engine import (
     fit,
     governed,
     place_data,
+    planned_steps,
     resolve_device,
     set_threads,
 )
@@ -279,11 +280,7 @@ class Pipeline:
     ) -> FitResult:
         d = self.data if data is None else data
         rt = self.cfg.runtime
-        n = len(d.student_idx if student else d.teacher_idx)
-        per_epoch = -(-n // recipe.batch_size)
-        if recipe.steps_per_epoch > 0:
-            per_epoch = min(per_epoch, recipe.steps_per_epoch)
-        steps = recipe.epochs * per_epoch
+        steps = planned_steps(recipe, len(d.student_idx if student else d.teacher_idx))
         self._choose_threads(distiller.student, recipe.batch_size, stage)
         with self.reporter.stage(stage, steps) as hooks:
             hooks = self._govern(stage, hooks)
