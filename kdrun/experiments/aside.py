@@ -20,7 +20,6 @@ import logging
 import multiprocessing as mp
 import signal
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,13 +65,16 @@ def wanted(p, est_seconds: float | None = None) -> bool:
         return False
     if p.device.type != "cpu" or p.dist.enabled or p.thread_budget < 2:
         return False
-    spec, _ = p.baseline_spec()
-    if p.store.has("baseline", spec):
+    auto = mode == "auto"
+    if auto and (str(rt.num_threads) != "auto" or rt.deterministic):
         return False
-    if mode == "on":
+    if auto and _data_bytes(p) > MAX_DATA_BYTES:
+        return False
+    # the store lookup reads and checks the payload: after the checks that cost nothing
+    if p.store.has("baseline", p.baseline_spec()[0]):
+        return False
+    if not auto:
         return True
-    if str(rt.num_threads) != "auto" or rt.deterministic or _data_bytes(p) > MAX_DATA_BYTES:
-        return False
     est = _expected_seconds(p) if est_seconds is None else est_seconds
     return est >= MIN_SECONDS
 
@@ -164,5 +166,4 @@ def run_child(container: dict[str, Any], run_dir: str, result: Any, pipeline_cls
         result.put({"ok": True, "from_store": p.from_store.get("baseline", False)})
     except BaseException as e:  # reported to the job, which trains the baseline itself
         result.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
-        log.debug("%s", traceback.format_exc())
         raise SystemExit(1) from None
