@@ -133,7 +133,8 @@ class RuntimeConfig:
     cache_teacher_logits: bool = True
     progress: str = "auto"  # auto | on | off
     # the baseline trains in a second process beside the distilled student (CPU, >= 2 threads):
-    # auto (when it is not stored and takes >= 30 s; auto threads, not deterministic) | on | off
+    # auto (not stored, >= 30 s by a timed step, data under 1 GiB, auto threads, not
+    # deterministic) | on | off
     parallel_baseline: str = "auto"
     eval_batch_size: int = 1024
     # Several processes (torchrun / Slurm tasks; docs/distributed.md). These change results
