@@ -136,3 +136,77 @@ def test_planned_steps_counts_batches_and_caps_an_epoch():
     assert planned_steps(recipe, 130) == 9  # 3 batches (the last short) per epoch
     recipe.steps_per_epoch = 2
     assert planned_steps(recipe, 130) == 6
+
+
+# ---- the child's thread back to the student ---------------------------------------------
+@pytest.fixture
+def threads_restored():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _process(state: dict) -> SimpleNamespace:
+    """A stand-in child whose liveness the test sets."""
+    return SimpleNamespace(is_alive=lambda: state["alive"], join=lambda: None, exitcode=0)
+
+
+def _lent(tmp_path, state: dict, **over):
+    """A pipeline on 2 threads with one lent to a child: the student stage on 1, auto."""
+    p = make_pipeline(tmp_path, **over)
+    p.aside_job = aside.Aside(_process(state), None, 0.0, 0)
+    p.thread_budget, p.stage_threads["student"] = 1, 1
+    torch.set_num_threads(1)
+    return p
+
+
+def test_the_student_takes_the_thread_back_after_the_child_exits(tmp_path, threads_restored):
+    state = {"alive": True}
+    p = _lent(tmp_path, state)
+    steps = []
+    hooks = p._govern("student", {"on_step": lambda: steps.append(1)})
+    assert "student" not in p.governors  # one thread: nothing to choose yet
+    hooks["on_step"]()
+    hooks["on_epoch"]({"epoch": 1})
+    assert p.thread_budget == 1 and p.aside_job.reclaimed_at is None
+    state["alive"] = False
+    hooks["on_epoch"]({"epoch": 2})  # the first epoch end after the exit
+    assert p.aside_job.reclaimed_at == 2 and p.thread_budget == 2
+    g = p.governors["student"]
+    assert (g.budget, g.current, g._last) == (2, 1, None)  # starts where it is, times both
+    hooks["on_step"]()
+    assert len(steps) == 2 and g._last is not None  # the steps now reach the governor
+    hooks["on_epoch"]({"epoch": 3})
+    assert p.aside_job.reclaimed_at == 2 and p.thread_budget == 2  # once
+
+
+@pytest.mark.parametrize("over", [{"runtime.deterministic": True}, {"runtime.num_threads": 2}])
+def test_a_fixed_thread_count_stays_fixed_when_the_child_exits(tmp_path, threads_restored, over):
+    p = _lent(tmp_path, {"alive": False}, **over)
+    if "runtime.num_threads" in over:
+        del p.stage_threads["student"]  # a fixed count is not chosen per stage
+    hooks = p._govern("student", {})
+    assert hooks == {} and p.thread_budget == 1  # no hook: the count never changes
+
+
+def test_the_budget_is_whole_again_after_the_student_whether_or_not_it_took_it_back(
+    tmp_path, threads_restored, monkeypatch
+):
+    from kdrun.experiments import pipeline
+
+    for back in (False, True):
+        p = make_pipeline(tmp_path, **{"runtime.parallel_baseline": "on"})
+        p.thread_budget = 2
+        monkeypatch.setattr(aside, "start", lambda p, child: aside.Aside(_process({}), None, 0, 0))
+        monkeypatch.setattr(aside, "finish", lambda p, job: "baseline")
+
+        def distill(p=p, back=back):
+            assert p.thread_budget == 1 and torch.get_num_threads() == 1
+            if back:  # what the reclaiming hook does at an epoch end
+                p.aside_job.reclaimed_at = 1
+                p._thread_back({})
+            return "distiller", "result"
+
+        p.distill = distill
+        assert pipeline._baseline_and_student(p) == ("baseline", "distiller", "result")
+        assert p.thread_budget == 2 and torch.get_num_threads() == 2 and p.aside_job is None

@@ -51,6 +51,7 @@ class Aside:
     result: Any  # a SimpleQueue: the child's outcome
     t0: float
     history_at: int  # where the baseline's rows go in the job's history (before the student's)
+    reclaimed_at: int | None = None  # the student's epoch after which the job took its thread back
 
 
 def wanted(p, est_seconds: float | None = None) -> bool:
@@ -117,6 +118,29 @@ def start(p, child: Callable[[dict[str, Any], str, Any], None]) -> Aside:
     return Aside(proc, result, time.perf_counter(), len(p.history))
 
 
+def reclaiming(
+    hooks: dict[str, Any], aside: Aside, reclaim: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The student stage's ``hooks``, checking at each epoch end whether the child has exited;
+    the first time it has, ``reclaim()`` gives the job its thread back and returns the hooks
+    for the rest of the stage (a student on 1 thread beside a short baseline would otherwise
+    keep 1 thread to the end)."""
+    live = dict(hooks)
+
+    def on_step() -> None:
+        if live.get("on_step") is not None:
+            live["on_step"]()
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        if live.get("on_epoch") is not None:
+            live["on_epoch"](row)
+        if aside.reclaimed_at is None and not aside.proc.is_alive():
+            aside.reclaimed_at = int(row["epoch"])
+            live.update(reclaim())
+
+    return {**hooks, "on_step": on_step, "on_epoch": on_epoch}
+
+
 def finish(p, aside: Aside) -> torch.nn.Module:
     """Wait for the child and return the baseline (from the store); trained here instead
     if the child failed."""
@@ -141,6 +165,7 @@ def finish(p, aside: Aside) -> torch.nn.Module:
         "ok": bool(ok),
         "seconds": round(now - aside.t0, 1),  # the child's wall time, start to end
         "waited_seconds": round(now - waited, 1),  # how long the job waited for it
+        "threads_back_after_epoch": aside.reclaimed_at,  # the student's; None: not before its end
     }
     return model
 

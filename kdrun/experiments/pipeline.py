@@ -262,6 +262,7 @@ class Pipeline:
         self.stage_threads: dict[str, int] = {}
         self.baseline_aside: dict[str, Any] | None = None  # kdrun.experiments.aside
         self.governors: dict[str, ThreadGovernor] = {}
+        self.aside_job: aside.Aside | None = None  # the baseline's process while it may run
 
     # ---- helpers -------------------------------------------------------------------
     def _build(self, model_cfg: DictConfig) -> nn.Module:
@@ -318,11 +319,23 @@ class Pipeline:
         """The reporter's hooks, plus a thread governor's where the stage's count was chosen
         (auto, CPU) and can change: a budget above 1 and no runtime.deterministic (the
         governor's choices depend on timing, and the count can change float sums' order)."""
-        rt = self.cfg.runtime
-        if stage not in self.stage_threads or self.thread_budget <= 1 or rt.deterministic:
+        if stage not in self.stage_threads or self.cfg.runtime.deterministic:
             return hooks
-        self.governors[stage] = ThreadGovernor(self.thread_budget, self.stage_threads[stage])
+        governed_hooks = self._governed(stage, hooks) if self.thread_budget > 1 else hooks
+        if stage != "student" or self.aside_job is None:
+            return governed_hooks
+        return aside.reclaiming(governed_hooks, self.aside_job, lambda: self._thread_back(hooks))
+
+    def _governed(self, stage: str, hooks: dict[str, Any]) -> dict[str, Any]:
+        start = 1 if torch.get_num_threads() == 1 else self.thread_budget
+        self.governors[stage] = ThreadGovernor(self.thread_budget, start)
         return governed(hooks, self.governors[stage])
+
+    def _thread_back(self, hooks: dict[str, Any]) -> dict[str, Any]:
+        """The baseline's process has exited: its thread is the student's again, under a
+        governor over the whole budget (it times both counts and keeps the faster)."""
+        self.thread_budget += 1
+        return self._governed("student", hooks)
 
     def evaluate(self, model: nn.Module) -> torch.Tensor:
         """The model's outputs on the test split."""
@@ -840,8 +853,8 @@ def _baseline_and_student(p: Pipeline) -> tuple[nn.Module | None, Distiller, Fit
     if not (p.cfg.baseline and aside.wanted(p)):
         baseline = p.baseline() if p.cfg.baseline else None
         return (baseline, *p.distill())
-    job = aside.start(p, _baseline_child)
-    p.thread_budget -= 1  # the child has one of them
+    job = p.aside_job = aside.start(p, _baseline_child)
+    p.thread_budget -= 1  # the child has one of them (until it exits: Pipeline._thread_back)
     torch.set_num_threads(p.thread_budget)
     try:
         distiller, res = p.distill()
@@ -849,7 +862,8 @@ def _baseline_and_student(p: Pipeline) -> tuple[nn.Module | None, Distiller, Fit
         aside.stop(job)
         raise
     finally:
-        p.thread_budget += 1
+        p.aside_job = None
+        p.thread_budget += 1 if job.reclaimed_at is None else 0
         torch.set_num_threads(p.thread_budget)
     return aside.finish(p, job), distiller, res
 
