@@ -65,6 +65,19 @@ def test_forward_updates_the_generator_not_the_student_or_teacher(adversarial):
     assert d.trainable_parameters() == list(d.student.parameters())
 
 
+def test_train_acc_scores_the_generated_batch_against_the_teacher_not_the_stand_in():
+    torch.manual_seed(0)
+    teacher = _Net(bn=False).eval()
+    student = _Net(bn=False)
+    student.load_state_dict(teacher.state_dict())  # agrees with the teacher everywhere
+    gen = Generator((1, 8, 8), latent_dim=8, width=8)
+    d = DataFree(student, teacher, gen, DataFreeOptions(), T=4.0, alpha=0.9, seed=0)
+    stand_in = torch.full((64,), -1)  # the placeholder split's labels: never a class
+    logits, _ = d(torch.zeros(64, 0), stand_in, torch.arange(64), None)
+    assert torch.equal(d.accuracy_targets(stand_in), logits.argmax(1))
+    assert (d.accuracy_targets(stand_in) >= 0).all()  # classes, not the stand-in's -1
+
+
 def test_dafl_generator_loss_is_the_weighted_sum_of_its_terms():
     d = _distiller(oh_weight=2.0, activation_weight=0.5, ie_weight=3.0)
     x = torch.randn(8, 1, 8, 8)

@@ -303,7 +303,7 @@ class _Trainer:
                 else:
                     ep.sums[k] = v.float() * n
             # per-sample share of correct predictions (a token sequence counts as one sample)
-            hits = logits.argmax(-1) == y
+            hits = logits.argmax(-1) == self.distiller.accuracy_targets(y)
             ep.correct += hits.sum() * (n / max(hits.numel(), 1))
         ep.seen += n
 

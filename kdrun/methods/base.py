@@ -148,6 +148,11 @@ class Distiller(nn.Module):
         """Extra columns of this epoch's history.csv row (e.g. a learned temperature)."""
         return {}
 
+    def accuracy_targets(self, y: torch.Tensor) -> torch.Tensor:
+        """The labels the last ``forward``'s logits are scored against for ``train_acc``: the
+        batch's own; a method that makes its images (data-free) returns the teacher's."""
+        return y
+
     def teacher_output_spec(self) -> dict[str, Any] | None:
         """What ``teacher_outputs`` depends on besides the teachers' weights and the data: the
         key of the teacher-output cache. None: nothing to cache (not cacheable, no teacher).

@@ -89,6 +89,7 @@ class DataFree(Distiller):
         self.steps = 0  # student updates (each on a freshly generated batch)
         self.generator_updates = 0
         self.samples_seen = 0  # generated images the student trained on
+        self.teacher_labels = torch.zeros(0, dtype=torch.long)  # the last batch's (train_acc)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -168,8 +169,13 @@ class DataFree(Distiller):
             images = self.generator(self.generator.sample(n, self.z_gen))
             t = self.teacher(images)
         logits = self.student(images)
-        losses = kd_loss(logits, t, t.argmax(1), self.T, self.alpha)
+        self.teacher_labels = t.argmax(1)
+        losses = kd_loss(logits, t, self.teacher_labels, self.T, self.alpha)
         return logits, {**losses, **logged}
+
+    def accuracy_targets(self, y: torch.Tensor) -> torch.Tensor:
+        """train_acc on generated images is agreement with the teacher (``y`` is a stand-in)."""
+        return self.teacher_labels
 
     # the generator's optimiser and step count travel in the state dict (checkpoints)
     def get_extra_state(self) -> dict[str, Any]:
