@@ -65,6 +65,15 @@ def test_a_failed_second_process_means_the_job_trains_the_baseline(tmp_path, cap
     assert model is not None and p.history and p.history[0]["stage"] == "baseline"
 
 
+def test_the_recorded_time_is_the_childs_own_not_the_jobs_wait(tmp_path):
+    p = make_pipeline(tmp_path)
+    done = SimpleNamespace(join=lambda: None, exitcode=0, is_alive=lambda: False)
+    outcome = {"ok": True, "from_store": False, "seconds": 12.3}
+    queue = SimpleNamespace(empty=lambda: False, get=lambda: outcome)
+    aside.finish(p, aside.Aside(done, queue, 0.0, 0))  # t0 = 0: the job "waited" for ages
+    assert p.baseline_aside["ok"] is True and p.baseline_aside["seconds"] == 12.3
+
+
 def test_an_interrupted_job_ends_its_second_process(tmp_path, monkeypatch):
     started = []
     real_start = aside.start

@@ -163,7 +163,8 @@ def finish(p, aside: Aside) -> torch.nn.Module:
     now = time.perf_counter()
     p.baseline_aside = {
         "ok": bool(ok),
-        "seconds": round(now - aside.t0, 1),  # the child's wall time, start to end
+        # the child's own time (after Python and torch started); the job's wait if it failed
+        "seconds": outcome["seconds"] if ok else round(now - aside.t0, 1),
         "waited_seconds": round(now - waited, 1),  # how long the job waited for it
         "threads_back_after_epoch": aside.reclaimed_at,  # the student's; None: not before its end
     }
@@ -183,12 +184,16 @@ def run_child(container: dict[str, Any], run_dir: str, result: Any, pipeline_cls
     # Ctrl-C reaches the whole process group: the job decides, and terminates this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    t0 = time.perf_counter()
     try:
         cfg: DictConfig = OmegaConf.create(container)
         reporter = Reporter(Console(file=io.StringIO()), progress=False)
         p = pipeline_cls(cfg, Path(run_dir), torch.device("cpu"), reporter)
         p.baseline()
-        result.put({"ok": True, "from_store": p.from_store.get("baseline", False)})
+        seconds = round(time.perf_counter() - t0, 1)
+        result.put(
+            {"ok": True, "from_store": p.from_store.get("baseline", False), "seconds": seconds}
+        )
     except BaseException as e:  # reported to the job, which trains the baseline itself
         result.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
         raise SystemExit(1) from None
