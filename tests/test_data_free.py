@@ -78,6 +78,30 @@ def test_train_acc_scores_the_generated_batch_against_the_teacher_not_the_stand_
     assert (d.accuracy_targets(stand_in) >= 0).all()  # classes, not the stand-in's -1
 
 
+def test_a_dead_generator_is_reinitialised_at_the_next_check_and_counted():
+    from kdrun.methods import data_free
+
+    d, live = _distiller(), _distiller()
+    last = d.generator.block2[3]  # the conv before tanh: saturate it, as lr_G 0.2 can
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(50.0)  # tanh = 1 everywhere, the final BN maps it to 0: no gradient
+    y = torch.zeros(8, dtype=torch.long)
+    d(torch.zeros(8, 0), y, torch.arange(8), None)  # step 1: not a check step
+    assert d.generator_restarts == 0 and last.bias.min() == 50.0
+    rng = torch.get_rng_state()
+    for m in (d, live):
+        m.steps = data_free.ALIVE_CHECK_EVERY - 1
+        m(torch.zeros(8, 0), y, torch.arange(8), None)
+    assert torch.equal(torch.get_rng_state(), rng)  # the restart draws from its own seed
+    assert (d.generator_restarts, live.generator_restarts) == (1, 0)
+    assert last.bias.abs().max() < 1.0
+    assert d.generator(d.generator.sample(8)).abs().amax() > 0.1  # images again
+    assert d.get_extra_state()["restarts"] == 1 and d.g_opt.param_groups[0]["params"][0] is (
+        d.generator.fc.weight
+    )
+
+
 def test_dafl_generator_loss_is_the_weighted_sum_of_its_terms():
     d = _distiller(oh_weight=2.0, activation_weight=0.5, ie_weight=3.0)
     x = torch.randn(8, 1, 8, 8)

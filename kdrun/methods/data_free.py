@@ -16,6 +16,7 @@ resume it too.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ from kdrun.models.generator import Generator
 from kdrun.report.images import save_class_grid
 
 _BN = nn.modules.batchnorm._BatchNorm
+log = logging.getLogger("kdrun")
+
+# Every this many student steps, check that the generator is alive (a host sync on a GPU,
+# hence not every step). With DAFL's lr_G 0.2 a generator can saturate its tanh everywhere:
+# then every image is the same constant, the final BatchNorm maps it to 0, no gradient comes
+# back, and the student unlearns on blank images (MNIST LeNet-5, seed 1, 50 epochs: from 95%
+# to 47.5% after the generator died in epoch 20). A dead generator is re-initialised.
+ALIVE_CHECK_EVERY = 20
 
 
 @dataclass
@@ -83,6 +92,7 @@ class DataFree(Distiller):
         super().__init__(student, teacher)
         self.generator, self.opts, self.T, self.alpha = generator, opts, T, alpha
         self.g_opt = torch.optim.Adam(generator.parameters(), lr=opts.generator_lr)
+        self.seed = seed
         self.z_gen = torch.Generator().manual_seed(seed)
         self.features = _Features(self.teacher)
         self.bn = BNStatistics(self.teacher) if opts.bn_weight > 0 else None
@@ -90,6 +100,7 @@ class DataFree(Distiller):
         self.generator_updates = 0
         self.samples_seen = 0  # generated images the student trained on
         self.teacher_labels = torch.zeros(0, dtype=torch.long)  # the last batch's (train_acc)
+        self.generator_restarts = 0  # re-initialised after dying (ALIVE_CHECK_EVERY)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -168,10 +179,32 @@ class DataFree(Distiller):
         with torch.no_grad():
             images = self.generator(self.generator.sample(n, self.z_gen))
             t = self.teacher(images)
+        if self.steps % ALIVE_CHECK_EVERY == 0 and not images.abs().amax() > 1e-4:
+            self.restart_generator()
         logits = self.student(images)
         self.teacher_labels = t.argmax(1)
         losses = kd_loss(logits, t, self.teacher_labels, self.T, self.alpha)
         return logits, {**losses, **logged}
+
+    def restart_generator(self) -> None:
+        """Re-initialise the generator and its optimiser (it died: every image is one constant)
+        from a seed of its own, leaving the global random stream alone."""
+        self.generator_restarts += 1
+        devices = (
+            [self.generator.fc.weight.device.index or 0] if self.generator.fc.weight.is_cuda else []
+        )
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed * 1000 + self.generator_restarts)
+            for m in self.generator.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=self.opts.generator_lr)
+        log.warning(
+            "data_free: the generator died at student step %d (every image the same constant); "
+            "re-initialised it (restart %d)",
+            self.steps,
+            self.generator_restarts,
+        )
 
     def accuracy_targets(self, y: torch.Tensor) -> torch.Tensor:
         """train_acc on generated images is agreement with the teacher (``y`` is a stand-in)."""
@@ -181,7 +214,7 @@ class DataFree(Distiller):
     def get_extra_state(self) -> dict[str, Any]:
         return {"g_opt": self.g_opt.state_dict(), "steps": self.steps,
                 "generator_updates": self.generator_updates, "samples": self.samples_seen,
-                "z_gen": self.z_gen.get_state()}  # fmt: skip
+                "z_gen": self.z_gen.get_state(), "restarts": self.generator_restarts}  # fmt: skip
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.g_opt.load_state_dict(state["g_opt"])
@@ -189,6 +222,7 @@ class DataFree(Distiller):
         self.generator_updates = int(state["generator_updates"])
         self.samples_seen = int(state["samples"])
         self.z_gen.set_state(state["z_gen"])
+        self.generator_restarts = int(state.get("restarts", 0))  # absent in older checkpoints
 
     @torch.no_grad()
     def samples(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -235,6 +269,7 @@ class DataFree(Distiller):
         counts = torch.bincount(pred, minlength=data.num_classes)
         return {
             "generator_steps": self.generator_updates,
+            "generator_restarts": self.generator_restarts,
             "student_steps": self.steps,
             "samples": self.samples_seen,
             "seconds": seconds,
