@@ -44,6 +44,35 @@ def test_defaults():
     validate(cfg)
 
 
+def _scale_pairs() -> list[tuple[str, str, str]]:
+    """(scale, experiment, dataset): conf/scale/E_D.yaml is loaded for experiment=E dataset=D."""
+    pairs = []
+    for scale in options("scale"):
+        for e in options("experiment"):
+            d = scale.removeprefix(e + "_")
+            if d != scale and d in options("dataset"):
+                pairs.append((scale, e, d))
+    return pairs
+
+
+def test_every_scale_file_names_an_experiment_and_a_data_set():
+    assert sorted(s for s, _, _ in _scale_pairs()) == options("scale")
+
+
+@pytest.mark.parametrize("scale,experiment,dataset", _scale_pairs(), ids=lambda x: str(x))
+def test_every_scale_file_composes_over_its_experiment(scale, experiment, dataset):
+    cfg = compose_cfg(f"experiment={experiment}", f"dataset={dataset}")
+    validate(cfg)
+    sizes = OmegaConf.to_container(OmegaConf.load(CONF / "scale" / f"{scale}.yaml"))
+
+    def leaves(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+
+    for key, value in leaves(sizes):  # every size of the file is in force
+        assert OmegaConf.select(cfg, key) == value, key
+
+
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda x: str(x)
 )
