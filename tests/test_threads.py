@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 
 import pytest
 import torch
@@ -183,9 +183,11 @@ def test_governed_hooks_run_the_reporters_and_the_governors(fake_threads):
 
 def _pipeline(deterministic=False, budget=2, chosen=("teacher",)) -> SimpleNamespace:
     cfg = SimpleNamespace(runtime=SimpleNamespace(deterministic=deterministic))
-    return SimpleNamespace(
-        cfg=cfg, thread_budget=budget, stage_threads=dict.fromkeys(chosen, 1), governors={}
-    )
+    chosen_counts = dict.fromkeys(chosen, 1)
+    p = SimpleNamespace(cfg=cfg, thread_budget=budget, stage_threads=chosen_counts, governors={})
+    p.aside_job = None
+    p._governed = MethodType(Pipeline._governed, p)
+    return p
 
 
 def test_the_pipeline_governs_only_auto_cpu_stages_with_a_budget_and_no_determinism(
