@@ -140,13 +140,17 @@ class RowCache:
         return fetch(self.outputs, rows.to(self.outputs.device), device)
 
 
+def bundle_bytes(bundle) -> int:
+    """The bytes of a DataBundle's tensors (its images, labels and index sets)."""
+    return sum(
+        v.numel() * v.element_size() for v in vars(bundle).values() if isinstance(v, torch.Tensor)
+    )
+
+
 def place_data(bundle, placement: str, device: torch.device):
     """Move a DataBundle (loaded on the CPU) to where it should live for training on
     ``device``; host-resident data bound for CUDA is pinned for asynchronous copies."""
-    nbytes = sum(
-        v.numel() * v.element_size() for v in vars(bundle).values() if isinstance(v, torch.Tensor)
-    )
-    where = data_device(placement, device, nbytes)
+    where = data_device(placement, device, bundle_bytes(bundle))
     bundle.to(where)
     if where.type == "cpu" and device.type == "cuda":
         for k, v in vars(bundle).items():

@@ -32,6 +32,7 @@ from rich.console import Console
 from kdrun.config import to_container
 from kdrun.engine.device import seconds_per_step, training_step_probe
 from kdrun.engine.loop import planned_steps
+from kdrun.engine.perf import bundle_bytes
 from kdrun.report.run import Reporter
 
 log = logging.getLogger("kdrun")
@@ -82,9 +83,7 @@ def wanted(p, est_seconds: float | None = None) -> bool:
 
 def _data_bytes(p) -> int:
     """The job's data in memory (what the child would load a second copy of)."""
-    d = p.data
-    tensors = (d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test)
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return bundle_bytes(p.data)
 
 
 def _expected_seconds(p) -> float:
