@@ -127,10 +127,12 @@ def test_extra_state_roundtrips_generator_optimiser_and_counters():
     d = _distiller()
     for _ in range(3):
         d(torch.zeros(8, 0), torch.zeros(8, dtype=torch.long), torch.arange(8), None)
+    d.generator_restarts = 2
     state = d.state_dict()
     e = _distiller()
     e.load_state_dict(state)
     assert (e.steps, e.generator_updates, e.samples_seen) == (3, 3, 24)
+    assert e.generator_restarts == 2
     assert torch.equal(e.z_gen.get_state(), d.z_gen.get_state())
     g_state = e.g_opt.state_dict()["state"]
     assert g_state and all(int(s["step"]) == 3 for s in g_state.values())
