@@ -126,7 +126,7 @@ def test_a_saved_hf_causal_lm_is_a_pretrained_teacher_keyed_by_its_files(tmp_pat
     """One pretrained switch: is_pretrained covers hf_causal_lm with a path (and any model
     with pretrained=true); its store key follows the directory's content, not its name, and
     pretrained=true beside the directory names the same teacher."""
-    from kdrun.experiments.pipeline import _model_spec
+    from kdrun.experiments.specs import model_spec as _model_spec
     from kdrun.models import is_pretrained
 
     _save_tiny_gpt2(tmp_path / "m")

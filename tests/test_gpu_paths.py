@@ -120,7 +120,7 @@ def test_device_is_not_part_of_the_checkpoint_fingerprint():
     from omegaconf import OmegaConf
 
     from kdrun.config import KdrunConfig
-    from kdrun.experiments.pipeline import resumable_config
+    from kdrun.experiments.specs import resumable_config
 
     base = OmegaConf.structured(KdrunConfig(device="cuda"))
     moved = OmegaConf.merge(base, {"device": "cuda:1", "runtime": {"dist_backend": "gloo"}})

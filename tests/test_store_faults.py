@@ -15,7 +15,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from kdrun.experiments.pipeline import _check_state
+from kdrun.experiments.specs import check_state as _check_state
 from kdrun.models import MLP
 from kdrun.store import ArtifactStore, content_key, sha256_file
 from tests.conftest import read_json

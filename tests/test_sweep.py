@@ -326,7 +326,7 @@ def test_store_key_covers_the_data_limits():
     from hydra.core.global_hydra import GlobalHydra
 
     from kdrun.config import config_dir
-    from kdrun.experiments.pipeline import data_spec
+    from kdrun.experiments.specs import data_spec
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

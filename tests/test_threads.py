@@ -7,12 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
-from types import MethodType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from kdrun.engine.threads import ThreadGovernor, governed
+from kdrun.engine.threads import ThreadBudget, ThreadGovernor, governed
 from kdrun.experiments.pipeline import Pipeline
 from tests.conftest import kdrun_env
 
@@ -182,12 +182,9 @@ def test_governed_hooks_run_the_reporters_and_the_governors(fake_threads):
 
 
 def _pipeline(deterministic=False, budget=2, chosen=("teacher",)) -> SimpleNamespace:
-    cfg = SimpleNamespace(runtime=SimpleNamespace(deterministic=deterministic))
-    chosen_counts = dict.fromkeys(chosen, 1)
-    p = SimpleNamespace(cfg=cfg, thread_budget=budget, stage_threads=chosen_counts, governors={})
-    p.aside_job = None
-    p._governed = MethodType(Pipeline._governed, p)
-    return p
+    threads = ThreadBudget("auto", torch.device("cpu"), deterministic, budget)
+    threads.stages.update(dict.fromkeys(chosen, 1))
+    return SimpleNamespace(threads=threads, governors=threads.governors, aside_job=None)
 
 
 def test_the_pipeline_governs_only_auto_cpu_stages_with_a_budget_and_no_determinism(

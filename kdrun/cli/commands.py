@@ -20,7 +20,7 @@ from kdrun.experiments.export import FORMATS as EXPORT_FORMATS
 from kdrun.experiments.export import N_CHECK, ONNX_TOLERANCE, export_run
 from kdrun.experiments.generate import generate_text
 from kdrun.experiments.job import read_metrics
-from kdrun.experiments.pipeline import run_test_inputs
+from kdrun.experiments.specs import run_test_inputs
 from kdrun.experiments.soft_targets import (
     CLASSIC_LOGITS,
     CLASSIC_NAMES,

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from torch import nn
 
 from kdrun.errors import ConfigError
@@ -103,11 +102,6 @@ def concurrent_jobs(hydra_cfg: Any | None, cores: int) -> int:
     return max(1, n if n > 0 else cores + 1 + n)
 
 
-def current_hydra_config() -> Any | None:
-    """The running Hydra job's own config (hydra.*), None outside a Hydra job."""
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
 def auto_threads(hydra_cfg: Any | None = None) -> int:
     cores = usable_cores()
     return max(1, cores // concurrent_jobs(hydra_cfg, cores))
@@ -122,9 +116,9 @@ def thread_count(setting: int | str, hydra_cfg: Any | None = None) -> int:
 
 
 def set_threads(setting: int | str, hydra_cfg: Any | None = None) -> int:
-    """Apply ``runtime.num_threads`` to this process; returns the thread count in force."""
-    if str(setting) == "auto" and hydra_cfg is None:
-        hydra_cfg = current_hydra_config()
+    """Apply ``runtime.num_threads`` to this process; returns the thread count in force.
+    ``hydra_cfg``: the Hydra job's own config, handed down by the caller (the engine never
+    reads Hydra's global state)."""
     n = thread_count(setting, hydra_cfg)
     if n != torch.get_num_threads():
         torch.set_num_threads(n)

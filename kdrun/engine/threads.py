@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from kdrun.engine.device import calibrated_threads, set_threads
 
 # The budget must be this many times faster than 1 thread to be kept. A small margin, unlike
 # the calibration's 1.3 (a one-off choice kept under any later load): the count is measured
@@ -134,3 +138,88 @@ def governed(hooks: dict[str, Any], governor: ThreadGovernor) -> dict[str, Any]:
         governor.on_epoch(row)
 
     return {**hooks, "on_step": on_step, "on_epoch": on_epoch}
+
+
+class ThreadBudget:
+    """``runtime.num_threads`` for one job, decided here and nowhere else: the job's count
+    (``job``), each stage's starting count and the governors that re-decide it while a stage
+    trains. With ``auto`` on a CPU each stage measures 1 thread against the budget
+    (``calibrated_threads``), then a governor keeps the faster count. ``lend``/``take_back``:
+    threads given to a second process (kdrun.experiments.aside) for a while."""
+
+    def __init__(
+        self,
+        setting: int | str,
+        device: torch.device,
+        deterministic: bool,
+        budget: int | None = None,
+        cache_file: Path | None = None,
+    ) -> None:
+        self.auto = str(setting) == "auto"
+        self.cpu = device.type == "cpu"
+        self.deterministic = bool(deterministic)
+        self.cache_file = cache_file
+        self.budget = torch.get_num_threads() if budget is None else budget
+        self.job = self.budget  # the count the job started with (metrics.json threads.job)
+        self.stages: dict[str, int] = {}  # stage -> its starting count (auto, CPU)
+        self.governors: dict[str, ThreadGovernor] = {}
+
+    @classmethod
+    def for_job(
+        cls,
+        runtime: Any,
+        device: torch.device,
+        hydra_cfg: Any | None = None,
+        cache_file: Path | None = None,
+    ) -> ThreadBudget:
+        """Apply ``runtime.num_threads`` to this process (``hydra_cfg``: the Hydra job's own
+        config, whose joblib launcher's n_jobs shares the cores with ``auto``)."""
+        n = set_threads(runtime.num_threads, hydra_cfg)
+        return cls(runtime.num_threads, device, runtime.deterministic, n, cache_file)
+
+    def choose(self, stage: str, model: nn.Module, x: torch.Tensor) -> None:
+        """A stage's starting count (auto on a CPU): 1 thread or the whole budget, whichever
+        trains ``model`` on batches like ``x`` faster (measured once per machine and model,
+        remembered in ``cache_file``)."""
+        if not (self.auto and self.cpu):
+            return
+        n = calibrated_threads(model, x, self.budget, self.cache_file)
+        torch.set_num_threads(n)
+        self.stages[stage] = n
+
+    def govern(self, stage: str, hooks: dict[str, Any]) -> dict[str, Any]:
+        """``hooks`` plus a governor's where the stage's count was chosen (auto, CPU) and can
+        change: a budget above 1 and no runtime.deterministic (the governor's choices depend
+        on timing, and the count can change float sums' order)."""
+        if not self.governable(stage) or self.budget <= 1:
+            return hooks
+        return self.governor(stage, hooks)
+
+    def governor(self, stage: str, hooks: dict[str, Any]) -> dict[str, Any]:
+        """``hooks`` plus a new governor of ``stage`` over the whole budget, starting at the
+        count in force."""
+        start = 1 if torch.get_num_threads() == 1 else self.budget
+        self.governors[stage] = ThreadGovernor(self.budget, start)
+        return governed(hooks, self.governors[stage])
+
+    def governable(self, stage: str) -> bool:
+        return stage in self.stages and not self.deterministic
+
+    def lend(self, n: int = 1) -> None:
+        """``n`` threads go to another process: this one runs on the rest."""
+        self.budget -= n
+        torch.set_num_threads(self.budget)
+
+    def take_back(self, n: int = 1, apply: bool = True) -> None:
+        """The lent threads are this process's again (``apply``: use them now; else a
+        governor over the new budget decides)."""
+        self.budget += n
+        if apply:
+            torch.set_num_threads(self.budget)
+
+    def summary(self) -> dict[str, Any]:
+        """metrics.json ``threads`` (the counts in force) and ``threads_governor``."""
+        return {
+            "threads": {"job": self.job, **self.stages},
+            "threads_governor": {stage: g.summary() for stage, g in self.governors.items()},
+        }

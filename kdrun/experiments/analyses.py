@@ -29,12 +29,13 @@ from torch import nn
 
 from kdrun.engine import predict
 from kdrun.engine.distributed import current
+from kdrun.experiments.context import JobContext
 from kdrun.experiments.soft_targets import dark_knowledge
 
 
 @dataclass
 class Context:
-    p: Any  # the Pipeline (cfg, data, run_dir, store, reporter)
+    job: JobContext  # the job's data, models, reports and reporter
     teacher: nn.Module
     student: nn.Module  # best (validation-selected) weights loaded
     baseline: nn.Module | None
@@ -42,11 +43,11 @@ class Context:
 
     @property
     def cfg(self) -> DictConfig:
-        return self.p.cfg
+        return self.job.cfg
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.p.run_dir)
+        return Path(self.job.run_dir)
 
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return predict(model, x, self.cfg.runtime.eval_batch_size, self.cfg.runtime.amp).cpu()
@@ -71,7 +72,9 @@ def register_analysis(name: str, applies: Callable[[DictConfig], bool], needs_te
     return deco
 
 
-def run_analyses(p, teacher, student, baseline, metrics: dict[str, Any]) -> dict[str, Any]:
+def run_analyses(
+    p: JobContext, teacher, student, baseline, metrics: dict[str, Any]
+) -> dict[str, Any]:
     """Run every analysis that applies to this job, in registration order."""
     out: dict[str, Any] = {}
     for name, a in ANALYSES.items():
@@ -250,7 +253,7 @@ def _omitted_last(u: _Unseen, l_val, l_test, same: bool) -> dict[str, Any]:
 
 @register_analysis("omitted", _restricted)
 def omitted(ctx: Context) -> dict[str, Any]:
-    cfg, d = ctx.cfg, ctx.p.data
+    cfg, d = ctx.cfg, ctx.job.data
     classes = unseen_classes(cfg.dataset, d.num_classes)
     y = d.y_test.cpu()
     sel = torch.from_numpy(np.isin(y.numpy(), classes))
@@ -384,7 +387,7 @@ def _print_omitted(ctx: Context, o: dict[str, Any]) -> None:
             _pct(le["student_test_acc_adjusted"]),
             _pct(le["student_acc_on_omitted_adjusted"]),
         )
-    ctx.p.reporter.console.print(t)
+    ctx.job.reporter.console.print(t)
 
 
 # --------------------------------------------------------------------------- small data
@@ -403,7 +406,7 @@ def _gap(student: float | None, scratch: float | None, full: float | None) -> fl
     needs_teacher=False,
 )
 def small_data(ctx: Context) -> dict[str, Any]:
-    cfg, p, m = ctx.cfg, ctx.p, ctx.metrics
+    cfg, p, m = ctx.cfg, ctx.job, ctx.metrics
     # Through the store: shared by the jobs of every seed/sweep cell with the same student.
     full = p.baseline(full_data=True, epochs=cfg.analysis.full_data_epochs)
     full_acc = _acc(ctx.logits(full, p.data.x_test), p.data.y_test.cpu())
@@ -501,7 +504,7 @@ def _plot_small(o: dict[str, Any], dataset: str, path: Path) -> None:
 
 @register_analysis("soft_targets", lambda cfg: bool(cfg.analysis.dark_knowledge))
 def soft_targets(ctx: Context) -> dict[str, Any]:
-    d = ctx.p.data
+    d = ctx.job.data
     logits = {
         "teacher": ctx.logits(ctx.teacher, d.x_test),
         "distilled": ctx.logits(ctx.student, d.x_test),
@@ -510,6 +513,6 @@ def soft_targets(ctx: Context) -> dict[str, Any]:
         logits["scratch"] = ctx.logits(ctx.baseline, d.x_test)
     an = ctx.cfg.analysis
     out = dark_knowledge(
-        d, logits, list(an.temperatures), an.examples, ctx.run_dir, ctx.p.reporter.console
+        d, logits, list(an.temperatures), an.examples, ctx.run_dir, ctx.job.reporter.console
     )
     return out

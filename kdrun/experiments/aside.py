@@ -30,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from kdrun.config import to_container
-from kdrun.engine.device import seconds_per_step, training_step_probe
+from kdrun.engine.device import seconds_per_step, set_threads, training_step_probe
 from kdrun.engine.loop import planned_steps
 from kdrun.engine.perf import bundle_bytes
+from kdrun.experiments.context import JobContext
 from kdrun.report.run import Reporter
 
 log = logging.getLogger("kdrun")
@@ -55,8 +56,8 @@ class Aside:
     reclaimed_at: int | None = None  # the student's epoch after which the job took its thread back
 
 
-def wanted(p, est_seconds: float | None = None) -> bool:
-    """Whether job ``p`` (a Pipeline) should train its baseline aside: ``on`` whenever the
+def wanted(p: JobContext, est_seconds: float | None = None) -> bool:
+    """Whether job ``p`` should train its baseline aside: ``on`` whenever the
     job runs on a CPU with >= 2 threads in one process; ``auto`` also needs auto thread
     counts, no runtime.deterministic, a baseline not yet stored, data under MAX_DATA_BYTES
     and an expected training time >= MIN_SECONDS (``est_seconds``; measured when not
@@ -68,7 +69,7 @@ def wanted(p, est_seconds: float | None = None) -> bool:
     if p.device.type != "cpu" or p.dist.enabled or p.thread_budget < 2:
         return False
     auto = mode == "auto"
-    if auto and (str(rt.num_threads) != "auto" or rt.deterministic):
+    if auto and (not p.threads.auto or rt.deterministic):
         return False
     if auto and _data_bytes(p) > MAX_DATA_BYTES:
         return False
@@ -81,12 +82,12 @@ def wanted(p, est_seconds: float | None = None) -> bool:
     return est >= MIN_SECONDS
 
 
-def _data_bytes(p) -> int:
+def _data_bytes(p: JobContext) -> int:
     """The job's data in memory (what the child would load a second copy of)."""
     return bundle_bytes(p.data)
 
 
-def _expected_seconds(p) -> float:
+def _expected_seconds(p: JobContext) -> float:
     """The baseline's training time at one thread: a timed step times its step count."""
     train = p.cfg.student.train
     try:
@@ -101,10 +102,10 @@ def _expected_seconds(p) -> float:
     return 1.5 * secs * planned_steps(train, len(p.data.student_idx))
 
 
-def start(p, child: Callable[[dict[str, Any], str, Any], None]) -> Aside:
+def start(p: JobContext, child: Callable[[dict[str, Any], str, Any], None]) -> Aside:
     """Spawn the process that trains ``p``'s baseline into the store (1 thread). ``child``: a
     module-level function (spawn imports it by name) that calls ``run_child`` with the
-    Pipeline class."""
+    context class to build the baseline with."""
     ctx = mp.get_context("spawn")  # never fork a process whose OpenMP threads have run
     result = ctx.SimpleQueue()
     container = to_container(p.cfg)
@@ -140,7 +141,7 @@ def reclaiming(
     return {**hooks, "on_step": on_step, "on_epoch": on_epoch}
 
 
-def finish(p, aside: Aside) -> torch.nn.Module:
+def finish(p: JobContext, aside: Aside) -> torch.nn.Module:
     """Wait for the child and return the baseline (from the store); trained here instead
     if the child failed."""
     waited = time.perf_counter()
@@ -178,16 +179,16 @@ def stop(aside: Aside) -> None:
     aside.proc.join()
 
 
-def run_child(container: dict[str, Any], run_dir: str, result: Any, pipeline_cls: type) -> None:
+def run_child(container: dict[str, Any], run_dir: str, result: Any, context_cls: type) -> None:
     """The second process: the baseline through the store, one thread, no console output."""
     # Ctrl-C reaches the whole process group: the job decides, and terminates this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
+    set_threads(1)
     t0 = time.perf_counter()
     try:
         cfg: DictConfig = OmegaConf.create(container)
         reporter = Reporter(Console(file=io.StringIO()), progress=False)
-        p = pipeline_cls(cfg, Path(run_dir), torch.device("cpu"), reporter)
+        p = context_cls(cfg, Path(run_dir), torch.device("cpu"), reporter)
         p.baseline()
         seconds = round(time.perf_counter() - t0, 1)
         result.put(

@@ -6,8 +6,8 @@ from omegaconf import DictConfig
 
 from kdrun.config import validate_config
 from kdrun.data import DATASETS
-from kdrun.engine.device import current_hydra_config
 from kdrun.errors import ConfigError
+from kdrun.experiments.hydra_job import current_hydra_config
 from kdrun.experiments.kinds import check_kind
 from kdrun.models import MODEL_INPUTS
 from kdrun.tasks import task_named

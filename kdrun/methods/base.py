@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
@@ -53,10 +54,14 @@ class MethodOptions:
 
 
 class BuildContext(Protocol):
-    """What the pipeline offers a method while it is being built."""
+    """What the job offers a method (kdrun.experiments.context.JobContext implements it):
+    while it is built (``build``), and after training (``extra_metrics``)."""
 
     cfg: DictConfig
     data: Any  # the run's DataBundle: shapes, sizes, labels (e.g. CRD sizes its memory by it)
+    run_dir: Path  # the run directory (a method's own files, e.g. data-free's images)
+    reports: dict[str, Any]  # role -> StageReport of each model trained so far (.as_dict())
+    history: list[dict[str, Any]]  # the job's history.csv rows so far
 
     def new_student(self, seed: int | None = None) -> nn.Module:
         """The student with the run's shared initial weights (same as the baseline's); with
@@ -66,11 +71,30 @@ class BuildContext(Protocol):
         """The run's teacher, trained once (or loaded from the store / a checkpoint), frozen."""
 
     def model(
-        self, model_cfg: Any, role: str, teacher: nn.Module | None = None, seed: int | None = None
+        self,
+        model_cfg: Any,
+        role: str,
+        teacher: nn.Module | None = None,
+        seed: int | None = None,
+        distill: Callable[[nn.Module, nn.Module], Distiller] | None = None,
     ) -> nn.Module:
         """Any other model (an assistant, an extra teacher), trained once through the store:
-        on hard labels, or distilled from ``teacher`` with the run's KD loss when given;
-        ``seed`` (default: the run's) sets its init and batch order."""
+        on hard labels, or distilled from ``teacher`` by ``distill(model, teacher)`` (the
+        method's own loss, e.g. KD at the run's T and alpha); ``seed`` (default: the run's)
+        sets its init and batch order."""
+
+    def teacher_samples(
+        self,
+        teacher: nn.Module,
+        opts: Any,
+        sample: Callable[[nn.Module, torch.Tensor, Any, int, int], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences ``sample(teacher, windows, opts, batch_size, seed)`` draws from the
+        teacher once (through the store) for the transfer set's windows, and each training
+        row's sample index."""
+
+    def evaluate(self, model: nn.Module) -> torch.Tensor:
+        """The model's outputs on the test split."""
 
 
 # Run-level knobs: one place for each, the top level. A method never has its own copy.

@@ -13,7 +13,7 @@ from typing import Any
 
 from kdrun.errors import ConfigError
 from kdrun.methods.base import MethodOptions, register_method
-from kdrun.methods.kd import KD
+from kdrun.methods.kd import KD, kd_at_run_settings
 from kdrun.methods.model_options import derived_model
 
 SEED_STRIDE = 1000  # generation k trains from seed + 1000 k: never another run's own seed
@@ -47,17 +47,18 @@ class BornAgain(KD):
     def build(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         arch = derived_model(cfg.teacher, {}, "teacher")
-        prev = ctx.teacher()
+        prev, distill = ctx.teacher(), kd_at_run_settings(cfg)
         for k in range(1, opts.generations + 1):
-            prev = ctx.model(arch, f"gen{k}", teacher=prev, seed=cfg.seed + SEED_STRIDE * k)
+            seed = cfg.seed + SEED_STRIDE * k
+            prev = ctx.model(arch, f"gen{k}", teacher=prev, seed=seed, distill=distill)
         return cls(ctx.new_student(), prev, cfg.T, cfg.alpha, opts.generations)
 
-    def extra_metrics(self, p) -> dict[str, Any]:
-        gens = {f"gen{k}": p.reports[f"gen{k}"].as_dict() for k in range(1, self.generations + 1)}
+    def extra_metrics(self, ctx) -> dict[str, Any]:
+        gens = {f"gen{k}": ctx.reports[f"gen{k}"].as_dict() for k in range(1, self.generations + 1)}
         return {
             "extra_models": gens,
             "generations": [
-                {"generation": 0, "test_acc": p.reports["teacher"].test_acc},
+                {"generation": 0, "test_acc": ctx.reports["teacher"].test_acc},
                 *(
                     {"generation": k, "test_acc": gens[f"gen{k}"]["test_acc"]}
                     for k in range(1, self.generations + 1)

@@ -251,10 +251,10 @@ class DataFree(Distiller):
     def real_images_seen(self, data: DataBundle) -> int:
         return 0
 
-    def extra_metrics(self, p) -> dict[str, Any]:
+    def extra_metrics(self, ctx) -> dict[str, Any]:
         """metrics.json ``data_free{...}`` (the pipeline asks every method for extras)."""
-        seconds = sum(r["seconds"] for r in p.history if r.get("stage") == "student")
-        return {"data_free": self.report(p.data, p.run_dir, seconds)}
+        seconds = sum(r["seconds"] for r in ctx.history if r.get("stage") == "student")
+        return {"data_free": self.report(ctx.data, ctx.run_dir, seconds)}
 
     def report(self, data: DataBundle, run_dir: Path, seconds: float) -> dict[str, Any]:
         """``data_free`` metrics and a PNG of generated images sorted by the teacher's class."""

@@ -85,9 +85,9 @@ class DML(Distiller):
         logits = [peer(x) for peer in self.peers]
         return logits[0], mutual_losses(logits, y, self.T, self.weight)
 
-    def extra_metrics(self, p) -> dict[str, Any]:
-        y, model = p.data.y_test, p.cfg.student.name
-        accs = [accuracy(p.evaluate(peer), y) for peer in self.peers]
+    def extra_metrics(self, ctx) -> dict[str, Any]:
+        y, model = ctx.data.y_test, ctx.cfg.student.name
+        accs = [accuracy(ctx.evaluate(peer), y) for peer in self.peers]
         # The loop selects peer 0 (the student) on validation; the others are their last
         # epoch. Their training time is the student's: they train in the same steps.
         extra = {

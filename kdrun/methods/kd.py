@@ -7,7 +7,11 @@ the temperature softmax (Sun et al., CVPR 2024), so the student matches the teac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
 
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.losses import kd_loss
@@ -42,3 +46,9 @@ class KD(Distiller):
         return logits, kd_loss(
             logits, teacher_out, y, self.T, self.alpha, self.logit_standardization
         )
+
+
+def kd_at_run_settings(cfg: Any) -> Callable[[nn.Module, nn.Module], KD]:
+    """How a method distils an intermediate model (an assistant, a generation) through the
+    job context: KD at the run's T and alpha (the context's store key holds both)."""
+    return lambda student, teacher: KD(student, teacher, cfg.T, cfg.alpha)

@@ -235,7 +235,7 @@ class SeqKD(Distiller):
     def build(cls, cfg, ctx):
         o = cls.options(cfg.method)
         teacher = ctx.teacher()
-        samples, pos = ctx.teacher_samples(teacher, o)
+        samples, pos = ctx.teacher_samples(teacher, o, teacher_samples)
         return cls(ctx.new_student(), teacher, cfg.alpha, samples, pos, o.prompt_tokens)
 
     def forward(self, x, y, idx, teacher_out):

@@ -96,20 +96,20 @@ class MultiTeacher(KD):
     def teacher_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return ensemble_logits([t(x) for t in self.teacher], self.T, self.average)
 
-    def extra_metrics(self, p) -> dict[str, Any]:
-        y = p.data.y_test
-        member_logits = [p.evaluate(t) for t in self.teacher]
+    def extra_metrics(self, ctx) -> dict[str, Any]:
+        y = ctx.data.y_test
+        member_logits = [ctx.evaluate(t) for t in self.teacher]
         ens = ensemble_logits(member_logits, self.T, self.average)  # what the student learns
         ens_t1 = ensemble_logits(member_logits, 1.0, self.average)  # the usual ensemble vote
-        student = p.evaluate(self.student)
+        student = ctx.evaluate(self.student)
         roles = ["teacher"] + [f"teacher{k}" for k in range(1, len(self.teacher))]
         return {
-            "extra_models": {r: p.reports[r].as_dict() for r in roles[1:]},
+            "extra_models": {r: ctx.reports[r].as_dict() for r in roles[1:]},
             "ensemble": {
                 "members": len(roles),
                 "average": self.average,
                 "test_acc": accuracy(ens_t1, y),
-                "member_test_acc": [p.reports[r].test_acc for r in roles],
+                "member_test_acc": [ctx.reports[r].test_acc for r in roles],
                 "student_agreement": float((student.argmax(1) == ens.argmax(1)).float().mean()),
             },
         }

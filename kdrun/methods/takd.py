@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdrun.methods.base import MethodOptions, register_method
-from kdrun.methods.kd import KD
+from kdrun.methods.kd import KD, kd_at_run_settings
 from kdrun.methods.model_options import derived_model, midway_overrides
 
 
@@ -43,8 +43,9 @@ class TAKD(KD):
     @classmethod
     def build(cls, cfg, ctx):
         teacher = ctx.teacher()
-        assistant = ctx.model(assistant_config(cfg), "assistant", teacher=teacher)
+        distill = kd_at_run_settings(cfg)
+        assistant = ctx.model(assistant_config(cfg), "assistant", teacher=teacher, distill=distill)
         return cls(ctx.new_student(), assistant, cfg.T, cfg.alpha)
 
-    def extra_metrics(self, p) -> dict[str, Any]:
-        return {"extra_models": {"assistant": p.reports["assistant"].as_dict()}}
+    def extra_metrics(self, ctx) -> dict[str, Any]:
+        return {"extra_models": {"assistant": ctx.reports["assistant"].as_dict()}}
