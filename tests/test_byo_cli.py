@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from kdrun.experiments.export import export_run
+from kdrun.commands.export import export_run
 from kdrun.models import build_model
 from tests.byo_util import write_digits_npz, write_image_folder, write_user_module
 from tests.conftest import REPO, read_json

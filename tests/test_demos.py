@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from kdrun.cli.commands import dark_knowledge_command, softmax_command
+from kdrun.commands.soft_targets import CLASSIC_LOGITS, softmax_table, temperature_curves
 from kdrun.experiments.analyses import (
     adjust,
     bias_to_match,
@@ -21,7 +22,6 @@ from kdrun.experiments.analyses import (
     predicted_fraction,
     unseen_classes,
 )
-from kdrun.experiments.soft_targets import CLASSIC_LOGITS, softmax_table, temperature_curves
 from kdrun.report import round_floats
 from tests.conftest import read_json
 

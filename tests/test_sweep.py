@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdrun.cli import missing_launcher
-from kdrun.experiments.sweep import aggregate, collect, summarize
+from kdrun.report.sweep import aggregate, collect, summarize
 from tests.conftest import kdrun_env, read_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -411,7 +411,7 @@ def lm_sweep(d: Path) -> dict[str, tuple[float, float]]:
 def test_lm_sweep_summary_reports_bits_per_byte_and_picks_the_lowest_val_bpb(tmp_path, caplog):
     from rich.console import Console
 
-    from kdrun.experiments.sweep import best_by_val, sweep_metric
+    from kdrun.report.sweep import best_by_val, sweep_metric
 
     jobs = lm_sweep(tmp_path)
     keys, rows = collect(tmp_path)

@@ -13,15 +13,10 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from kdrun.cli.app import run_hydra
-from kdrun.data import DATASETS
-from kdrun.engine import predict
-from kdrun.errors import CheckpointError, ConfigError, KdrunError
-from kdrun.experiments.export import FORMATS as EXPORT_FORMATS
-from kdrun.experiments.export import N_CHECK, ONNX_TOLERANCE, export_run
-from kdrun.experiments.generate import generate_text
-from kdrun.experiments.job import read_metrics
-from kdrun.experiments.specs import run_test_inputs
-from kdrun.experiments.soft_targets import (
+from kdrun.commands.export import FORMATS as EXPORT_FORMATS
+from kdrun.commands.export import N_CHECK, ONNX_TOLERANCE, export_run
+from kdrun.commands.generate import generate_text
+from kdrun.commands.soft_targets import (
     CLASSIC_LOGITS,
     CLASSIC_NAMES,
     DEFAULT_TEMPERATURES,
@@ -30,9 +25,14 @@ from kdrun.experiments.soft_targets import (
     render_softmax_table,
     softmax_table,
 )
-from kdrun.experiments.sweep import summarize
+from kdrun.data import DATASETS
+from kdrun.engine import predict
+from kdrun.errors import CheckpointError, ConfigError, KdrunError
+from kdrun.experiments.job import read_metrics
+from kdrun.experiments.specs import run_test_inputs
 from kdrun.methods import LM_METHODS, METHODS
 from kdrun.models import MODEL_INPUTS, MODELS
+from kdrun.report.sweep import summarize
 from kdrun.store import atomic_write_json
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from kdrun.report.images import save_class_grid
+from kdrun.data.images import save_class_grid
 
 
 @dataclass

@@ -27,10 +27,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from kdrun.commands.soft_targets import dark_knowledge
 from kdrun.engine import predict
 from kdrun.engine.distributed import current
 from kdrun.experiments.context import JobContext
-from kdrun.experiments.soft_targets import dark_knowledge
 
 
 @dataclass

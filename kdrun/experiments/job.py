@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import logging
 import platform
 import shlex
@@ -30,6 +29,7 @@ from kdrun.errors import Interrupted, KdrunError, find_os_error, os_error_messag
 from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
 from kdrun.report import Reporter, results_table, round_floats, write_history
+from kdrun.report.files import make_console, read_metrics
 from kdrun.store import atomic_write_json
 from kdrun.tasks import TASKS
 from kdrun.trackers import Trackers, make_trackers
@@ -70,19 +70,6 @@ def run_table(m: dict[str, Any]):
     if task is None:
         return results_table(m)
     return results_table(m, task.columns, task.gain_text)
-
-
-def make_console() -> Console:
-    """A console that does not squeeze tables to 80 columns when output is piped to a file."""
-    c = Console()
-    return c if c.is_terminal else Console(width=max(c.width, 120))
-
-
-def read_metrics(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class TrialFailed(KdrunError):

@@ -16,12 +16,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 import kdrun.experiments.aside as aside
+from kdrun.commands.export import PREPROCESSING_FILE, preprocessing_record
 from kdrun.engine import FitResult, RowCache, resolve_device
 from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import configure_backends
 from kdrun.experiments.analyses import run_analyses
 from kdrun.experiments.context import JobContext, job_threads
-from kdrun.experiments.export import PREPROCESSING_FILE, preprocessing_record
 from kdrun.experiments.kinds import register_kind
 from kdrun.experiments.specs import model_label, resumable_config
 from kdrun.methods.base import Distiller

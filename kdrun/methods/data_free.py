@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from kdrun.data import DataBundle
+from kdrun.data.images import save_class_grid
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.data_free_losses import (
@@ -36,7 +37,6 @@ from kdrun.methods.data_free_losses import (
 from kdrun.methods.losses import kd_loss, kl_soft
 from kdrun.models import build_model
 from kdrun.models.generator import Generator
-from kdrun.report.images import save_class_grid
 
 _BN = nn.modules.batchnorm._BatchNorm
 log = logging.getLogger("kdrun")

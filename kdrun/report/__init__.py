@@ -1,6 +1,5 @@
 """What a person sees: the run table, progress bars and log lines, history.csv."""
 
-from kdrun.report.images import save_class_grid
 from kdrun.report.run import (
     HISTORY_COLUMNS,
     Reporter,
@@ -16,6 +15,5 @@ __all__ = [
     "fmt_acc",
     "results_table",
     "round_floats",
-    "save_class_grid",
     "write_history",
 ]

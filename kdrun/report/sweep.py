@@ -32,8 +32,8 @@ from rich.table import Table
 from kdrun import errors
 from kdrun.data import DATASETS
 from kdrun.errors import KdrunError
-from kdrun.experiments.job import make_console, read_metrics
-from kdrun.report import fmt_acc
+from kdrun.report.files import make_console, read_metrics
+from kdrun.report.run import fmt_acc
 from kdrun.store import atomic_write, atomic_write_json, atomic_write_text
 from kdrun.tasks import TASKS
 
