@@ -137,9 +137,18 @@ def _toy(n_per=20, classes=3):
 @pytest.mark.parametrize("method", ["dm", "dc"])
 def test_condensation_resumes_exactly_after_a_stop(method, tmp_path):
     x, y = _toy()
-    opts = CondenseConfig(method=method, ipc=2, iterations=6, batch_real=8, lr_img=0.1,
-                          init="noise", checkpoint_every=2, outer_loop=2, inner_loop=1,
-                          dsa_strategy="crop_flip")  # fmt: skip
+    opts = CondenseConfig(
+        method=method,
+        ipc=2,
+        iterations=6,
+        batch_real=8,
+        lr_img=0.1,
+        init="noise",
+        checkpoint_every=2,
+        outer_loop=2,
+        inner_loop=1,
+        dsa_strategy="crop_flip",
+    )
     full = condense_images(opts, _Tiny, x, y, 3, seed=0)
     assert full.images.shape == (6, 1, 4, 4) and full.labels.tolist() == [0, 0, 1, 1, 2, 2]
     ck = tmp_path / "ck.pt"
@@ -162,16 +171,24 @@ def test_condensation_resumes_exactly_after_a_stop(method, tmp_path):
 
 def test_dm_moves_synthetic_means_toward_the_real_ones():
     x, y = _toy()
-    opts = CondenseConfig(method="dm", ipc=2, iterations=40, batch_real=20, lr_img=1.0,
-                          init="noise", dsa=False)  # fmt: skip
+    opts = CondenseConfig(
+        method="dm", ipc=2, iterations=40, batch_real=20, lr_img=1.0, init="noise", dsa=False
+    )
     res = condense_images(opts, _Tiny, x, y, 3, seed=0)
     assert sum(res.losses[-5:]) < 0.5 * sum(res.losses[:5])
 
 
 def test_synthetic_set_roundtrip_and_grid(tmp_path):
-    syn = SyntheticSet(torch.randn(6, 1, 4, 4), torch.arange(3).repeat_interleave(2),
-                       torch.tensor([0.5]), torch.tensor([0.25]), torch.randn(6, 3), 4.0,
-                       "toy", ["a", "b", "c"])  # fmt: skip
+    syn = SyntheticSet(
+        torch.randn(6, 1, 4, 4),
+        torch.arange(3).repeat_interleave(2),
+        torch.tensor([0.5]),
+        torch.tensor([0.25]),
+        torch.randn(6, 3),
+        4.0,
+        "toy",
+        ["a", "b", "c"],
+    )
     torch.save(syn.to_payload(), tmp_path / "s.pt")
     back = SyntheticSet.from_payload(torch.load(tmp_path / "s.pt", weights_only=True))
     assert back.ipc == 2 and torch.equal(back.images, syn.images) and back.T == 4.0

@@ -12,8 +12,14 @@ from tests.reliability_util import cli, start, wait_for
 
 pytestmark = pytest.mark.slow
 
-SMOKE = ("experiment=condense", "condense=smoke", "runtime.num_threads=1",
-         "student.width=8", "student.train.epochs=2", "teacher.train.epochs=2")  # fmt: skip
+SMOKE = (
+    "experiment=condense",
+    "condense=smoke",
+    "runtime.num_threads=1",
+    "student.width=8",
+    "student.train.epochs=2",
+    "teacher.train.epochs=2",
+)
 
 
 def test_condense_smoke_writes_its_outputs_and_the_set_is_a_data_set(tmp_path):
@@ -22,8 +28,17 @@ def test_condense_smoke_writes_its_outputs_and_the_set_is_a_data_set(tmp_path):
     assert r.returncode == 0, r.stderr
     m = read_json(run / "metrics.json")
     c = m["condense"]
-    for k in ("method", "ipc", "synthetic_acc", "synthetic_acc_std", "random_real_acc",
-              "random_real_acc_std", "full_data_acc", "steps", "seconds"):  # fmt: skip
+    for k in (
+        "method",
+        "ipc",
+        "synthetic_acc",
+        "synthetic_acc_std",
+        "random_real_acc",
+        "random_real_acc_std",
+        "full_data_acc",
+        "steps",
+        "seconds",
+    ):
         assert k in c, k
     assert (c["method"], c["ipc"], c["steps"]) == ("dm", 2, 4)
     assert len(c["per_seed"]["synthetic"]) == 2 and "synthetic_soft" in c["per_seed"]
@@ -33,9 +48,16 @@ def test_condense_smoke_writes_its_outputs_and_the_set_is_a_data_set(tmp_path):
     assert "random real" in r.stdout and "full training split" in r.stdout
     # the synthetic set trains a later run; the test split is the digits' own
     run2 = tmp_path / "run2"
-    r = cli("experiment=smoke", "dataset=synthetic", f"dataset.path={run / 'synthetic.pt'}",
-            "dataset.val_size=0.2", "runtime.num_threads=1", f"hydra.run.dir={run2}",
-            f"store_dir={tmp_path / 's'}", cwd=tmp_path)  # fmt: skip
+    r = cli(
+        "experiment=smoke",
+        "dataset=synthetic",
+        f"dataset.path={run / 'synthetic.pt'}",
+        "dataset.val_size=0.2",
+        "runtime.num_threads=1",
+        f"hydra.run.dir={run2}",
+        f"store_dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     m2 = read_json(run2 / "metrics.json")
     assert m2["data"]["train_size"] + m2["data"]["val_size"] == 20
@@ -46,11 +68,18 @@ def test_condense_killed_mid_way_resumes(tmp_path):
     """SIGKILL inside condensation, then the same command: it continues from the checkpoint
     beside the store artifact (that a resumed path equals an uninterrupted one is
     test_condense.py::test_condensation_resumes_exactly_after_a_stop)."""
-    args = [*SMOKE, "condense.iterations=30", "condense.eval_seeds=1", "condense.eval_epochs=1",
-            "condense.full_data=false", "condense.soft_labels=false"]  # fmt: skip
+    args = [
+        *SMOKE,
+        "condense.iterations=30",
+        "condense.eval_seeds=1",
+        "condense.eval_epochs=1",
+        "condense.full_data=false",
+        "condense.soft_labels=false",
+    ]
     store, run = tmp_path / "s", tmp_path / "run"
-    p = start(*args, f"hydra.run.dir={run}", f"store_dir={store}", cwd=tmp_path,
-              log=tmp_path / "1.log")  # fmt: skip
+    p = start(
+        *args, f"hydra.run.dir={run}", f"store_dir={store}", cwd=tmp_path, log=tmp_path / "1.log"
+    )
     wait_for(lambda: bool(list(store.glob("synthetic/*/partial.pt"))), p)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -62,8 +91,13 @@ def test_condense_killed_mid_way_resumes(tmp_path):
 
 
 def test_condense_bad_input_is_one_line(tmp_path):
-    r = cli(*SMOKE, "condense.ipc=500", f"hydra.run.dir={tmp_path / 'r'}",
-            f"store_dir={tmp_path / 's'}", cwd=tmp_path)  # fmt: skip
+    r = cli(
+        *SMOKE,
+        "condense.ipc=500",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        f"store_dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("kdrun: error: condense.ipc=500 but class")
@@ -74,8 +108,13 @@ def test_condense_bad_input_is_one_line(tmp_path):
 
 def test_data_free_smoke_sees_no_training_image(tmp_path):
     run = tmp_path / "run"
-    r = cli("experiment=smoke_data_free", "runtime.num_threads=1", f"hydra.run.dir={run}",
-            f"store_dir={tmp_path / 's'}", cwd=tmp_path)  # fmt: skip
+    r = cli(
+        "experiment=smoke_data_free",
+        "runtime.num_threads=1",
+        f"hydra.run.dir={run}",
+        f"store_dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     m = read_json(run / "metrics.json")
     assert m["student"]["train_images_seen"] == 0

@@ -22,9 +22,12 @@ class _Net(nn.Module):
     def __init__(self, bn: bool = True):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4) if bn else nn.Identity(), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4) if bn else nn.Identity(),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.fc = nn.Linear(4, 3)
         self.kd_head = "fc"
 
@@ -152,10 +155,16 @@ class _Ctx:
 
 
 def _cfg(**method):
-    return OmegaConf.create({
-        "method": {"name": "data_free", **method}, "seed": 0, "T": 4.0, "alpha": 0.9,
-        "dataset": {"name": "toy"}, "teacher": {"name": "lenet5", "train": {}},
-    })  # fmt: skip
+    return OmegaConf.create(
+        {
+            "method": {"name": "data_free", **method},
+            "seed": 0,
+            "T": 4.0,
+            "alpha": 0.9,
+            "dataset": {"name": "toy"},
+            "teacher": {"name": "lenet5", "train": {}},
+        }
+    )
 
 
 def test_a_generator_for_a_non_image_data_set_is_one_line():
@@ -180,10 +189,20 @@ def _digits_like():
     x = torch.randn(30, 1, 8, 8, generator=g)
     y = torch.arange(3).repeat(10)
     return DataBundle(
-        name="toy", x_train=x, y_train=y, x_val=x[:6], y_val=y[:6], x_test=x, y_test=y,
-        num_classes=3, class_names=["a", "b", "c"], mean=torch.zeros(1), std=torch.ones(1),
-        student_idx=torch.arange(30), student_val_idx=torch.arange(6),
-    )  # fmt: skip
+        name="toy",
+        x_train=x,
+        y_train=y,
+        x_val=x[:6],
+        y_val=y[:6],
+        x_test=x,
+        y_test=y,
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        mean=torch.zeros(1),
+        std=torch.ones(1),
+        student_idx=torch.arange(30),
+        student_val_idx=torch.arange(6),
+    )
 
 
 def _train(ckpt, stop_at=None):
@@ -196,9 +215,18 @@ def _train(ckpt, stop_at=None):
         return stop_at is not None and calls["n"] == stop_at
 
     recipe = TrainConfig(epochs=2, batch_size=8, lr=0.01)
-    res = fit(d, data, recipe, stage="student", seed=0, train_idx=data.student_idx,
-              val_idx=data.student_val_idx, checkpoint=ckpt, fingerprint="f",
-              should_stop=stop)  # fmt: skip
+    res = fit(
+        d,
+        data,
+        recipe,
+        stage="student",
+        seed=0,
+        train_idx=data.student_idx,
+        val_idx=data.student_val_idx,
+        checkpoint=ckpt,
+        fingerprint="f",
+        should_stop=stop,
+    )
     return d, res
 
 
@@ -213,5 +241,7 @@ def test_the_student_loop_sees_no_real_image_and_resumes_exactly(tmp_path):
     assert resumed.resumed_from_epoch == 1
     for k, v in full.last_state.items():
         assert torch.allclose(v, resumed.last_state[k], atol=1e-6), k
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in
-               zip(d.generator.parameters(), d2.generator.parameters(), strict=True))  # fmt: skip
+    assert all(
+        torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(d.generator.parameters(), d2.generator.parameters(), strict=True)
+    )

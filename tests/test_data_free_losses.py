@@ -65,8 +65,9 @@ def test_bn_statistics_loss_formula_and_zero_at_running_statistics():
 
 
 def test_bn_hooks_sum_over_every_batchnorm_layer():
-    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1),
-                        nn.BatchNorm2d(2)).eval()  # fmt: skip
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+    ).eval()
     stats = BNStatistics(net)
     x = torch.randn(3, 1, 4, 4)
     net(x)

@@ -14,8 +14,22 @@ from kdrun.condense.synthetic import (
 )
 
 __all__ = [
-    "AUGMENTS", "CONDENSERS", "CondenseConfig", "CondenseResult", "Condenser", "SyntheticSet",
-    "class_rows", "condense_images", "dc_loops", "dsa", "embedder", "gradient_match_loss",
-    "initial_images", "layer_gradient_distance", "mean_embedding_loss", "parse_strategy",
-    "register_condenser", "save_grid",
-]  # fmt: skip
+    "AUGMENTS",
+    "CONDENSERS",
+    "CondenseConfig",
+    "CondenseResult",
+    "Condenser",
+    "SyntheticSet",
+    "class_rows",
+    "condense_images",
+    "dc_loops",
+    "dsa",
+    "embedder",
+    "gradient_match_loss",
+    "initial_images",
+    "layer_gradient_distance",
+    "mean_embedding_loss",
+    "parse_strategy",
+    "register_condenser",
+    "save_grid",
+]

@@ -46,11 +46,17 @@ def condense_table(m: dict[str, Any]) -> Table:
     for col in ("training set of the evaluation net", "images", "test acc (mean ± std)"):
         t.add_column(col, justify="left" if col.startswith("training") else "right")
     n = c["ipc"] * c["num_classes"]
-    t.add_row(f"synthetic ({c['method']}{'+dsa' if c['dsa'] else ''})", str(n),
-              _pm(c["synthetic_acc"], c["synthetic_acc_std"]))  # fmt: skip
+    t.add_row(
+        f"synthetic ({c['method']}{'+dsa' if c['dsa'] else ''})",
+        str(n),
+        _pm(c["synthetic_acc"], c["synthetic_acc_std"]),
+    )
     if c.get("synthetic_soft_acc") is not None:
-        t.add_row(f"synthetic + teacher soft labels (T={m['T']:g})", str(n),
-                  _pm(c["synthetic_soft_acc"], c["synthetic_soft_acc_std"]))  # fmt: skip
+        t.add_row(
+            f"synthetic + teacher soft labels (T={m['T']:g})",
+            str(n),
+            _pm(c["synthetic_soft_acc"], c["synthetic_soft_acc_std"]),
+        )
     t.add_row("random real", str(n), _pm(c["random_real_acc"], c["random_real_acc_std"]))
     if c.get("full_data_acc") is not None:
         t.add_row("full training split", f"{c['train_size']:,}", _pm(c["full_data_acc"], None))

@@ -57,21 +57,36 @@ class EvalSpec:
 
     def recipe(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, optimizer="sgd", lr=self.lr,
-            momentum=0.9, weight_decay=5e-4, schedule="step", milestones=[self.epochs // 2],
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer="sgd",
+            lr=self.lr,
+            momentum=0.9,
+            weight_decay=5e-4,
+            schedule="step",
+            milestones=[self.epochs // 2],
             gamma=0.1,
-        )  # fmt: skip
+        )
 
 
 def small_bundle(x: torch.Tensor, y: torch.Tensor, data: DataBundle) -> DataBundle:
     """A bundle whose training split is (x, y), with no validation rows, the run's test split."""
     none = torch.zeros(0, dtype=torch.long, device=y.device)
     return DataBundle(
-        name=f"{data.name}:small", x_train=x, y_train=y, x_val=x[:0], y_val=y[:0],
-        x_test=data.x_test, y_test=data.y_test, num_classes=data.num_classes,
-        class_names=data.class_names, mean=data.mean, std=data.std,
-        student_idx=torch.arange(len(y), device=y.device), student_val_idx=none,
-    )  # fmt: skip
+        name=f"{data.name}:small",
+        x_train=x,
+        y_train=y,
+        x_val=x[:0],
+        y_val=y[:0],
+        x_test=data.x_test,
+        y_test=data.y_test,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        mean=data.mean,
+        std=data.std,
+        student_idx=torch.arange(len(y), device=y.device),
+        student_val_idx=none,
+    )
 
 
 def train_and_test(
@@ -87,10 +102,15 @@ def train_and_test(
     bundle = small_bundle(x.detach(), y, data)
     learner = SmallSetLearner(model, spec.ops, seed, spec.T, spec.alpha)
     res = fit(
-        learner, bundle, spec.recipe(), stage="eval", seed=seed,
-        train_idx=bundle.student_idx, val_idx=bundle.student_val_idx,
+        learner,
+        bundle,
+        spec.recipe(),
+        stage="eval",
+        seed=seed,
+        train_idx=bundle.student_idx,
+        val_idx=bundle.student_val_idx,
         teacher_cache=None if soft_logits is None else soft_logits.detach(),
-    )  # fmt: skip
+    )
     model.load_state_dict(res.last_state)
     return accuracy(predict(model, data.x_test, spec.eval_batch_size), data.y_test)
 

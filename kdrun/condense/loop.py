@@ -76,22 +76,32 @@ def condense_images(
     def save(it: int) -> None:
         if checkpoint is not None:
             atomic_torch_save(
-                {"fingerprint": fingerprint, "iteration": it, "images": cond.images.detach().cpu(),
-                 "optimizer": cond.opt.state_dict(), "gen": gen.get_state(), "losses": losses,
-                 "seconds": seconds},
+                {
+                    "fingerprint": fingerprint,
+                    "iteration": it,
+                    "images": cond.images.detach().cpu(),
+                    "optimizer": cond.opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "losses": losses,
+                    "seconds": seconds,
+                },
                 checkpoint,
-            )  # fmt: skip
+            )
 
     for it in range(start, opts.iterations):
         if should_stop is not None and should_stop():
             save(it)
-            raise Interrupted(f"condense stopped at iteration {it}/{opts.iterations}; "
-                              f"checkpoint saved in {checkpoint}")  # fmt: skip
+            raise Interrupted(
+                f"condense stopped at iteration {it}/{opts.iterations}; "
+                f"checkpoint saved in {checkpoint}"
+            )
         t0 = time.perf_counter()
         loss = cond.step()
         if not torch.isfinite(cond.images).all() or loss != loss:
-            raise TrainingError(f"condense: images became NaN/inf at iteration {it + 1}; "
-                                f"lower condense.lr_img and rerun")  # fmt: skip
+            raise TrainingError(
+                f"condense: images became NaN/inf at iteration {it + 1}; "
+                f"lower condense.lr_img and rerun"
+            )
         losses.append(loss)
         seconds += time.perf_counter() - t0
         if on_iteration is not None:

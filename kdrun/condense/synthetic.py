@@ -46,9 +46,15 @@ class SyntheticSet:
     @classmethod
     def from_payload(cls, p: dict[str, Any]) -> SyntheticSet:
         return cls(
-            p["images"], p["labels"], p["mean"], p["std"], p.get("soft_logits"), p.get("T"),
-            p.get("dataset", ""), p.get("class_names") or None,
-        )  # fmt: skip
+            p["images"],
+            p["labels"],
+            p["mean"],
+            p["std"],
+            p.get("soft_logits"),
+            p.get("T"),
+            p.get("dataset", ""),
+            p.get("class_names") or None,
+        )
 
     def pixels(self) -> torch.Tensor:
         """The images in [0, 1] (un-normalised, clipped) for pictures."""

@@ -34,8 +34,9 @@ def save_class_grid(
                 img = imgs[j].permute(1, 2, 0).numpy()
                 ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
         name = class_names[c] if class_names else str(c)
-        axes[c][0].text(-0.1, 0.5, name, transform=axes[c][0].transAxes, ha="right",
-                        va="center", fontsize=7)  # fmt: skip
+        axes[c][0].text(
+            -0.1, 0.5, name, transform=axes[c][0].transAxes, ha="right", va="center", fontsize=7
+        )
     if title:
         fig.suptitle(title, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)

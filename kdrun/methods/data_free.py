@@ -86,9 +86,15 @@ class DataFree(Distiller):
     stage_labels = {"baseline": "baseline (real data)", "student": "distilled (data-free)"}
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, generator: Generator,
-        opts: DataFreeOptions, T: float, alpha: float, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        generator: Generator,
+        opts: DataFreeOptions,
+        T: float,
+        alpha: float,
+        seed: int = 0,
+    ) -> None:
         super().__init__(student, teacher)
         self.generator, self.opts, self.T, self.alpha = generator, opts, T, alpha
         self.g_opt = torch.optim.Adam(generator.parameters(), lr=opts.generator_lr)
@@ -212,9 +218,14 @@ class DataFree(Distiller):
 
     # the generator's optimiser and step count travel in the state dict (checkpoints)
     def get_extra_state(self) -> dict[str, Any]:
-        return {"g_opt": self.g_opt.state_dict(), "steps": self.steps,
-                "generator_updates": self.generator_updates, "samples": self.samples_seen,
-                "z_gen": self.z_gen.get_state(), "restarts": self.generator_restarts}  # fmt: skip
+        return {
+            "g_opt": self.g_opt.state_dict(),
+            "steps": self.steps,
+            "generator_updates": self.generator_updates,
+            "samples": self.samples_seen,
+            "z_gen": self.z_gen.get_state(),
+            "restarts": self.generator_restarts,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.g_opt.load_state_dict(state["g_opt"])
@@ -240,13 +251,20 @@ class DataFree(Distiller):
         dev = data.y_test.device
         none = torch.zeros(0, dtype=torch.long, device=dev)
         return DataBundle(
-            name=f"{data.name}:generated", x_train=torch.zeros(n, 0, device=dev),
+            name=f"{data.name}:generated",
+            x_train=torch.zeros(n, 0, device=dev),
             y_train=torch.zeros(n, dtype=torch.long, device=dev),
-            x_val=torch.zeros(0, *data.in_shape, device=dev), y_val=none,
-            x_test=data.x_test, y_test=data.y_test, num_classes=data.num_classes,
-            class_names=data.class_names, mean=data.mean, std=data.std,
-            student_idx=torch.arange(n, device=dev), student_val_idx=none,
-        )  # fmt: skip
+            x_val=torch.zeros(0, *data.in_shape, device=dev),
+            y_val=none,
+            x_test=data.x_test,
+            y_test=data.y_test,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            mean=data.mean,
+            std=data.std,
+            student_idx=torch.arange(n, device=dev),
+            student_val_idx=none,
+        )
 
     def real_images_seen(self, data: DataBundle) -> int:
         return 0
@@ -263,9 +281,14 @@ class DataFree(Distiller):
         with torch.no_grad():
             pred = self.teacher(x).argmax(1).cpu()
         pix = x.cpu() * data.std.cpu()[None, :, None, None] + data.mean.cpu()[None, :, None, None]
-        save_class_grid(pix.clamp(0, 1), pred, list(data.class_names),
-                        run_dir / "generated.png", n_show,
-                        "generated images, by the teacher's class")  # fmt: skip
+        save_class_grid(
+            pix.clamp(0, 1),
+            pred,
+            list(data.class_names),
+            run_dir / "generated.png",
+            n_show,
+            "generated images, by the teacher's class",
+        )
         counts = torch.bincount(pred, minlength=data.num_classes)
         return {
             "generator_steps": self.generator_updates,
