@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +46,22 @@ def _load(ckpt: Path | None, fingerprint: str) -> dict | None:
     return state if state.get("fingerprint") == fingerprint else None
 
 
+def _resume(
+    cond: Any, gen: torch.Generator, checkpoint: Path | None, fingerprint: str
+) -> tuple[int, list[float], float]:
+    """The images, optimiser and generator of a matching checkpoint put back; the iteration,
+    losses and seconds to go on from (0, [], 0.0 without one)."""
+    state = _load(checkpoint, fingerprint)
+    if state is None:
+        return 0, [], 0.0
+    with torch.no_grad():
+        cond.images.copy_(state["images"].to(cond.images.device))
+    cond.opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["gen"])
+    log.info("condense: resuming from %s at iteration %d", checkpoint, state["iteration"])
+    return state["iteration"], list(state["losses"]), state["seconds"]
+
+
 def condense_images(
     opts: CondenseConfig,
     make_net: NetFactory,
@@ -63,15 +80,7 @@ def condense_images(
     images = initial_images(x, rows, opts.ipc, opts.init, gen)
     labels = torch.arange(num_classes, device=x.device).repeat_interleave(opts.ipc)
     cond = CONDENSERS[opts.method](opts, make_net, x, rows, images, gen)
-    state = _load(checkpoint, fingerprint)
-    start, losses, seconds = 0, [], 0.0
-    if state is not None:
-        with torch.no_grad():
-            cond.images.copy_(state["images"].to(images.device))
-        cond.opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["gen"])
-        start, losses, seconds = state["iteration"], list(state["losses"]), state["seconds"]
-        log.info("condense: resuming from %s at iteration %d", checkpoint, start)
+    start, losses, seconds = _resume(cond, gen, checkpoint, fingerprint)
 
     def save(it: int) -> None:
         if checkpoint is not None:
