@@ -1,6 +1,6 @@
 """Methods, models and data sets from other packages, through Python entry points.
 
-An installed distribution adds them without touching kdrun, in three entry-point groups
+An installed distribution adds them without touching kdrun, in entry-point groups
 (pyproject.toml of the plugin):
 
     [project.entry-points."kdrun.methods"]
@@ -9,9 +9,18 @@ An installed distribution adds them without touching kdrun, in three entry-point
     toy_mlp = "kdrun_toy.models:build"     # a builder (cfg, in_shape, num_classes) -> nn.Module
     [project.entry-points."kdrun.datasets"]
     toy = "kdrun_toy.data"                 # a module whose import calls register_dataset
+    [project.entry-points."kdrun.lm_methods"]
+    toy_lm = "kdrun_toy.lm:ToyLM"          # a Distiller subclass for language models
+    [project.entry-points."kdrun.tasks"]
+    toy_task = "kdrun_toy.task:TASK"       # a Task instance whose name is the entry point's
+    [project.entry-points."kdrun.kinds"]
+    toy_kind = "kdrun_toy.kind:run"        # (cfg, run_dir, reporter, should_stop) -> metrics
+    [project.entry-points."kdrun.analyses"]
+    toy_an = "kdrun_toy.analysis"          # a module whose import calls register_analysis
 
 Any entry point may also name a module that registers its names itself on import
-(``register_method`` / ``register_model`` / ``register_dataset``). Its YAML (e.g.
+(``register_method`` / ``register_model`` / ``register_dataset`` / ``register_lm_method`` /
+``register_task`` / ``register_kind`` / ``register_analysis``). Its YAML (e.g.
 ``method/toy_kd.yaml``) lives in the plugin's own config directory, added to Hydra's search
 path on the command line: ``kdrun --config-dir DIR method=toy_kd``.
 """
@@ -24,13 +33,21 @@ from typing import Any
 
 from kdrun.data import DATASETS
 from kdrun.errors import ConfigError, one_line
-from kdrun.methods import METHODS, Distiller, register_method
+from kdrun.experiments.analyses import ANALYSES, Analysis
+from kdrun.experiments.kinds import KINDS, register_kind
+from kdrun.methods import LM_METHODS, METHODS, Distiller, register_method
+from kdrun.methods.lm import register_lm_method
 from kdrun.models import MODELS, register_model
+from kdrun.tasks import TASKS, register_task
 
 GROUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "kdrun.methods": ("method", METHODS),
     "kdrun.models": ("model", MODELS),
     "kdrun.datasets": ("data set", DATASETS),
+    "kdrun.lm_methods": ("language-model method", LM_METHODS),
+    "kdrun.tasks": ("task", TASKS),
+    "kdrun.kinds": ("experiment kind", KINDS),
+    "kdrun.analyses": ("analysis", ANALYSES),
 }
 _loaded: set[tuple[str, str]] = set()
 
@@ -40,10 +57,19 @@ def _register(group: str, name: str, obj: Any) -> None:
     registry = GROUPS[group][1]
     if name in registry or inspect.ismodule(obj):
         return
-    if group == "kdrun.methods" and isinstance(obj, type) and issubclass(obj, Distiller):
+    distiller = isinstance(obj, type) and issubclass(obj, Distiller)
+    if group == "kdrun.methods" and distiller:
         register_method(name)(obj)
+    elif group == "kdrun.lm_methods" and distiller:
+        register_lm_method(name)(obj)
     elif group == "kdrun.models" and callable(obj):
         register_model(name)(obj)
+    elif group == "kdrun.tasks" and getattr(obj, "name", None) == name:
+        register_task(obj)
+    elif group == "kdrun.kinds" and callable(obj):
+        register_kind(name)(obj)
+    elif group == "kdrun.analyses" and isinstance(obj, Analysis):
+        ANALYSES[name] = obj
 
 
 def _load(group: str, ep: EntryPoint) -> None:
