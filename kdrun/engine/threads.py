@@ -165,6 +165,11 @@ class ThreadBudget:
         self.governors: dict[str, ThreadGovernor] = {}
 
     @classmethod
+    def in_force(cls, runtime: Any, device: torch.device, cache_file: Path | None = None):
+        """The budget of ``runtime.num_threads`` at the count this process already has."""
+        return cls(runtime.num_threads, device, runtime.deterministic, cache_file=cache_file)
+
+    @classmethod
     def for_job(
         cls,
         runtime: Any,

@@ -71,12 +71,9 @@ class JobContext:
         self._student_init: dict[str, torch.Tensor] | None = None
         self.should_stop: Callable[[], bool] = lambda: False
         self.dist = dist_.current()  # rank 0 alone writes the store and the run's files
-        rt = cfg.runtime
         # without one handed down (a job's kind makes it with job_threads): the count in force
         cache = Path(cfg.store_dir) / "threads.json"
-        self.threads = threads or ThreadBudget(
-            rt.num_threads, device, rt.deterministic, cache_file=cache
-        )
+        self.threads = threads or ThreadBudget.in_force(cfg.runtime, device, cache)
         self.baseline_aside: dict[str, Any] | None = None  # set by kdrun.experiments.aside
 
     # views of the thread budget, by the names metrics.json gives them
