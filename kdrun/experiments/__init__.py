@@ -1,5 +1,6 @@
-"""Experiments: what a job does with the engine. ``distill`` (teacher -> baseline -> student,
-kdrun.experiments.pipeline) is the default kind; analyses run after it; sweeps summarise jobs.
+"""Experiments: what a job does with the engine. Experiment kinds (``distill``: teacher ->
+baseline -> student, kdrun.experiments.pipeline, the default; ``condense``) and what they
+share: the job context (context.py), analyses, the job's bookkeeping (job.py).
 
 Importing this package registers every built-in experiment kind.
 """
