@@ -182,13 +182,13 @@ class ThreadBudget:
         n = set_threads(runtime.num_threads, hydra_cfg)
         return cls(runtime.num_threads, device, runtime.deterministic, n, cache_file)
 
-    def choose(self, stage: str, model: nn.Module, x: torch.Tensor) -> None:
+    def choose(self, stage: str, model: nn.Module, batch: Callable[[], torch.Tensor]) -> None:
         """A stage's starting count (auto on a CPU): 1 thread or the whole budget, whichever
-        trains ``model`` on batches like ``x`` faster (measured once per machine and model,
-        remembered in ``cache_file``)."""
+        trains ``model`` on batches like ``batch()`` faster (measured once per machine and
+        model, remembered in ``cache_file``; ``batch`` is called only then)."""
         if not (self.auto and self.cpu):
             return
-        n = calibrated_threads(model, x, self.budget, self.cache_file)
+        n = calibrated_threads(model, batch(), self.budget, self.cache_file)
         torch.set_num_threads(n)
         self.stages[stage] = n
 

@@ -114,7 +114,8 @@ class JobContext:
         d = self.data if data is None else data
         rt = self.cfg.runtime
         steps = planned_steps(recipe, len(d.student_idx if student else d.teacher_idx))
-        self.threads.choose(stage, distiller.student, self.data.x_train[: recipe.batch_size])
+        first = self.data.x_train
+        self.threads.choose(stage, distiller.student, lambda: first[: recipe.batch_size])
         with self.reporter.stage(stage, steps) as hooks:
             hooks = self._govern(stage, hooks)
             return fit(
