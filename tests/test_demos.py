@@ -137,11 +137,11 @@ def test_automatic_bias_reads_no_label_of_the_omitted_class(tmp_path):
 
 def test_hand_set_bias(tmp_path):
     ctx = _fake_context(tmp_path)
-    ctx.p.cfg.analysis.bias = 3.5
+    ctx.job.cfg.analysis.bias = 3.5
     o = omitted(ctx)
     assert o["bias"] == 3.5 and o["bias_source"] == "manual"
     assert o["auto_bias"] != 3.5  # still reported next to it
-    d = ctx.p.data
+    d = ctx.job.data
     z = adjust(ctx.logits(ctx.student, d.x_test), [3], 3.5)
     assert o["student_test_acc_adjusted"] == float((z.argmax(1) == d.y_test).float().mean())
     threes = d.y_test == 3
