@@ -29,6 +29,7 @@ from kdrun.store.keys import (
     SCHEME,
     baseline_key,
     checkpoint_key,
+    condensed_key,
     excluded,
     model_key,
     pretrained_key,
@@ -64,6 +65,7 @@ def all_keys(c: dict) -> dict[str, str]:
         "teacher_logits": teacher_logits_key(cfg, [tk], {"outputs": "logits"}, FP),
         "teacher_test_logits": teacher_reference_key(cfg, tk, FP),
         "teacher_samples": teacher_samples_key(cfg, tk, SimpleNamespace(prompt_tokens=8), FP),
+        "synthetic": condensed_key(cfg, FP),
     }
     assert all(s["scheme"] == SCHEME for s in specs.values())
     return {k: content_key(s) for k, s in specs.items()}
@@ -279,3 +281,10 @@ def test_an_old_store_is_named_once_and_its_entries_never_match(tmp_path):
     assert not store.has("teacher", new)
     assert store_notice(tmp_path / "fresh") is None  # a new store: nothing to say
     assert store_notice(tmp_path / "fresh") is None
+
+
+def test_the_synthetic_key_leaves_out_exactly_the_evaluation_options():
+    from kdrun.experiments.condense import EVAL_ONLY
+
+    skip = [k.split(".", 1)[1] for k in KIND_NEVER["synthetic"] if k.startswith("condense.")]
+    assert sorted(skip) == sorted(EVAL_ONLY)

@@ -57,7 +57,6 @@ NEVER: dict[str, str] = {
     "baseline": "whether the baseline stage runs, not how it trains",
     "experiment": "the recipe's name; its settings are the other fields",
     "kind": "what the job does with the models; the models' recipes are the other fields",
-    "condense": "kind=condense's settings; the models it trains pass their own configs",
     "logger": "experiment trackers only record",
     "optimized_metric": "what a search maximises, read after training",
     "analysis": "analyses read trained models; the full-data baseline's epochs reach its key "
@@ -90,7 +89,9 @@ MODEL_NEVER: dict[str, str] = {
 }
 _STUDENT_ROWS = ("dataset.train_fraction", "dataset.omit_classes", "dataset.keep_classes")
 _WHOLE_SPLIT = "the teacher trains on the whole training split, not the student's rows"
+_NOT_CONDENSED = "kind=condense's settings: the synthetic set's key (condensed_key)"
 _NOT_TEACHER = {
+    "condense": _NOT_CONDENSED,
     "student": "the teacher does not depend on the student",
     "method": "the teacher learns from labels; a method's own models pass their configs",
     "T": "the teacher learns from labels",
@@ -103,11 +104,13 @@ _BY_OUTPUTS = "the method's teacher_output_spec names what of it shapes the outp
 KIND_NEVER: dict[str, dict[str, str]] = {
     "teacher": _NOT_TEACHER,
     "distilled": {
+        "condense": _NOT_CONDENSED,
         "student": "a model a method asks for is keyed by its own config (ctx.model)",
         "method": "a model a method asks for is keyed by the config it passes (ctx.model)",
         **{k: _WHOLE_SPLIT for k in _STUDENT_ROWS},
     },
     "baseline": {
+        "condense": _NOT_CONDENSED,
         "teacher": "the baseline never sees the teacher",
         "teacher_seed": "the baseline never sees the teacher",
         "method": "the baseline learns from labels",
@@ -115,6 +118,7 @@ KIND_NEVER: dict[str, dict[str, str]] = {
         "alpha": "the baseline learns from labels",
     },
     "teacher_logits": {
+        "condense": _NOT_CONDENSED,
         "student": "the teacher's outputs do not depend on the student",
         "method": _BY_OUTPUTS,
         "T": _BY_OUTPUTS,
@@ -126,11 +130,34 @@ KIND_NEVER: dict[str, dict[str, str]] = {
         "seed": "the teacher's seed is in its key",
     },
     "teacher_samples": {
+        "condense": _NOT_CONDENSED,
         "student": "the teacher's samples do not depend on the student",
         "method": "the sampling options are passed in (opts)",
         "T": "the sampling temperature is in opts",
         "alpha": "the sampling does not weigh losses",
         "seed": "samples are drawn with teacher_seed",
+    },
+    "synthetic": {
+        "teacher": "condensation matches real images with random nets, not the teacher",
+        "teacher_seed": "condensation never trains the teacher",
+        "student": "condensation matches with condense.net, not the student",
+        "method": "condensation has no distillation method",
+        "T": "the synthetic images are learned without soft labels",
+        "alpha": "the synthetic images are learned without soft labels",
+        **{k: "the images are learned on the whole training split" for k in _STUDENT_ROWS},
+        **{
+            f"condense.{k}": "evaluates the synthetic set, does not make it"
+            for k in (
+                "soft_labels",
+                "eval_seeds",
+                "eval_epochs",
+                "eval_lr",
+                "eval_batch",
+                "eval_dsa",
+                "full_data",
+                "checkpoint_every",
+            )
+        },
     },
 }
 
@@ -386,6 +413,19 @@ def teacher_samples_key(cfg: Any, teacher_key: str, opts: Any, data_fp: str) -> 
         "data": data_section(cfg, "teacher_samples", data_fp),
         "runtime": runtime_section(cfg),
         **_top(cfg, "teacher_samples", ("teacher_seed",)),
+    }
+
+
+def condensed_key(cfg: Any, data_fp: str) -> dict[str, Any]:
+    """A condensed (synthetic) training set: the condense section minus what only evaluates
+    it, the data, the seed. Replaces the spec of ``experiments.condense.learn_images``."""
+    skip = _under("condense", excluded("synthetic"))
+    return {
+        "scheme": SCHEME,
+        "condense": _drop(_container(cfg.condense), skip),
+        "data": data_section(cfg, "synthetic", data_fp),
+        "runtime": runtime_section(cfg),
+        "seed": cfg.seed,
     }
 
 
