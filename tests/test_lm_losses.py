@@ -18,6 +18,7 @@ from kdrun.methods.lm_losses import (
     lm_kd_loss,
     reverse_kl,
     soft_divergence,
+    token_ce,
     topk_of,
 )
 
@@ -103,6 +104,21 @@ def test_padding_tokens_are_ignored():
     keep = y != IGNORE
     want = forward_kl((s[keep] / 2).log_softmax(-1), (t[keep] / 2).log_softmax(-1)).mean()
     torch.testing.assert_close(base["soft"], 0.5 * 4 * want)
+
+
+def test_a_batch_of_ignored_tokens_gives_zero_loss_and_gradient_not_nan():
+    s, t = _logits(2, 5, V, seed=13), _logits(2, 5, V, seed=14)
+    y = torch.full((2, 5), IGNORE)
+    zs = s.clone().requires_grad_(True)
+    assert token_ce(zs, y).item() == 0.0
+    parts = lm_kd_loss(zs, t, y, 2.0, 1.0)  # alpha=1: (1 - alpha) * CE must not be NaN
+    assert parts["hard"].item() == 0.0 and parts["soft"].item() == 0.0
+    sum(parts.values()).backward()
+    assert torch.equal(zs.grad, torch.zeros_like(s))
+    # with some tokens kept, the value is torch's ignore_index mean
+    y[0, :2] = torch.tensor([1, 2])
+    want = F.cross_entropy(s.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    torch.testing.assert_close(token_ce(s, y), want)
 
 
 def test_kd_loss_formula_and_t_squared_scaling():

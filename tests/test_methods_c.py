@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdrun.config import ModelConfig
+from kdrun.engine.loop import planned_steps
 from kdrun.errors import ConfigError
 from kdrun.methods import METHODS
 from kdrun.methods.ctkd import CTKD, CTKDOptions, cosine_lambda, kd_per_sample, reverse_grad
@@ -30,6 +31,7 @@ from kdrun.methods.mlkd import (
     confidence_masks,
     instance_loss,
     mlkd_loss,
+    strong_view,
 )
 from kdrun.methods.nkd import nkd_loss
 from kdrun.methods.reviewkd import ABF, hcl_pair
@@ -227,6 +229,43 @@ def test_mlkd_strong_view_needs_the_teacher_and_replays_on_resume():
     assert again._step == 1
 
 
+def _kl_t2(s, t, T):
+    """T^2 * KL(softmax(t / T) || softmax(s / T)), written out: batch mean of the row sums."""
+    ps, pt = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
+    return T * T * (pt * (pt.log() - ps.log())).sum(1).mean()
+
+
+@pytest.mark.parametrize("mode", ["authors", "strong"])
+def test_mlkd_strong_total_matches_the_authors_loss_kd_strong_by_default(mode):
+    torch.manual_seed(0)
+    net = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # noqa: E731
+    student, teacher = net(), net()
+    opts = MLKDOptions(strong_aug=True) if mode == "authors" else None
+    opts = opts or MLKDOptions(strong_aug=True, strong_instance="strong")
+    d = MLKD(student, teacher, opts, 4.0, 0.9, seed=5)
+    d.train()
+    x, y = torch.randn(6, 1, 8, 8, generator=gen(20)), torch.arange(6)
+    _, losses = d(x, y, None, None)
+    xs = strong_view(x, torch.Generator().manual_seed(5 * 1_000_003))  # step 0's view
+    with torch.no_grad():
+        w, t_w = student(x), teacher(x)
+        s, t_s = student(xs), teacher(xs)
+    # KD_ours.py loss_kd_strong: strong at T = 4 (the run's T), 3, 5; weak at T = 2 and 6
+    strong_T, weak_T = ([4.0, 3.0, 5.0], [2.0, 6.0]) if mode == "authors" else ([4, 2, 3, 5, 6], [])
+    expected = 0.9 * (
+        sum(_kl_t2(s, t_s, T) for T in strong_T) + sum(_kl_t2(w, t_w, T) for T in weak_T)
+    )
+    assert losses["instance_strong"].item() == pytest.approx(float(expected), rel=1e-5)
+    ce = F.cross_entropy(w, y) + F.cross_entropy(s, y)
+    assert losses["hard"].item() == pytest.approx(0.1 * float(ce), rel=1e-5)
+
+
+def test_mlkd_strong_instance_must_be_a_known_mode():
+    cfg = OmegaConf.create({"method": {"name": "mlkd", "strong_instance": "weak"}})
+    with pytest.raises(ConfigError, match="strong_instance"):
+        MLKD.check_config(cfg)
+
+
 # --------------------------------------------------------------------------- reviewkd
 
 
@@ -281,7 +320,7 @@ def test_new_methods_train_student_and_their_modules_only(name, student):
             "seed": 0,
             "T": 4.0,
             "alpha": 0.9,
-            "student": {"train": {"batch_size": 8, "epochs": 3}},
+            "student": {"train": {"batch_size": 8, "epochs": 3, "steps_per_epoch": 0}},
         }
     )
     d = METHODS[name].build(cfg, _ctx(student))
@@ -293,6 +332,19 @@ def test_new_methods_train_student_and_their_modules_only(name, student):
     sum(losses.values()).backward()
     assert all(p.grad is None for p in d.teacher.parameters())
     assert all(p.grad is not None for p in d.student.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["dkd", "reviewkd", "ctkd"])
+@pytest.mark.parametrize("cap,expected", [(0, 4), (3, 3), (9, 4)])
+def test_epoch_schedules_count_the_loops_steps_per_epoch(name, cap, expected):
+    """30 rows in batches of 8: 4 steps per epoch, or steps_per_epoch when that is fewer."""
+    train = {"batch_size": 8, "epochs": 5, "steps_per_epoch": cap}
+    cfg = OmegaConf.create(
+        {"method": {"name": name}, "seed": 0, "T": 4.0, "alpha": 0.9, "student": {"train": train}}
+    )
+    d = METHODS[name].build(cfg, _ctx())
+    assert d.steps_per_epoch == expected
+    assert d.steps_per_epoch * 5 == planned_steps(cfg.student.train, 30)
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_effective_records_what_the_method_used(name, expected):
             "T": 2.0,
             "alpha": 0.7,
             "seed": 0,
-            "student": {"train": {"batch_size": 8, "epochs": 2}},
+            "student": {"train": {"batch_size": 8, "epochs": 2, "steps_per_epoch": 0}},
         }
     )
     eff = METHODS[name].build(cfg, _ctx()).effective()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 import struct
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,14 @@ def load_digits(cfg) -> RawData:
     for c in range(10):
         idx = np.flatnonzero(y == c)
         test_mask[rng.choice(idx, size=round(0.2 * len(idx)), replace=False)] = True
-    return RawData(x[~test_mask], y[~test_mask], x[test_mask], y[test_mask])
+    src = importlib.resources.files("sklearn.datasets.data") / "digits.csv.gz"
+    return RawData(
+        x[~test_mask],
+        y[~test_mask],
+        x[test_mask],
+        y[test_mask],
+        sources={"sklearn/digits.csv.gz": str(src)},
+    )
 
 
 # --------------------------------------------------------------------------- IDX (MNIST family)
@@ -127,7 +135,8 @@ def _load_idx_dataset(cfg, tv_name: str, slugs: list[str], pretty: str) -> RawDa
             f"{pretty} files not found (looked in {where}, ...); set dataset.root=DIR, "
             f"{hint}, or add dataset.download=true"
         )
-    arrays = {k: read_idx(_idx_file(found, v)) for k, v in _IDX_FILES.items()}
+    files = {k: _idx_file(found, v) for k, v in _IDX_FILES.items()}
+    arrays = {k: read_idx(f) for k, f in files.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise DataError(f"{pretty} {split} images and labels differ in count in {found}")
@@ -142,6 +151,7 @@ def _load_idx_dataset(cfg, tv_name: str, slugs: list[str], pretty: str) -> RawDa
         arrays["train_y"].astype(np.int64),
         imgs(arrays["test_x"]),
         arrays["test_y"].astype(np.int64),
+        sources={f.name: str(f) for f in files.values()},
     )
 
 
@@ -219,11 +229,14 @@ def _load_cifar(cfg, tv_name: str, folder: str) -> RawData:
     def imgs(a: np.ndarray) -> np.ndarray:
         return a.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
 
+    # the files torchvision's class reads: its train and test batches and the meta file
+    names = [n for n, _ in tv_cls.train_list + tv_cls.test_list] + [tv_cls.meta["filename"]]
     return RawData(
         imgs(tr.data),
         np.asarray(tr.targets, np.int64),
         imgs(te.data),
         np.asarray(te.targets, np.int64),
+        sources={f"{folder}/{n}": str(root / folder / n) for n in names},
     )
 
 

@@ -49,6 +49,9 @@ class DataBundle:
     crop_padding: int = 4
     hflip: bool = True
     extra: dict = field(default_factory=dict)
+    # the files the loader read (RawData.sources): kept out of ``extra``, which metrics.json
+    # records, as an image folder names thousands
+    sources: dict[str, str] | None = None
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -210,6 +213,7 @@ def _external_bundle(cfg, spec: DatasetSpec, hints: LoadHints) -> DataBundle:
         crop_padding=int(cfg.crop_padding),
         hflip=bool(cfg.hflip),
         extra={"content": content, "pixel_max": pixel_max, "load": raw.info},
+        sources=raw.sources,
     )
 
 
@@ -261,6 +265,7 @@ def load_data(
         crop_padding=int(cfg.crop_padding),
         hflip=bool(cfg.hflip),
         extra={"pixel_max": spec.pixel_max},
+        sources=raw.sources,
     )
     if raw.fingerprint:
         bundle.extra["content"] = {"fingerprint": raw.fingerprint}

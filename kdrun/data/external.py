@@ -26,6 +26,7 @@ from kdrun.data.registry import DATASETS, register_dataset
 from kdrun.data.rows import GRAY_MODES, FileRows, U8Rows, decode_image, image_array
 from kdrun.errors import ConfigError, DataError, one_line
 from kdrun.store import sha256_file
+from kdrun.store.fingerprint import named_under
 
 log = logging.getLogger("kdrun")
 
@@ -63,6 +64,7 @@ class ExternalRaw:
     mean: list[float] | None = None
     std: list[float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] | None = None  # as RawData.sources: every file read, by name
 
     @property
     def num_classes(self) -> int:
@@ -271,7 +273,8 @@ def load_image_folder(cfg: Any, hints: LoadHints) -> ExternalRaw:
     )
     out = {s: _load_split(*listed[s], heads[s], how, root / s) for s in listed}
     how.bad.report()
-    fp = files_fingerprint(root, [p for paths, _ in listed.values() for p in paths])
+    read = [p for paths, _ in listed.values() for p in paths]
+    fp = files_fingerprint(root, read)
     val = out["val"][:2] if "val" in out else (None, None)
     return ExternalRaw(
         *out["train"][:2],
@@ -287,6 +290,7 @@ def load_image_folder(cfg: Any, hints: LoadHints) -> ExternalRaw:
             "in_memory": how.in_memory,
             "skipped_images": len(how.bad.paths),
         },
+        sources=named_under(root, read),
     )
 
 
@@ -372,6 +376,7 @@ def load_tensors(cfg: Any, hints: LoadHints) -> ExternalRaw:
         xs.get("val"),
         ys.get("val"),
         info={"in_memory": True},
+        sources={"arrays.npz": str(path)},
     )
 
 
@@ -455,6 +460,7 @@ def load_hf_dataset(cfg: Any, hints: LoadHints, datasets: Any) -> ExternalRaw:
         xs.get(val),
         ys.get(val),
         info={"channels": channels, "image_size": list(size)},
+        sources=named_under(d, paths),
     )
 
 

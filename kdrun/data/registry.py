@@ -24,6 +24,10 @@ class RawData:
     # A loader whose content a name does not fix (dataset=synthetic: which file) fingerprints
     # it here, so stored models trained on two different files never collide.
     fingerprint: str | None = None
+    # Every file the loader read, by a name relative to where it looked (so the same bytes
+    # under another root are the same data): kdrun.store.fingerprint.data_fingerprint hashes
+    # their content for the store keys.
+    sources: dict[str, str] | None = None
 
 
 @dataclass

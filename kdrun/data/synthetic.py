@@ -52,5 +52,7 @@ def load_synthetic(cfg) -> RawData:
     x = (p["images"].float() * p["std"].view(shape) + p["mean"].view(shape)).numpy()
     y = p["labels"].long().numpy()
     names = list(p.get("class_names") or [str(c) for c in range(int(y.max()) + 1)])
+    read = {"synthetic.pt": str(path)}  # and the source data set's files (its test split)
+    read.update({f"source/{k}": v for k, v in (source.sources or {}).items()})
     return RawData(x.astype(np.float32), y.astype(np.int64), source.x_test, source.y_test, names,
-                   fingerprint=sha256_file(path))  # fmt: skip
+                   fingerprint=sha256_file(path), sources=read)  # fmt: skip

@@ -19,7 +19,8 @@ import datetime as _dt
 import inspect
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,6 +270,17 @@ _ACTIVE: list[Dist] = []  # the job's process group, once joined (torch's own is
 def current() -> Dist:
     """The active job's Dist; a single-process one before (or without) ``init``."""
     return _ACTIVE[-1] if _ACTIVE else Dist()
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Within it, ``current()`` is a single-process Dist: evaluation helpers compute locally
+    instead of sharding rows over ranks (for work one rank does alone, e.g. a store check)."""
+    _ACTIVE.append(Dist())
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
 
 
 def merge_short_tail(batches: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:

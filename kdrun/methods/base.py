@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from kdrun.engine.loop import planned_steps
 from kdrun.errors import ConfigError
 
 METHODS: dict[str, type[Distiller]] = {}
@@ -117,6 +118,15 @@ def unknown_option(method: str, key: str, known: list[str]) -> str:
         f"unknown config key 'method.{key}' for method '{method}'; {hint}"
         f"its options are: {', '.join(known)}"
     )
+
+
+def epoch_steps(cfg: DictConfig, ctx: BuildContext) -> int:
+    """Optimiser steps per student epoch, counted as the training loop counts them
+    (engine.planned_steps: batches of the student's rows, capped by
+    ``student.train.steps_per_epoch`` when set), so per-epoch schedules keep their length."""
+    recipe = cfg.student.train
+    per_run = planned_steps(recipe, len(ctx.data.student_idx))
+    return max(1, per_run // max(1, recipe.epochs))
 
 
 def freeze(model: nn.Module) -> nn.Module:

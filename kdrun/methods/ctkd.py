@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.methods.base import Distiller, MethodOptions, register_method
+from kdrun.methods.base import Distiller, MethodOptions, epoch_steps, register_method
 from kdrun.methods.dkd import dkd_per_sample
 from kdrun.methods.feature_base import check
 
@@ -143,7 +143,7 @@ class CTKD(Distiller):
     def build(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         recipe = cfg.student.train
-        steps = math.ceil(len(ctx.data.student_idx) / recipe.batch_size)
+        steps = epoch_steps(cfg, ctx)
         n_cls = ctx.data.num_classes
         return cls(ctx.new_student(), ctx.teacher(), opts, cfg.alpha, n_cls, steps, recipe.epochs)
 

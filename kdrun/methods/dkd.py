@@ -17,13 +17,12 @@ top-level alpha, KD's soft-term weight, is not used).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods.base import Distiller, MethodOptions, register_method
+from kdrun.methods.base import Distiller, MethodOptions, epoch_steps, register_method
 from kdrun.methods.feature_base import check
 
 
@@ -107,7 +106,7 @@ class DKD(Distiller):
     def build(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         recipe = cfg.student.train
-        steps = math.ceil(len(ctx.data.student_idx) / recipe.batch_size)
+        steps = epoch_steps(cfg, ctx)
         return cls(ctx.new_student(), ctx.teacher(), opts, steps, recipe.epochs, cfg.T)
 
     def warmup_factor(self) -> torch.Tensor:

@@ -119,10 +119,13 @@ def masked_mean(per_token: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy (nats/token), averaged over the tokens not IGNOREd."""
-    return F.cross_entropy(
-        logits.float().flatten(0, -2), targets.long().flatten(), ignore_index=IGNORE
+    """Next-token cross-entropy (nats/token), averaged over the tokens not IGNOREd; 0 when
+    every token is (torch's mean would be 0/0 = NaN, and (1 - alpha) * NaN stays NaN)."""
+    flat = targets.long().flatten()
+    per_token = F.cross_entropy(
+        logits.float().flatten(0, -2), flat, ignore_index=IGNORE, reduction="none"
     )
+    return masked_mean(per_token, flat)
 
 
 def soft_divergence(

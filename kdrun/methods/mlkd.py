@@ -15,12 +15,21 @@ fraction of the batch (m_i: samples whose teacher confidence max softmax is at o
 batch median; m_c: classes whose summed teacher probability is at or below the median),
 about 1/2. ``confidence_mask=false`` sets both to 1.
 
-``strong_aug=true`` adds the authors' second, strongly augmented view x': its CE and its
-instance term (unmasked) join the loss, as in their code (their batch/class terms of the
-strong view are computed but not used, so they are not here). The strong view is a tensor
-stand-in for their RandAugment(2, 10) + Cutout: per-sample brightness/contrast jitter and a
-random square cutout of side up to half the image. It needs the teacher on x', so the run
-cannot replay cached teacher logits then.
+``strong_aug=true`` adds the authors' second, strongly augmented view x': its CE and a
+second, unmasked instance term join the loss (their batch/class terms of the strong view are
+computed but not used, so they are not here). That instance term is the authors'
+``loss_kd_strong`` (KD_ours.py) by default, ``strong_instance=authors``: the strong view's
+logits at every temperature except T = 2 and T = 6, where their code uses the *weak* view's
+logits (their published numbers come from that code):
+
+    instance_strong = sum_{T not in {2, 6}} T^2 KL(P_t(x') || P_s(x'))
+                    + sum_{T in {2, 6}}     T^2 KL(P_t(x)  || P_s(x))
+
+``strong_instance=strong`` uses the strong view at every temperature instead (what the paper's
+text describes; with the default temperatures the total differs by about 2% in value and more
+in gradient). The strong view is a tensor stand-in for their RandAugment(2, 10) + Cutout:
+per-sample brightness/contrast jitter and a random square cutout of side up to half the
+image. It needs the teacher on x', so the run cannot replay cached teacher logits then.
 """
 
 from __future__ import annotations
@@ -100,6 +109,30 @@ class MLKDOptions(MethodOptions):
     extra_temperatures: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 6.0])
     confidence_mask: bool = True  # KD_ours.py: percentile-50 masks (see the module docstring)
     strong_aug: bool = False  # the authors' second, strongly augmented view
+    # the strong view's instance term: authors (loss_kd_strong: weak logits at T = 2 and 6)
+    # or strong (the strong view at every temperature)
+    strong_instance: str = "authors"
+
+
+# The temperatures at which the authors' loss_kd_strong reads the weak view's logits.
+AUTHORS_WEAK_T = (2.0, 6.0)
+STRONG_INSTANCE = ("authors", "strong")
+
+
+def strong_instance_loss(
+    weak: tuple[torch.Tensor, torch.Tensor],
+    strong: tuple[torch.Tensor, torch.Tensor],
+    temperatures: list[float],
+    mode: str = "authors",
+) -> torch.Tensor:
+    """The instance term of the strong view, summed over ``temperatures``: (student, teacher)
+    logits of the strong view, or of the weak view at T in AUTHORS_WEAK_T when ``mode`` is
+    authors (as their loss_kd_strong computes it)."""
+
+    def view(T: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return weak if mode == "authors" and float(T) in AUTHORS_WEAK_T else strong
+
+    return sum(instance_loss(*view(T), T) for T in temperatures)
 
 
 @register_method("mlkd")
@@ -131,6 +164,11 @@ class MLKD(Distiller):
         o = cls.options(cfg.method)
         bad = [T for T in o.extra_temperatures if T <= 0]
         check(not bad, f"method.extra_temperatures must all be > 0 (got {bad})")
+        check(
+            o.strong_instance in STRONG_INSTANCE,
+            f"unknown method.strong_instance '{o.strong_instance}'; choose one of: "
+            + ", ".join(STRONG_INSTANCE),
+        )
 
     @classmethod
     def build(cls, cfg, ctx):
@@ -151,7 +189,10 @@ class MLKD(Distiller):
             xs = strong_view(x, self._gen)
             s_logits, t_logits = self.student(xs), self.teacher_outputs(xs)
             losses["hard"] = losses["hard"] + (1 - a) * F.cross_entropy(s_logits.float(), y)
-            losses["instance_strong"] = a * sum(
-                instance_loss(s_logits, t_logits, T) for T in self.temperatures
+            losses["instance_strong"] = a * strong_instance_loss(
+                (logits, teacher_out),
+                (s_logits, t_logits),
+                self.temperatures,
+                self.opts.strong_instance,
             )
         return logits, losses

@@ -23,14 +23,13 @@ When the two models have different numbers of levels, the deepest min(n_s, n_t) 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.methods.base import register_method
+from kdrun.methods.base import epoch_steps, register_method
 from kdrun.methods.feature_base import FeatureDistiller, FeatureOptions, check
 from kdrun.models.features import Taps, probe
 
@@ -143,7 +142,7 @@ class ReviewKD(FeatureDistiller):
     def create(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         recipe = cfg.student.train
-        steps = math.ceil(len(ctx.data.student_idx) / recipe.batch_size)
+        steps = epoch_steps(cfg, ctx)
         return cls(ctx.new_student(), ctx.teacher(), opts, cls.in_shape(ctx), steps, recipe.epochs)
 
     @staticmethod

@@ -46,6 +46,16 @@ def canonical(spec: Any) -> Any:
     return spec
 
 
+def same_spec(a: Any, b: Any) -> bool:
+    """Whether two specs describe the same artifact (as stored in meta.json: JSON, numbers
+    written alike)."""
+
+    def norm(x: Any) -> str:
+        return json.dumps(canonical(json.loads(json.dumps(x, default=str))), sort_keys=True)
+
+    return norm(a) == norm(b)
+
+
 def content_key(spec: Any) -> str:
     """Stable hash of a JSON-able description of everything that determines an artifact."""
     blob = json.dumps(
@@ -70,9 +80,15 @@ class ArtifactStore:
         return self.root / kind / key
 
     def _try_load(
-        self, d: Path, check: Callable[[Any], None] | None, repair: bool = False
+        self,
+        d: Path,
+        check: Callable[[Any], None] | None,
+        repair: bool = False,
+        spec: Any = None,
     ) -> tuple[Any, dict[str, Any]] | None:
-        """The artifact in ``d`` if it is complete and sound, else None.
+        """The artifact in ``d`` if it is complete and sound, else None. With ``spec``, the
+        spec the artifact's meta.json claims must be this one (a copied or colliding entry
+        is rebuilt, not used).
 
         Only the lock holder repairs (``repair=True``: reports and deletes a corrupt artifact),
         so a reader never deletes what a concurrent builder has just written.
@@ -82,6 +98,8 @@ class ArtifactStore:
             return None
         try:
             meta = json.loads(meta_p.read_text())
+            if spec is not None and "spec" in meta and not same_spec(meta["spec"], spec):
+                raise CorruptArtifact("it was stored for another spec")
             if not payload_p.is_file():
                 raise CorruptArtifact("payload missing")
             if sha256_file(payload_p) != meta.get("sha256"):
@@ -112,7 +130,7 @@ class ArtifactStore:
         """
         key = content_key(spec)
         d = self.dir(kind, key)
-        hit = self._try_load(d, check)
+        hit = self._try_load(d, check, spec=spec)
         if hit is not None:
             return Artifact(hit[0], hit[1], True, d)
         d.mkdir(parents=True, exist_ok=True)
@@ -124,7 +142,7 @@ class ArtifactStore:
                 on_wait()
             lock.acquire()
         try:
-            hit = self._try_load(d, check, repair=True)  # maybe built while we waited
+            hit = self._try_load(d, check, repair=True, spec=spec)  # maybe built meanwhile
             if hit is not None:
                 return Artifact(hit[0], hit[1], True, d)
             payload, meta = build(d)
@@ -144,7 +162,7 @@ class ArtifactStore:
 
     def has(self, kind: str, spec: Any, check: Callable[[Any], None] | None = None) -> bool:
         """Whether a sound artifact for ``spec`` is stored (loads and checks it; no lock)."""
-        return self._try_load(self.dir(kind, content_key(spec)), check) is not None
+        return self._try_load(self.dir(kind, content_key(spec)), check, spec=spec) is not None
 
     def remove(self, kind: str, key: str) -> None:
         shutil.rmtree(self.dir(kind, key), ignore_errors=True)
