@@ -264,9 +264,10 @@ _MKDOCS = all(importlib.util.find_spec(m) for m in ("mkdocs", "material"))
 
 @pytest.mark.skipif(not _MKDOCS, reason='mkdocs not installed: pip install -e ".[docs]"')
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
+    # No --quiet: it silences the warnings before --strict can count them (MkDocs 1.6).
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about MkDocs 2
     p = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"]
+        [sys.executable, "-m", "mkdocs", "build", "--strict"]
         + ["-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
         cwd=ROOT,
         env=env,
@@ -278,3 +279,23 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     pages = {p.stem for p in (ROOT / "docs").glob("*.md")}
     built = {p.parent.name for p in (tmp_path / "site").glob("*/index.html")}
     assert pages - {"index"} <= built, pages - built  # every page is in the site
+    _readme_links_resolve(tmp_path / "site")
+
+
+def _readme_links_resolve(site: Path) -> None:
+    """README.md is not part of the site, so MkDocs does not check its links: every relative
+    link must name a file of the repository, and an anchor into docs/ one the site has."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        if not (ROOT / path).exists():
+            broken.append(target)
+        elif anchor and path.startswith("docs/"):
+            page = site / Path(path).relative_to("docs").with_suffix("") / "index.html"
+            if path == "docs/index.md":
+                page = site / "index.html"
+            if f'id="{anchor}"' not in page.read_text():
+                broken.append(target)
+    assert not broken, f"README.md links to what does not exist: {broken}"
