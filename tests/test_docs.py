@@ -259,6 +259,20 @@ def test_the_smoke_jobs_are_found():
     assert {c.argv for c in _smoke_jobs()} >= {("experiment=smoke",)}
 
 
+def test_every_file_the_docs_name_exists():
+    # The docs send readers to scripts and modules by path: a moved file must move them too.
+    pattern = re.compile(r"\b(?:bench|scripts|tests|kdrun|conf)/[\w./-]+\.(?:py|yaml)\b")
+    named = {
+        (path.relative_to(ROOT), m.group(0))
+        for path in DOC_FILES
+        for m in pattern.finditer(path.read_text())
+    }
+    missing = sorted(f"{where}: {f}" for where, f in named if not (ROOT / f).exists())
+    # An error message's text, and placeholders (`conf/method/name.yaml`), name no file.
+    missing = [m for m in missing if "imagenet.yaml" not in m and not m.endswith("/name.yaml")]
+    assert not missing, missing
+
+
 _MKDOCS = all(importlib.util.find_spec(m) for m in ("mkdocs", "material"))
 
 
