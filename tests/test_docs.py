@@ -212,7 +212,9 @@ def _quick(cmd: Documented) -> bool:
 
 
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if _quick(c)], ids=str)
-def test_quick_documented_commands_run(cmd: Documented):
+def test_quick_documented_commands_run(cmd: Documented, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # run() sets it for Hydra
+    monkeypatch.chdir(tmp_path)  # whatever a command writes stays here
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
