@@ -43,6 +43,10 @@ class TrainConfig:
     # > 0: an "epoch" is this many batches drawn afresh from the training rows (for corpora
     # too large to pass over: validation, selection and checkpoints happen at its end)
     steps_per_epoch: int = 0
+    # This stage's own augmentation switch; None: the data set's (dataset.augment). Lets a
+    # recipe regularise the teacher alone, as Hinton et al.'s jittered MNIST teacher, while the
+    # students see the plain images (dataset.crop_padding / hflip still say what it does).
+    augment: bool | None = None
 
 
 @dataclass

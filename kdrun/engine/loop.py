@@ -15,7 +15,7 @@ import math
 import operator
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -436,6 +436,8 @@ def fit(
     validation (the task's; accuracy by default), ``selection`` its name and direction.
     """
     perf = perf or Perf()
+    if getattr(recipe, "augment", None) is not None:  # the stage's own switch wins
+        data = replace(data, augment=bool(recipe.augment))
     t = _Trainer(distiller, data, recipe, stage, seed, amp, perf, checkpoint, fingerprint)
     t.val_score, t.selection = val_score, selection
     if resume:
