@@ -3,12 +3,14 @@ errors, and the exit status of the whole command."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -19,14 +21,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdrun.cli.explain import explain, missing_key, missing_launcher
-from kdrun.cli.plugins import load_plugins
 from kdrun.config import config_dir, register_configs
-from kdrun.engine.distributed import env_from
 from kdrun.errors import EXIT, ConfigError, find_os_error, os_error_message
-from kdrun.experiments.job import run_job, search_objective
-from kdrun.methods import METHODS, unknown_option
 
 register_configs()
+
+
+def _lazy(module: str) -> Any:
+    """A module that imports torch, loaded when a job needs it: `kdrun --help` and a typo's
+    one-line error must not wait seconds for torch (tests/test_startup.py checks)."""
+    return importlib.import_module(module)
+
 
 # What the last Hydra launch left behind for the CLI: a sweep's directory, the debug flag.
 _LAUNCH: dict[str, str | bool | None] = {"sweep_dir": None, "debug": False}
@@ -39,7 +44,8 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_job(cfg: DictConfig) -> int:
-    load_plugins()  # a no-op where `kdrun` loaded them; a launcher's worker process needs it
+    # a no-op where `kdrun` loaded them; a launcher's worker process needs it
+    _lazy("kdrun.cli.plugins").load_plugins()
     hc = HydraConfig.get()
     _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
     multirun = hc.mode == RunMode.MULTIRUN
@@ -52,12 +58,13 @@ def _hydra_job(cfg: DictConfig) -> int:
         "hydra_overrides": list(hc.overrides.hydra),
         "cwd": hc.runtime.cwd,
     }
-    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
+    job = _lazy("kdrun.experiments.job")
+    code = job.run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
     EXIT.raise_to(code)
     if multirun and code == 130:
         raise SweepInterrupted
     if "optuna" in str(hc.sweeper.get("_target_", "")):  # a search: the sweeper wants a number
-        return search_objective(Path(hc.runtime.output_dir), cfg.optimized_metric)
+        return job.search_objective(Path(hc.runtime.output_dir), cfg.optimized_metric)
     return code
 
 
@@ -88,7 +95,7 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
 def method_option_error(cfg: DictConfig) -> str | None:
     """``method.*`` checked against the chosen method's typed options (unknown keys get a
     did-you-mean, like top-level keys); an unknown method is left to validate()."""
-    method = METHODS.get(cfg.method.get("name"))
+    method = _lazy("kdrun.methods").METHODS.get(cfg.method.get("name"))
     if method is None:
         return None
     try:
@@ -108,10 +115,11 @@ def _method_key_error(e: BaseException, overrides: list[str]) -> str | None:
         name = compose(config_name="config", overrides=rest).method.get("name")
     except Exception:  # another error as well: explain() reports the first one
         return None
-    if name not in METHODS:
+    methods = _lazy("kdrun.methods")
+    if name not in methods.METHODS:
         return None
-    known = [f.name for f in fields(METHODS[name].Options)]
-    return unknown_option(name, key.split(".", 1)[1], known)
+    known = [f.name for f in fields(methods.METHODS[name].Options)]
+    return methods.unknown_option(name, key.split(".", 1)[1], known)
 
 
 def precheck(args: list[str]) -> str | None:
@@ -168,7 +176,9 @@ def _torchrun_args(args: list[str]) -> list[str] | str:
     """Under torchrun every rank runs this command: one job, in one directory. The run
     directory is named after torchrun's run id (${now:...} could differ between ranks); a
     sweep (each rank would run its own) is refused. An error line, or the arguments."""
-    env = env_from()
+    if not {"RANK", "WORLD_SIZE"} <= os.environ.keys():  # not under torchrun
+        return args
+    env = _lazy("kdrun.engine.distributed").env_from()
     if env.source != "torchrun" or env.world_size < 2:
         return args
     if any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args):
