@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kdrun.report.runlog import to_log
 from kdrun.store import atomic_write_text
 
 log = logging.getLogger("kdrun")
@@ -60,17 +61,7 @@ class Reporter:
         def log_epoch(row: dict[str, Any]) -> None:
             if self.on_row is not None:
                 self.on_row(name, row)
-            key = _val_key(row)
-            log.info(
-                "%s epoch %d: loss %.4f train_acc %.4f %s %.4f (%.1fs)",
-                name,
-                row["epoch"],
-                row["loss"],
-                row["train_acc"],
-                key,
-                row[key],
-                row["seconds"],
-            )
+            log.info("%s", epoch_line(name, row))
 
         if not self.progress:
             yield {"on_epoch": log_epoch}
@@ -92,9 +83,18 @@ class Reporter:
                     self.on_row(name, row)
                 info = f"epoch {row['epoch']} loss {row['loss']:.3f} val {row[_val_key(row)]:.4f}"
                 bar.update(task, info=info)
-                logging.getLogger("kdrun.file").debug("%s", info)
+                to_log(epoch_line(name, row))  # the bar shows it; the log file keeps it
 
             yield {"on_epoch": on_epoch, "on_step": lambda: bar.advance(task)}
+
+
+def epoch_line(stage: str, row: dict[str, Any]) -> str:
+    """The log's line for one epoch of a stage."""
+    key = _val_key(row)
+    return (
+        f"{stage} epoch {row['epoch']}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f} "
+        f"{key} {row[key]:.4f} ({row['seconds']:.1f}s)"
+    )
 
 
 def fmt_acc(x: float | None) -> str:
