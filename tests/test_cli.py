@@ -162,13 +162,12 @@ def test_design_card_example_resnet18_teacher(run_kdrun, tmp_path):
     assert m["teacher"]["model"] == "resnet18" and m["student"]["model"] == "mlp"
 
 
-def test_semantic_error_is_one_line_and_recorded(run_kdrun, tmp_path):
+def test_semantic_error_is_one_line_and_leaves_no_run_dir(run_kdrun, tmp_path):
     p = run_kdrun("experiment=smoke", "T=-1", run_dir=tmp_path / "neg")
-    assert p.returncode != 0
+    assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert lines == ["kdrun: error: T must be > 0 (got -1.0); try T=4"]
-    m = read_json(tmp_path / "neg" / "metrics.json")
-    assert m["status"] == "failed" and "T must be > 0" in m["error"]
+    assert not (tmp_path / "neg").exists()  # refused before Hydra makes the directory
 
 
 def test_console_script_and_list(tmp_path):

@@ -4,7 +4,9 @@ errors, and the exit status of the whole command."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -22,7 +24,7 @@ from omegaconf import DictConfig
 
 from kdrun.cli.explain import explain, missing_key, missing_launcher
 from kdrun.config import config_dir, register_configs
-from kdrun.errors import EXIT, ConfigError, find_os_error, os_error_message
+from kdrun.errors import EXIT, ConfigError, KdrunError, find_os_error, os_error_message
 
 register_configs()
 
@@ -68,7 +70,19 @@ def _hydra_job(cfg: DictConfig) -> int:
     return code
 
 
-def _candidates(overrides: list[str]) -> list[list[str]] | str:
+def _not_a_sweep(text: str) -> str:
+    """``alpha=0,9`` without -m: a decimal comma, or a sweep that forgot -m."""
+    key, _, value = text.partition("=")
+    meant = ""
+    if re.fullmatch(r"-?\d+,\d+", value):
+        meant = f"did you mean {key}={value.replace(',', '.')}? "
+    return (
+        f"{text}: a comma separates the values of a sweep, and without -m this is no sweep; "
+        f"{meant}to sweep: kdrun -m {text}; a list: {key}=[{value}]"
+    )
+
+
+def _candidates(overrides: list[str], multirun: bool = True) -> list[list[str]] | str:
     """One override list per sweep value (the first value of the others), or an error line."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -81,6 +95,8 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
         if o.is_hydra_override():
             continue
         if o.is_sweep_override():
+            if not multirun:
+                return _not_a_sweep(text)
             key = text.split("=", 1)[0]
             sweeps.append([f"{key}={v}" for v in o.sweep_string_iterator()])
         else:
@@ -122,13 +138,24 @@ def _method_key_error(e: BaseException, overrides: list[str]) -> str | None:
     return methods.unknown_option(name, key.split(".", 1)[1], known)
 
 
-def precheck(args: list[str]) -> str | None:
+def _semantic_error(cfg: DictConfig) -> str | None:
+    """The job's own checks (T > 0, files that must exist, ...), as one line."""
+    try:
+        _lazy("kdrun.experiments.checks").validate(cfg)
+    except KdrunError as e:
+        return str(e)
+    return None
+
+
+def precheck(args: list[str], semantic: bool = False) -> str | None:
     """Compose the config once per override value, so a typo fails fast with one line.
 
-    Only composition is checked here (unknown keys/options, wrong types); semantic checks
-    (T > 0, ...) run inside each job, so one bad cell of a sweep fails only that job.
+    Composition is checked (unknown keys/options, wrong types); ``semantic`` adds the job's
+    own checks (T > 0, ...): for a single run, so that a run refused creates no directory.
+    In a sweep they run inside each job, so one bad cell fails only that job.
     """
-    candidates = _candidates([a for a in args if not a.startswith("-")])
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    candidates = _candidates([a for a in args if not a.startswith("-")], multirun)
     if isinstance(candidates, str):
         return candidates
     GlobalHydra.instance().clear()
@@ -140,6 +167,8 @@ def precheck(args: list[str]) -> str | None:
                 except Exception as e:
                     return _method_key_error(e, ov) or explain(e)
                 if (err := method_option_error(cfg)) is not None:
+                    return err
+                if semantic and (err := _semantic_error(cfg)) is not None:
                     return err
     finally:
         GlobalHydra.instance().clear()
@@ -203,7 +232,8 @@ def run_hydra(args: list[str]) -> int:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     passthrough = any(a.startswith("-") and a not in ("-m", "--multirun") for a in args)
     if not passthrough and not user_full_error:
-        err = precheck(args)
+        sweep = any(a in ("-m", "--multirun") for a in args)
+        err = precheck(args, semantic=not sweep)
         if err is not None:
             print(f"kdrun: error: {err}", file=sys.stderr)
             return 2
@@ -219,9 +249,32 @@ def run_hydra(args: list[str]) -> int:
         return early
     sweep = _LAUNCH["sweep_dir"]
     if sweep and EXIT.code != 0:
-        print(
-            f"kdrun: some jobs of the sweep did not complete (their metrics.json says why); "
-            f"`kdrun resume {shlex.quote(str(sweep))}` reruns only those",
-            file=sys.stderr,
-        )
+        print(f"kdrun: {sweep_advice(Path(str(sweep)))}", file=sys.stderr)
     return EXIT.code
+
+
+def sweep_advice(sweep: Path) -> str:
+    """What to do about a sweep's incomplete jobs: `kdrun resume` reruns the interrupted and
+    failed ones, but a job whose config was refused would only be refused again."""
+    refused, other = [], []
+    for f in sorted(sweep.glob("*/metrics.json")):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError):
+            m = {}
+        if m.get("status") != "completed":
+            (refused if m.get("error_type") == "ConfigError" else other).append(f.parent.name)
+    resume = f"`kdrun resume {shlex.quote(str(sweep))}`"
+    parts = []
+    if other or not refused:
+        parts.append(
+            f"some jobs of the sweep did not complete (their metrics.json says why); {resume} "
+            f"reruns only those"
+        )
+    if refused:
+        parts.append(
+            f"job(s) {', '.join(refused)} of the sweep were refused for their config (their "
+            f"metrics.json says why): fix those values and run them again (resuming would "
+            f"only refuse them again)"
+        )
+    return "; ".join(parts)

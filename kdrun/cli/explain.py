@@ -94,7 +94,9 @@ def explain(e: BaseException) -> str:
     m = _BAD_VALUE.search(text)
     if m:
         key, value, typ = m.groups()
-        return f"{key}={value}: '{value}' is not a valid {typ.lower()}; give {key} a {typ.lower()}"
+        typ = typ.lower()
+        article = "an" if typ[:1] in "aeiou" else "a"
+        return f"{key}={value}: '{value}' is not a valid {typ}; give {key} {article} {typ}"
     return text
 
 
