@@ -12,7 +12,7 @@ from rich.control import Control
 from rich.table import Table
 
 from kdrun.report import Reporter
-from kdrun.report.runlog import LoggedConsole, to_log, warnings_logged
+from kdrun.runlog import LoggedConsole, to_log, warnings_logged
 from tests.conftest import read_json
 
 ROW = {"epoch": 1, "loss": 0.5, "train_acc": 0.8, "val_acc": 0.75, "seconds": 1.0}
@@ -74,6 +74,7 @@ def test_the_log_of_a_run_and_of_a_failed_run(run_kdrun, tmp_path):
     """Piped output with bars forced on (the terminal's code path) and without."""
     ok = run_kdrun("experiment=smoke", "runtime.progress=on", run_dir=tmp_path / "ok")
     assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("kdrun · digits · teacher cnn → student mlp · method kd")
     log = (tmp_path / "ok" / "kdrun.log").read_text()
     for stage in ("teacher", "baseline", "student"):
         assert f"{stage} epoch 2: loss" in log

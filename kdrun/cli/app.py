@@ -23,8 +23,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdrun.cli.explain import explain, missing_key, missing_launcher
+from kdrun.cli.overview import job_header
 from kdrun.config import config_dir, register_configs
 from kdrun.errors import EXIT, ConfigError, KdrunError, find_os_error, os_error_message
+from kdrun.runlog import to_log
 
 register_configs()
 
@@ -46,9 +48,12 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_job(cfg: DictConfig) -> int:
+    hc = HydraConfig.get()
+    header = job_header(cfg, hc.runtime.output_dir)
+    print(header, flush=True)  # at once: the job's modules (torch) take seconds to load
+    to_log(header)
     # a no-op where `kdrun` loaded them; a launcher's worker process needs it
     _lazy("kdrun.cli.plugins").load_plugins()
-    hc = HydraConfig.get()
     _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:

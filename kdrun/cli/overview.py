@@ -86,3 +86,16 @@ def list_text(extra: dict[str, list[str]] | None = None) -> str:
         lines.append(f"{group}: {', '.join(options(group))}")
     lines += ["", "experiments (kdrun experiment=NAME):", *_rows(list(experiments().items()))]
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+
+def job_header(cfg, run_dir: str) -> str:
+    """The line a job starts with, before anything loads: what runs, and where."""
+    knobs = " · ".join(f"{k}={_num(cfg.get(k))}" for k in ("T", "alpha"))
+    return (
+        f"kdrun · {cfg.dataset.name} · teacher {cfg.teacher.name} → student {cfg.student.name} "
+        f"· method {cfg.method.name} · {knobs} · seed {cfg.get('seed')}\nrun dir: {run_dir}"
+    )

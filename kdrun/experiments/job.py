@@ -30,7 +30,7 @@ from kdrun.errors import Interrupted, KdrunError, find_os_error, os_error_messag
 from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
 from kdrun.report import Reporter, results_table, round_floats, write_history
-from kdrun.report.runlog import LoggedConsole, to_log, warnings_logged
+from kdrun.runlog import LoggedConsole, to_log, warnings_logged
 from kdrun.store import atomic_write_json
 from kdrun.tasks import TASKS
 from kdrun.trackers import Trackers, make_trackers

@@ -5,6 +5,7 @@ Hydra's job logging writes the root logger to RUN_DIR/kdrun.log and to stdout. W
 shows through rich (progress bars, tables) or prints to stderr (errors) never passes through
 logging, and in a terminal the epoch lines live in the bars: each is also written here, to the
 log file alone (``kdrun.file`` does not propagate, so nothing reaches the screen twice).
+Light (rich and logging only): the CLI writes the job's header with it before torch loads.
 """
 
 from __future__ import annotations
