@@ -27,6 +27,7 @@ def _run(tmp_path, name: str, **over):
 
 
 # ---- the baseline in a second process ---------------------------------------------------
+@pytest.mark.slow
 def test_the_baseline_trained_aside_is_the_baseline_trained_in_line(tmp_path):
     """Same store key, initial weights and batch order: the same bits (both on 1 thread; the
     teacher is shared through the store, so the students match too)."""
