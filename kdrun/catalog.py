@@ -83,11 +83,12 @@ def version_text() -> str:
     except metadata.PackageNotFoundError:
         kdrun_version = "unknown (not installed)"
     build = torch_build()
-    torch_line = build.get("__version__") or "not installed"
+    device = likely_device(build) if build else "none (torch is not installed)"
     return "\n".join(
         [
             f"kdrun {kdrun_version}",
-            f"torch {torch_line}, Python {platform.python_version()}",
-            f"device: {likely_device(build)}",
+            f"torch {build.get('__version__') or 'not installed'}, "
+            f"Python {platform.python_version()}",
+            f"device: {device}",
         ]
     )

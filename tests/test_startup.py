@@ -108,3 +108,13 @@ def test_a_typo_is_one_line_without_torch(args, needle):
     assert "exit 2" in p.stdout and "torch imported: False" in p.stdout
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kdrun: error: ") and needle in lines[0]
+
+
+def test_the_device_line_reads_the_build():
+    from kdrun.catalog import likely_device
+
+    assert likely_device({"__version__": "2.5.0+cpu", "cuda": None, "hip": None}) == (
+        "cpu (CPU-only build)"
+    )
+    if not Path("/proc/driver/nvidia/version").is_file():
+        assert likely_device({"cuda": "12.4"}) == "cpu (no GPU driver found)"
