@@ -49,9 +49,10 @@ class SweepInterrupted(KeyboardInterrupt):
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_job(cfg: DictConfig) -> int:
     hc = HydraConfig.get()
-    header = job_header(cfg, hc.runtime.output_dir)
-    print(header, flush=True)  # at once: the job's modules (torch) take seconds to load
-    to_log(header)
+    if os.environ.get("RANK", "0") == "0":  # one header for a job on several processes
+        header = job_header(cfg, hc.runtime.output_dir)
+        print(header, flush=True)  # at once: the job's modules (torch) take seconds to load
+        to_log(header)
     # a no-op where `kdrun` loaded them; a launcher's worker process needs it
     _lazy("kdrun.cli.plugins").load_plugins()
     _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
