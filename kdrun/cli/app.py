@@ -150,6 +150,8 @@ def _semantic_error(cfg: DictConfig) -> str | None:
         _lazy("kdrun.experiments.checks").validate(cfg)
     except KdrunError as e:
         return str(e)
+    except Exception:  # e.g. ${hydra:...}, unset outside a job: the job checks it again
+        return None
     return None
 
 
