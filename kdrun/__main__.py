@@ -1,4 +1,4 @@
-from kdrun.cli import main
+from kdrun.cli.main import main
 
 if __name__ == "__main__":
     main()

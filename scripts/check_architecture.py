@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"config", "engine"},
     {"data", "models"},
     {"store"},
+    {"catalog"},  # conf/ read as plain files: names, one-liners, versions (no torch, no Hydra)
     {"errors", "kdrun"},
 ]
 MAX_LINES = 60

@@ -21,6 +21,7 @@ def test_no_import_cycle_and_no_misplaced_import():
     assert ", 0 cycles" in p.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["sorted", "reversed"])
 def test_every_module_imports_in_any_order(order):
     """All modules in a fresh interpreter, leaves first or entry point first: an import that

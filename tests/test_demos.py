@@ -48,6 +48,7 @@ def test_softmax_table_matches_reference():
         assert sum(row["probs"]) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_softmax_command(run_kdrun, capsys):
     r = run_kdrun("softmax", "--json", "-T", "1", "20")
     assert r.returncode == 0, r.stderr
@@ -154,6 +155,7 @@ def store(tmp_path_factory):
     return tmp_path_factory.mktemp("store")
 
 
+@pytest.mark.slow
 def test_omit_class_on_digits(run_kdrun, tmp_path, store):
     run = tmp_path / "run"
     r = run_kdrun("experiment=omit_class", *FAST, run_dir=run, store=store)
@@ -194,6 +196,7 @@ def test_round_floats_keeps_six_significant_digits():
     assert isinstance(out["n"], int) and out["ok"] is True
 
 
+@pytest.mark.slow
 def test_small_data_on_digits(run_kdrun, tmp_path, store):
     run = tmp_path / "run"
     r = run_kdrun(
@@ -225,6 +228,7 @@ def test_small_data_on_digits(run_kdrun, tmp_path, store):
     assert "omitted" not in m
 
 
+@pytest.mark.slow
 def test_soft_targets_and_dark_knowledge(run_kdrun, tmp_path, store, capsys):
     run = tmp_path / "run"
     r = run_kdrun("experiment=soft_targets", *FAST, "analysis.examples=3", run_dir=run, store=store)

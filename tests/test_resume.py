@@ -143,6 +143,9 @@ def test_sigint_stops_cleanly_then_resume_then_noop(reference, tmp_path):
     assert m["status"] == "interrupted", out
     assert "kdrun: interrupted: student stopped at epoch" in out
     assert f"resume with: kdrun resume {run_dir}" in out
+    log = (run_dir / "kdrun.log").read_text()  # the run's log holds it too
+    assert "kdrun: interrupted: student stopped at epoch" in log
+    assert f"resume with: kdrun resume {run_dir}" in log
 
     r = cli("resume", str(run_dir), cwd=tmp_path)  # from another working directory: same run
     assert r.returncode == 0, r.stderr

@@ -3,12 +3,16 @@ errors, and the exit status of the whole command."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import re
 import shlex
 import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -19,14 +23,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdrun.cli.explain import explain, missing_key, missing_launcher
-from kdrun.cli.plugins import load_plugins
+from kdrun.cli.overview import job_header
 from kdrun.config import config_dir, register_configs
-from kdrun.engine.distributed import env_from
-from kdrun.errors import EXIT, ConfigError, find_os_error, os_error_message
-from kdrun.experiments.job import run_job, search_objective
-from kdrun.methods import METHODS, unknown_option
+from kdrun.errors import EXIT, ConfigError, KdrunError, find_os_error, os_error_message
+from kdrun.report.runlog import to_log
 
 register_configs()
+
+
+def _lazy(module: str) -> Any:
+    """A module that imports torch, loaded when a job needs it: `kdrun --help` and a typo's
+    one-line error must not wait seconds for torch (tests/test_startup.py checks)."""
+    return importlib.import_module(module)
+
 
 # What the last Hydra launch left behind for the CLI: a sweep's directory, the debug flag.
 _LAUNCH: dict[str, str | bool | None] = {"sweep_dir": None, "debug": False}
@@ -39,8 +48,13 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_job(cfg: DictConfig) -> int:
-    load_plugins()  # a no-op where `kdrun` loaded them; a launcher's worker process needs it
     hc = HydraConfig.get()
+    if os.environ.get("RANK", "0") == "0":  # one header for a job on several processes
+        header = job_header(cfg, hc.runtime.output_dir)
+        print(header, flush=True)  # at once: the job's modules (torch) take seconds to load
+        to_log(header)
+    # a no-op where `kdrun` loaded them; a launcher's worker process needs it
+    _lazy("kdrun.cli.plugins").load_plugins()
     _LAUNCH["debug"] = bool(cfg.get("debug"))  # debug=true: run_job re-raises; keep traceback
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
@@ -52,16 +66,29 @@ def _hydra_job(cfg: DictConfig) -> int:
         "hydra_overrides": list(hc.overrides.hydra),
         "cwd": hc.runtime.cwd,
     }
-    code = run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
+    job = _lazy("kdrun.experiments.job")
+    code = job.run_job(cfg, Path(hc.runtime.output_dir), multirun=multirun, command=command)
     EXIT.raise_to(code)
     if multirun and code == 130:
         raise SweepInterrupted
     if "optuna" in str(hc.sweeper.get("_target_", "")):  # a search: the sweeper wants a number
-        return search_objective(Path(hc.runtime.output_dir), cfg.optimized_metric)
+        return job.search_objective(Path(hc.runtime.output_dir), cfg.optimized_metric)
     return code
 
 
-def _candidates(overrides: list[str]) -> list[list[str]] | str:
+def _not_a_sweep(text: str) -> str:
+    """``alpha=0,9`` without -m: a decimal comma, or a sweep that forgot -m."""
+    key, _, value = text.partition("=")
+    meant = ""
+    if re.fullmatch(r"-?\d+,\d+", value):
+        meant = f"did you mean {key}={value.replace(',', '.')}? "
+    return (
+        f"{text}: a comma separates the values of a sweep, and without -m this is no sweep; "
+        f"{meant}to sweep: kdrun -m {text}; a list: {key}=[{value}]"
+    )
+
+
+def _candidates(overrides: list[str], multirun: bool = True) -> list[list[str]] | str:
     """One override list per sweep value (the first value of the others), or an error line."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -74,6 +101,8 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
         if o.is_hydra_override():
             continue
         if o.is_sweep_override():
+            if not multirun:
+                return _not_a_sweep(text)
             key = text.split("=", 1)[0]
             sweeps.append([f"{key}={v}" for v in o.sweep_string_iterator()])
         else:
@@ -88,7 +117,7 @@ def _candidates(overrides: list[str]) -> list[list[str]] | str:
 def method_option_error(cfg: DictConfig) -> str | None:
     """``method.*`` checked against the chosen method's typed options (unknown keys get a
     did-you-mean, like top-level keys); an unknown method is left to validate()."""
-    method = METHODS.get(cfg.method.get("name"))
+    method = _lazy("kdrun.methods").METHODS.get(cfg.method.get("name"))
     if method is None:
         return None
     try:
@@ -108,19 +137,33 @@ def _method_key_error(e: BaseException, overrides: list[str]) -> str | None:
         name = compose(config_name="config", overrides=rest).method.get("name")
     except Exception:  # another error as well: explain() reports the first one
         return None
-    if name not in METHODS:
+    methods = _lazy("kdrun.methods")
+    if name not in methods.METHODS:
         return None
-    known = [f.name for f in fields(METHODS[name].Options)]
-    return unknown_option(name, key.split(".", 1)[1], known)
+    known = [f.name for f in fields(methods.METHODS[name].Options)]
+    return methods.unknown_option(name, key.split(".", 1)[1], known)
 
 
-def precheck(args: list[str]) -> str | None:
+def _semantic_error(cfg: DictConfig) -> str | None:
+    """The job's own checks (T > 0, files that must exist, ...), as one line."""
+    try:
+        _lazy("kdrun.experiments.checks").validate(cfg)
+    except KdrunError as e:
+        return str(e)
+    except Exception:  # e.g. ${hydra:...}, unset outside a job: the job checks it again
+        return None
+    return None
+
+
+def precheck(args: list[str], semantic: bool = False) -> str | None:
     """Compose the config once per override value, so a typo fails fast with one line.
 
-    Only composition is checked here (unknown keys/options, wrong types); semantic checks
-    (T > 0, ...) run inside each job, so one bad cell of a sweep fails only that job.
+    Composition is checked (unknown keys/options, wrong types); ``semantic`` adds the job's
+    own checks (T > 0, ...): for a single run, so that a run refused creates no directory.
+    In a sweep they run inside each job, so one bad cell fails only that job.
     """
-    candidates = _candidates([a for a in args if not a.startswith("-")])
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    candidates = _candidates([a for a in args if not a.startswith("-")], multirun)
     if isinstance(candidates, str):
         return candidates
     GlobalHydra.instance().clear()
@@ -132,6 +175,8 @@ def precheck(args: list[str]) -> str | None:
                 except Exception as e:
                     return _method_key_error(e, ov) or explain(e)
                 if (err := method_option_error(cfg)) is not None:
+                    return err
+                if semantic and (err := _semantic_error(cfg)) is not None:
                     return err
     finally:
         GlobalHydra.instance().clear()
@@ -168,7 +213,9 @@ def _torchrun_args(args: list[str]) -> list[str] | str:
     """Under torchrun every rank runs this command: one job, in one directory. The run
     directory is named after torchrun's run id (${now:...} could differ between ranks); a
     sweep (each rank would run its own) is refused. An error line, or the arguments."""
-    env = env_from()
+    if not {"RANK", "WORLD_SIZE"} <= os.environ.keys():  # not under torchrun
+        return args
+    env = _lazy("kdrun.engine.distributed").env_from()
     if env.source != "torchrun" or env.world_size < 2:
         return args
     if any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args):
@@ -193,7 +240,8 @@ def run_hydra(args: list[str]) -> int:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     passthrough = any(a.startswith("-") and a not in ("-m", "--multirun") for a in args)
     if not passthrough and not user_full_error:
-        err = precheck(args)
+        sweep = any(a in ("-m", "--multirun") for a in args)
+        err = precheck(args, semantic=not sweep)
         if err is not None:
             print(f"kdrun: error: {err}", file=sys.stderr)
             return 2
@@ -209,9 +257,32 @@ def run_hydra(args: list[str]) -> int:
         return early
     sweep = _LAUNCH["sweep_dir"]
     if sweep and EXIT.code != 0:
-        print(
-            f"kdrun: some jobs of the sweep did not complete (their metrics.json says why); "
-            f"`kdrun resume {shlex.quote(str(sweep))}` reruns only those",
-            file=sys.stderr,
-        )
+        print(f"kdrun: {sweep_advice(Path(str(sweep)))}", file=sys.stderr)
     return EXIT.code
+
+
+def sweep_advice(sweep: Path) -> str:
+    """What to do about a sweep's incomplete jobs: `kdrun resume` reruns the interrupted and
+    failed ones, but a job whose config was refused would only be refused again."""
+    refused, other = [], []
+    for f in sorted(sweep.glob("*/metrics.json")):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError):
+            m = {}
+        if m.get("status") != "completed":
+            (refused if m.get("error_type") == "ConfigError" else other).append(f.parent.name)
+    resume = f"`kdrun resume {shlex.quote(str(sweep))}`"
+    parts = []
+    if other or not refused:
+        parts.append(
+            f"some jobs of the sweep did not complete (their metrics.json says why); {resume} "
+            f"reruns only those"
+        )
+    if refused:
+        parts.append(
+            f"job(s) {', '.join(refused)} of the sweep were refused for their config (their "
+            f"metrics.json says why): fix those values and run them again (resuming would "
+            f"only refuse them again)"
+        )
+    return "; ".join(parts)

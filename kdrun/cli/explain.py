@@ -42,6 +42,29 @@ def _schema_keys() -> list[str]:
     return out
 
 
+def suggest_keys(key: str) -> list[str]:
+    """The config keys a mistyped ``key`` most likely meant: those it names the end of
+    (``epochs`` -> ``student.train.epochs``, ``teacher.train.epochs``), else the closest."""
+    keys = _schema_keys()
+    deeper = [k for k in keys if k.endswith("." + key)]
+    if deeper:
+        # the student's and the teacher's first: those are what most runs change
+        return sorted(deeper, key=lambda k: (not k.startswith(("student.", "teacher.")), k))[:3]
+    return difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+
+
+def unknown_flag(flag: str, value: str | None) -> str:
+    """One line for ``--epochs 5``: kdrun's settings are key=value overrides, not options."""
+    key = flag.lstrip("-").replace("-", "_")
+    v = value if value is not None else "VALUE"
+    meant = [f"{k}={v}" for k in suggest_keys(key)] if key else []
+    hint = f"did you mean {' or '.join(meant)}? " if meant else ""
+    return (
+        f"unknown option '{flag}': kdrun's settings are key=value overrides; {hint}"
+        f"`kdrun --help` shows the usage"
+    )
+
+
 def explain(e: BaseException) -> str:
     """One line naming the problem and the fix, for the composition errors people hit most."""
     text = _one_line(e)
@@ -61,8 +84,8 @@ def explain(e: BaseException) -> str:
     m = _KEY_MISSING.search(text)
     if m and "not in" in text:
         key = m.group(1).lstrip("+~")
-        close = difflib.get_close_matches(key, _schema_keys(), n=1, cutoff=0.75)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = " or ".join(f"'{k}'" for k in suggest_keys(key))
+        hint = f"did you mean {hint}? " if hint else ""
         return f"unknown config key '{key}'; {hint}`kdrun --cfg job` lists every key"
     m = _NOT_A_LIST.search(text)
     if m:
@@ -71,7 +94,9 @@ def explain(e: BaseException) -> str:
     m = _BAD_VALUE.search(text)
     if m:
         key, value, typ = m.groups()
-        return f"{key}={value}: '{value}' is not a valid {typ.lower()}; give {key} a {typ.lower()}"
+        typ = typ.lower()
+        article = "an" if typ[:1] in "aeiou" else "a"
+        return f"{key}={value}: '{value}' is not a valid {typ}; give {key} {article} {typ}"
     return text
 
 

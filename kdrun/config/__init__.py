@@ -1,6 +1,13 @@
-"""The typed config: the schema Hydra merges conf/ onto, and its semantic checks."""
+"""The typed config: the schema Hydra merges conf/ onto, and its semantic checks.
 
-from kdrun.config.checks import unknown_keys, validate_config
+The checks load on first use (PEP 562): they need the registries, which import torch, and the
+schema alone serves `kdrun --help` and a typo's one-line error without it."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from kdrun.config.condense import CondenseConfig
 from kdrun.config.schema import (
     AnalysisConfig,
@@ -13,6 +20,8 @@ from kdrun.config.schema import (
     register_configs,
     to_container,
 )
+
+_CHECKS = ("unknown_keys", "validate_config")
 
 __all__ = [
     "AnalysisConfig",
@@ -28,3 +37,9 @@ __all__ = [
     "unknown_keys",
     "validate_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _CHECKS:
+        raise AttributeError(f"module 'kdrun.config' has no attribute {name!r}")
+    return getattr(importlib.import_module("kdrun.config.checks"), name)

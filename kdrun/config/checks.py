@@ -6,6 +6,7 @@ layer runs both (``kdrun.experiments.validate``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +41,12 @@ def _check_train(prefix: str, t: Any) -> None:
         f"unknown {prefix}.schedule '{t.schedule}'; choose one of: {', '.join(SCHEDULES)}",
     )
     _check(t.warmup_epochs >= 0, f"{prefix}.warmup_epochs must be >= 0 (got {t.warmup_epochs})")
+    _check(  # the lr would still be rising when training ends (50 of 2 epochs: lr / 25)
+        t.warmup_epochs == 0 or t.warmup_epochs < t.epochs,
+        f"{prefix}.warmup_epochs={t.warmup_epochs} is not below {prefix}.epochs={t.epochs}: "
+        f"the lr would never reach {prefix}.lr; use fewer warmup epochs, e.g. "
+        f"{prefix}.warmup_epochs={max(0, min(t.epochs // 10, t.epochs - 1))}",
+    )
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:
@@ -74,6 +81,32 @@ def _check_models(cfg: DictConfig) -> None:
         _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
         _check(m.finetune_epochs >= 0, f"{role}.finetune_epochs must be >= 0")
         _check_train(f"{role}.train", m.train)
+    _check_checkpoints(cfg)
+
+
+def _check_checkpoints(cfg: DictConfig) -> None:
+    """teacher.checkpoint must be a file; the student never loads one (a value there would
+    be ignored: the student is what the run trains)."""
+    _check(
+        not cfg.student.get("checkpoint"),
+        f"student.checkpoint={cfg.student.get('checkpoint')}: only the teacher loads weights "
+        f"from a file (teacher.checkpoint=PATH); the student is trained by the run; remove "
+        f"student.checkpoint",
+    )
+    ck = cfg.teacher.get("checkpoint")
+    if not ck:
+        return
+    path = Path(str(ck)).expanduser()
+    _check(
+        not path.is_dir(),
+        f"teacher.checkpoint={path} is a directory; give the file inside it, e.g. "
+        f"teacher.checkpoint={path / 'checkpoints' / 'teacher.pt'}",
+    )
+    _check(
+        path.is_file(),
+        f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt from a "
+        f"kdrun run directory",
+    )
 
 
 def _check_dataset(ds: DictConfig) -> None:
@@ -105,11 +138,27 @@ def _check_dataset(ds: DictConfig) -> None:
         "dataset.omit_classes omits every class; the student would have no data; omit fewer",
     )
     _check(ds.limit_train >= 0 and ds.limit_test >= 0, "dataset.limit_* must be >= 0")
+    _check_image_size(ds.get("image_size"))
     _check(ds.val_size >= 0, f"dataset.val_size must be >= 0 (got {ds.val_size:g})")
     _check(ds.val_max >= 0, f"dataset.val_max must be >= 0 (got {ds.val_max}); 0 = no cap")
     _check(
         not (ds.omit_classes and ds.keep_classes),
         "set either dataset.omit_classes or dataset.keep_classes, not both",
+    )
+
+
+def _check_image_size(size: Any) -> None:
+    """None (the images' own size), N or [H, W], with positive sizes."""
+    if size is None:
+        return
+    sizes = list(size) if OmegaConf.is_list(size) or isinstance(size, (list, tuple)) else [size]
+    ok = len(sizes) in (1, 2) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+    )
+    _check(
+        ok,
+        f"dataset.image_size={size} is not a size: give N or [H, W] with positive integers "
+        f"(e.g. dataset.image_size=32), or dataset.image_size=null for the images' own size",
     )
 
 
@@ -176,6 +225,11 @@ def validate_config(cfg: DictConfig) -> None:
         f"every key)",
     )
     _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); try T=4")
+    _check(
+        str(cfg.store_dir).strip() != "",
+        "store_dir is empty (the store would land in the current directory); give a "
+        "directory, e.g. store_dir=outputs/store",
+    )
     _check(
         "test" not in str(cfg.optimized_metric),
         f"optimized_metric={cfg.optimized_metric}: a search selects on validation, never on the "

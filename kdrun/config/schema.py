@@ -8,23 +8,13 @@ checks a type cannot express (``T > 0``, known model names, ...).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from kdrun.catalog import config_dir as config_dir  # re-exported: callers import it from here
 from kdrun.config.condense import CondenseConfig
-from kdrun.errors import ConfigError
-
-
-def config_dir() -> str:
-    """Absolute path of the config tree: ``conf/`` in a checkout, ``kdrun/conf`` in a wheel."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "conf", here.parents[1] / "conf"):
-        if (cand / "config.yaml").is_file():
-            return str(cand)
-    raise ConfigError("kdrun's config directory was not found; reinstall kdrun")
 
 
 @dataclass

@@ -219,7 +219,16 @@ def _scan_folder(cfg: Any) -> tuple[Path, list[str], dict[str, tuple[list[Path],
     if not classes:
         raise DataError(f"{root / 'train'} has no class folders (train/<class>/<image>)")
     splits = ["train", "test"] + (["val"] if (root / "val").is_dir() else [])
-    return root, classes, {s: _list_split(root / s, classes) for s in splits}
+    listed = {s: _list_split(root / s, classes) for s in splits}
+    # a class folder without training images would be a class no model can learn
+    counts = np.bincount(listed["train"][1], minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise DataError(
+            f"{root / 'train'}: class folder(s) {empty[:3]} hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)"
+        )
+    return root, classes, listed
 
 
 @dataclass
@@ -331,12 +340,22 @@ def _labels(y: np.ndarray, n: int, name: str, path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # an archive, or an empty one
+
+
 @register_dataset("tensors", 0, [], external=True)
 def load_tensors(cfg: Any, hints: LoadHints) -> ExternalRaw:
     """``x_train, y_train, x_test, y_test`` (+ ``x_val, y_val``, ``class_names``) from one .npz."""
     if not cfg.get("path"):
         raise ConfigError("dataset=tensors needs dataset.path=FILE.npz")
     path = Path(cfg.path).expanduser()
+    if path.is_file() and not _is_zip(path):  # numpy would take it for a pickle
+        raise DataError(
+            f"dataset.path={path} is not a .npz file (not a zip archive); write one with "
+            f"numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

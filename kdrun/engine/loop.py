@@ -419,6 +419,7 @@ def fit(
     eval_batch_size: int = 1024,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
     perf: Perf | None = None,
@@ -432,6 +433,7 @@ def fit(
     which the distiller does itself when given ``teacher_out=None``).
     ``checkpoint``: resume from it (unless ``resume`` is False) if it exists with the same
     ``fingerprint``; rewritten atomically at each epoch end and when a stop is requested.
+    ``on_start(first_epoch, epochs)``: once, after a resume (a progress bar starts there).
     ``perf``: speed switches (kdrun.engine.perf). ``val_score``: the selection score on
     validation (the task's; accuracy by default), ``selection`` its name and direction.
     """
@@ -443,6 +445,8 @@ def fit(
     if resume:
         t.resume()
     start_epoch = t.progress.epoch
+    if on_start is not None:
+        on_start(start_epoch, recipe.epochs)
     cache = _usable_cache(teacher_cache, data, stage, train_idx)
     perf.prepare_distiller(distiller)
     t.model = wrap(distiller, t.dist, t.device, t.dist.sync_bn)

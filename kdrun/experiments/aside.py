@@ -179,12 +179,23 @@ def stop(aside: Aside) -> None:
     aside.proc.join()
 
 
+def _log_to(path: Path) -> None:
+    """The baseline's epoch lines go to the job's log (the screen shows the student's bar)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)  # appends, as the job's own handler does
+    fmt = "[%(asctime)s][kdrun aside][%(levelname)s] - %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def run_child(container: dict[str, Any], run_dir: str, result: Any, context_cls: type) -> None:
     """The second process: the baseline through the store, one thread, no console output."""
     # Ctrl-C reaches the whole process group: the job decides, and terminates this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_threads(1)
     t0 = time.perf_counter()
+    _log_to(Path(run_dir) / "kdrun.log")
     try:
         cfg: DictConfig = OmegaConf.create(container)
         reporter = Reporter(Console(file=io.StringIO()), progress=False)

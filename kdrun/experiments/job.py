@@ -30,6 +30,7 @@ from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
 from kdrun.report import Reporter, results_table, round_floats, write_history
 from kdrun.report.files import make_console, read_metrics
+from kdrun.report.runlog import to_log, warnings_logged
 from kdrun.store import atomic_write_json
 from kdrun.tasks import TASKS
 from kdrun.trackers import Trackers, make_trackers
@@ -120,7 +121,9 @@ class StopFlag:
 
 def _err(msg: str) -> None:
     """The one line a failed job leaves on stderr (a table or a log may precede it on stdout)."""
-    print(f"kdrun: error: {dist_.rank_tag()}{msg}", file=sys.stderr, flush=True)
+    line = f"kdrun: error: {dist_.rank_tag()}{msg}"
+    print(line, file=sys.stderr, flush=True)
+    to_log(line, logging.ERROR)
 
 
 def resume_hint(run_dir: Path) -> str:
@@ -327,6 +330,7 @@ def _failed(e: Exception, cfg: DictConfig, rec: _Record) -> int:
     )
     if cfg.get("debug"):
         raise e
+    to_log(traceback.format_exc().rstrip(), logging.ERROR)  # the screen gets one line
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     _err(f"{type(e).__name__}: {first} (debug=true shows the traceback; it is also in {rec.path})")
     return 1
@@ -342,7 +346,8 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | Non
         return code
     rec = _Record(cfg, run_dir, result_cfg, command)
     try:
-        return _execute(cfg, run_dir, multirun, rec, console, StopFlag())
+        with warnings_logged():
+            return _execute(cfg, run_dir, multirun, rec, console, StopFlag())
     except (Interrupted, KeyboardInterrupt) as e:
         msg = str(e) if isinstance(e, Interrupted) else "stopped by a second Ctrl-C"
         rec.finish("interrupted", error=msg)
@@ -352,6 +357,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool, command: dict | Non
             hint = "; resume by rerunning the same command (or on one process: kdrun resume)"
         if env.rank == 0:
             print(f"kdrun: interrupted: {msg}{hint}", file=sys.stderr, flush=True)
+            to_log(f"kdrun: interrupted: {msg}{hint}", logging.WARNING)
         return Interrupted.exit_code
     except KdrunError as e:
         rec.finish("failed", error=str(e), error_type=type(e).__name__)

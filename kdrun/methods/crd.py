@@ -79,6 +79,16 @@ class CRDOptions(FeatureOptions):
     momentum: float = 0.5  # memory update; RepDistiller --nce_m / mdistiller CRD.NCE.MOMENTUM
 
 
+def _outside_compiled_graph(cls: type, names: tuple[str, ...]) -> None:
+    """``torch.compiler.disable`` on these methods of ``cls``, once, at the first instance:
+    as a decorator it would import torch._dynamo (~3 s) with this module, i.e. in every kdrun
+    command, compiled or not."""
+    if not cls.__dict__.get("_outside_graph", False):
+        for name in names:
+            setattr(cls, name, torch.compiler.disable(cls.__dict__[name]))
+        cls._outside_graph = True
+
+
 @register_method("crd")
 class CRD(FeatureDistiller):
     Options = CRDOptions
@@ -96,6 +106,7 @@ class CRD(FeatureDistiller):
         """``labels``: every training label (the banks are indexed like data.x_train);
         ``pool``: the indices the student trains on, where negatives come from."""
         super().__init__(student, teacher, opts)
+        _outside_compiled_graph(CRD, ("_next_negatives", "_update_memory"))
         self.use_embedding = True
         d = opts.feat_dim
         self.embed_s = nn.Linear(dims[0], d)
@@ -149,7 +160,6 @@ class CRD(FeatureDistiller):
             pick = pick.pin_memory().to(self.pool.device, non_blocking=True)
         return self.pool[pick]
 
-    @torch.compiler.disable
     def _next_negatives(self) -> torch.Tensor:
         """This step's negatives; a training step then advances the counter."""
         neg = self.negatives()
@@ -182,7 +192,6 @@ class CRD(FeatureDistiller):
             self._update_memory(idx, v_s.detach(), v_t.detach())
         return {"crd": self.opts.beta * loss}
 
-    @torch.compiler.disable
     @torch.no_grad()
     def _update_memory(self, idx: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
         idx, v_s, v_t = self.gather(idx), self.gather(v_s), self.gather(v_t)

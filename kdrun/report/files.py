@@ -8,11 +8,13 @@ from typing import Any
 
 from rich.console import Console
 
+from kdrun.report.runlog import LoggedConsole
+
 
 def make_console() -> Console:
     """A console that does not squeeze tables to 80 columns when output is piped to a file."""
-    c = Console()
-    return c if c.is_terminal else Console(width=max(c.width, 120))
+    c = LoggedConsole()  # what it prints also goes to kdrun.log
+    return c if c.is_terminal else LoggedConsole(width=max(c.width, 120))
 
 
 def read_metrics(path: Path) -> dict[str, Any] | None:

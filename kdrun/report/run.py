@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kdrun.report.runlog import to_log
 from kdrun.store import atomic_write_text
 
 log = logging.getLogger("kdrun")
@@ -60,17 +61,7 @@ class Reporter:
         def log_epoch(row: dict[str, Any]) -> None:
             if self.on_row is not None:
                 self.on_row(name, row)
-            key = _val_key(row)
-            log.info(
-                "%s epoch %d: loss %.4f train_acc %.4f %s %.4f (%.1fs)",
-                name,
-                row["epoch"],
-                row["loss"],
-                row["train_acc"],
-                key,
-                row[key],
-                row["seconds"],
-            )
+            log.info("%s", epoch_line(name, row))
 
         if not self.progress:
             yield {"on_epoch": log_epoch}
@@ -78,23 +69,63 @@ class Reporter:
         bar = Progress(
             TextColumn("[bold]{task.description:<9}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[where]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
             transient=False,
         )
         with bar:
-            task = bar.add_task(name, total=total_steps, info="")
+            yield _BarHooks(bar, name, total_steps, self.on_row).hooks()
 
-            def on_epoch(row: dict[str, Any]) -> None:
-                if self.on_row is not None:
-                    self.on_row(name, row)
-                info = f"epoch {row['epoch']} loss {row['loss']:.3f} val {row[_val_key(row)]:.4f}"
-                bar.update(task, info=info)
-                logging.getLogger("kdrun.file").debug("%s", info)
 
-            yield {"on_epoch": on_epoch, "on_step": lambda: bar.advance(task)}
+class _BarHooks:
+    """One stage's bar: epoch i/N, the ETA, the last epoch's loss and validation number."""
+
+    def __init__(self, bar: Progress, stage: str, total_steps: int, on_row) -> None:
+        self.bar, self.stage, self.total, self.on_row = bar, stage, total_steps, on_row
+        self.task = bar.add_task(stage, total=total_steps, info="", where="")
+        self.epochs = 0  # set by on_start
+
+    def hooks(self) -> dict[str, Any]:
+        return {"on_epoch": self.on_epoch, "on_step": self.on_step, "on_start": self.on_start}
+
+    def on_step(self) -> None:
+        self.bar.advance(self.task)
+
+    def _at(self, epochs_done: int) -> int:
+        return self.total * epochs_done // max(self.epochs, 1)
+
+    def _where(self, epochs_done: int) -> str:
+        return f"epoch {min(epochs_done + 1, self.epochs)}/{self.epochs}"
+
+    def on_start(self, first: int, epochs: int) -> None:
+        """A resumed stage's bar starts where the stage left off, not at 0 (reset: the ETA
+        is estimated from this session's steps alone)."""
+        self.epochs = epochs
+        where = self._where(first)  # reset replaces every field
+        self.bar.reset(self.task, completed=self._at(first), where=where, info="")
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        if self.on_row is not None:
+            self.on_row(self.stage, row)
+        done, key = int(row["epoch"]), _val_key(row)
+        info = f"loss {row['loss']:.3f} {key} {row[key]:.4f}"
+        if self.epochs:  # re-synced at each epoch end: a resume may start mid-epoch
+            self.bar.update(self.task, completed=self._at(done), info=info, where=self._where(done))
+        else:
+            self.bar.update(self.task, info=info, where=f"epoch {done}")
+        to_log(epoch_line(self.stage, row))  # the bar shows it; the log file keeps it
+
+
+def epoch_line(stage: str, row: dict[str, Any]) -> str:
+    """The log's line for one epoch of a stage."""
+    key = _val_key(row)
+    return (
+        f"{stage} epoch {row['epoch']}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f} "
+        f"{key} {row[key]:.4f} ({row['seconds']:.1f}s)"
+    )
 
 
 def fmt_acc(x: float | None) -> str:

@@ -94,6 +94,12 @@ def load_weights(path: Path) -> Any:
     Raises UnsafeFile for a pickle that would need to run code, CorruptArtifact for anything
     unreadable (truncated, not a torch file).
     """
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle: protocol byte 0x80);
+    # torch.load reads anything else as a pickle and calls random bytes "pickled objects"
+    if head and head != b"PK" and head[:1] != b"\x80":
+        raise CorruptArtifact("not a torch file (neither a zip archive nor a pickle)")
     try:
         with warnings.catch_warnings():  # e.g. a protocol notice: the error below says it all
             warnings.simplefilter("ignore")
