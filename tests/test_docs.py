@@ -122,14 +122,15 @@ COMMANDS = documented_commands()
 
 
 def _overrides(argv: tuple[str, ...]) -> list[str]:
-    """The Hydra overrides of a job's argv: flags (and their values) left out."""
+    """The Hydra overrides of a job's argv: flags (and their values) left out, but -m kept:
+    precheck reads it to tell a sweep from a comma typed by mistake."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
         elif a in _FLAGS_WITH_VALUE:
             skip = True
-        elif not a.startswith("-"):
+        elif not a.startswith("-") or a in ("-m", "--multirun"):
             out.append(a)
     return out
 
