@@ -1,0 +1,118 @@
+"""kdrun.report.evidence: exact McNemar, bootstrap and binomial intervals, t-intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kdrun.report import evidence as ev
+
+
+def _pair(both: int, only_base: int, only_student: int, neither: int):
+    """Per-item correctness of a baseline and a student with the given cell counts."""
+    base = [1] * both + [1] * only_base + [0] * only_student + [0] * neither
+    student = [1] * both + [0] * only_base + [1] * only_student + [0] * neither
+    return np.array(base, bool), np.array(student, bool)
+
+
+def test_mcnemar_exact_textbook_values():
+    # b=1, c=9: 2 * (C(10,0) + C(10,1)) / 2^10 = 22/1024 = 0.021484375
+    base, student = _pair(300, 1, 9, 50)
+    t = ev.mcnemar(base, student)
+    assert t["discordant"] == [1, 9] and t["n"] == 360
+    assert t["p"] == pytest.approx(22 / 1024, rel=1e-12)
+    # b=0, c=5: 2 / 32; b=2, c=12: 2 * (1 + 14 + 91) / 2^14
+    assert ev.binomial_two_sided_p(0, 5) == pytest.approx(1 / 16)
+    assert ev.binomial_two_sided_p(2, 14) == pytest.approx(212 / 16384)
+    assert ev.binomial_two_sided_p(12, 14) == ev.binomial_two_sided_p(2, 14)  # symmetric
+
+
+def test_mcnemar_equal_discordant_counts_give_p_one():
+    for b in (0, 1, 7):
+        assert ev.mcnemar(*_pair(100, b, b, 3))["p"] == 1.0
+
+
+def test_binomial_tail_is_exact_for_large_counts():
+    # 10,000 discordant images split 5,100 / 4,900: the normal approximation with
+    # continuity correction gives 0.0469 (z = 199/50); the exact tail agrees to 3 digits
+    p = ev.binomial_two_sided_p(4900, 10_000)
+    assert 0.045 < p < 0.049
+    assert ev.binomial_two_sided_p(0, 1000) == 2.0**-999  # big integers: no overflow
+
+
+def test_evidence_of_a_tie_is_reported_as_a_tie():
+    base, student = _pair(340, 4, 4, 12)
+    e = ev.classification_evidence(base, student)
+    assert e["kd_gain"] == 0 and e["kd_gain_p"] == 1.0 and e["verdict"] == "tie"
+    assert "a tie" in ev.evidence_text(e) and "4 images each way" in ev.evidence_text(e)
+    same = ev.classification_evidence(base, base)
+    assert same["verdict"] == "tie" and same["kd_gain_ci"] == [0.0, 0.0]
+    assert "no image differs" in ev.evidence_text(same)
+
+
+def test_evidence_verdicts_and_text():
+    helps = ev.classification_evidence(*_pair(300, 1, 9, 50))
+    assert helps["verdict"] == "KD helps" and helps["kd_gain"] == pytest.approx(8 / 360)
+    hurts = ev.classification_evidence(*_pair(300, 9, 1, 50))
+    assert hurts["verdict"] == "KD hurts"
+    noise = ev.classification_evidence(*_pair(300, 4, 7, 49))
+    assert noise["verdict"] == "within noise" and noise["kd_gain_p"] > 0.05
+    text = ev.evidence_text(noise)
+    assert text.startswith("+0.83 points, 95% CI [") and "within noise" in text
+    assert "4 vs 7 discordant of 360" in text
+
+
+def test_bootstrap_interval_contains_the_difference_and_is_reproducible():
+    base, student = _pair(300, 4, 7, 49)
+    diffs = student.astype(int) - base.astype(int)
+    lo, hi = ev.paired_bootstrap(diffs)
+    assert lo < diffs.mean() < hi
+    assert (lo, hi) == ev.paired_bootstrap(diffs)  # fixed seed
+    # the multinomial shortcut and plain resampling draw the same distribution: a
+    # continuous copy (forces the resampling branch) gives nearly the same interval
+    jitter = diffs + np.random.default_rng(0).normal(0, 1e-9, diffs.size)
+    lo2, hi2 = ev.paired_bootstrap(jitter)
+    assert lo2 == pytest.approx(lo, abs=0.004) and hi2 == pytest.approx(hi, abs=0.004)
+    assert (lo2, hi2) == ev.paired_bootstrap(jitter)
+    assert (lo2, hi2) != ev.paired_bootstrap(jitter, seed=1)  # the seed is what fixes it
+
+
+def test_lm_evidence_pairs_windows():
+    rng = np.random.default_rng(0)
+    base = 2.0 + rng.normal(0, 0.05, 200)
+    better = base - 0.02 + rng.normal(0, 0.01, 200)
+    e = ev.lm_evidence(base, better)
+    assert e["kd_gain"] == pytest.approx(0.02, abs=0.003)
+    assert e["kd_gain_ci"][0] < e["kd_gain"] < e["kd_gain_ci"][1]
+    assert e["kd_gain_p"] < 0.001 and e["verdict"] == "KD helps"
+    noise = ev.lm_evidence(base, base + rng.normal(0, 0.01, 200))
+    assert noise["kd_gain_p"] > 0.05 and noise["verdict"] == "within noise"
+    assert ev.lm_evidence(base, base)["verdict"] == "tie"
+    assert " bpb, 95% CI [" in ev.evidence_text(e)
+
+
+def test_wilson_interval():
+    # Wilson (1927) for 0 of 10: [0, 0.2775]; 10 of 10: [0.7225, 1]; 37 of 37 test 3s
+    assert ev.wilson(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
+    assert ev.wilson(10, 10) == pytest.approx((0.72247, 1.0), abs=1e-4)
+    lo, hi = ev.wilson(30, 37)
+    assert lo < 30 / 37 < hi and hi - lo < 0.3
+    assert all(math.isnan(v) for v in ev.wilson(0, 0))
+
+
+def test_t_interval_over_seeds():
+    r = ev.t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.3027
+    assert r["mean"] == 2.0 and r["std"] == 1.0
+    assert r["ci"] == pytest.approx([2 - 4.3027 / math.sqrt(3), 2 + 4.3027 / math.sqrt(3)])
+    assert ev.t_interval([5.0])["ci"] is None and ev.t_interval([])["mean"] is None
+
+
+def test_quantiles_match_scipy_where_installed():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 4, 9, 30, 31, 45, 200, 10_000):
+        assert ev.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-4)
+    for k, n in ((1, 10), (3, 40), (250, 520), (4900, 10_000)):
+        exact = stats.binomtest(k, n, 0.5).pvalue
+        assert ev.binomial_two_sided_p(k, n) == pytest.approx(exact, rel=1e-9)
