@@ -737,19 +737,7 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
             norm = Normalize(vmin=lo - eps, vmax=hi + eps)
         cmap = _cmap(m)
         im = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto", origin="lower")
-        for i in range(len(als)):
-            for j in range(len(ts)):
-                r, g, b_, _ = cmap(norm(grid[i][j])) if math.isfinite(grid[i][j]) else (1, 1, 1, 1)
-                dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.45
-                ax.text(
-                    j,
-                    i,
-                    text[i][j],
-                    ha="center",
-                    va="center",
-                    fontsize=9,
-                    color="white" if dark else "black",
-                )
+        _annotate(ax, grid, text, cmap, norm)
         marked = _mark_choice(ax, cells, choice, s.keys, ts, als)
         ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
         ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
@@ -765,6 +753,23 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
             cb.ax.set_ylim(min(lo, m.shown(base)), max(hi, m.shown(base)))
     _save(fig, path)
     return True
+
+
+def _annotate(ax, grid: list[list[float]], text: list[list[str]], cmap, norm) -> None:
+    """Each heat map cell's number, white on dark colours."""
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            r, g, b_, _ = cmap(norm(v)) if math.isfinite(v) else (1, 1, 1, 1)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.45
+            ax.text(
+                j,
+                i,
+                text[i][j],
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
 
 
 def _mark_choice(ax, cells, choice: Choice | None, keys, ts, als) -> bool:
