@@ -116,3 +116,61 @@ def test_quantiles_match_scipy_where_installed():
     for k, n in ((1, 10), (3, 40), (250, 520), (4900, 10_000)):
         exact = stats.binomtest(k, n, 0.5).pvalue
         assert ev.binomial_two_sided_p(k, n) == pytest.approx(exact, rel=1e-9)
+
+
+# ---- the tasks' per-item outcomes: what the pipeline pairs --------------------------
+class _Bigram(__import__("torch").nn.Module):
+    """A next-token model whose logits are a table row per input token."""
+
+    def __init__(self, vocab: int, seed: int):
+        import torch
+
+        super().__init__()
+        self.vocab_size = vocab
+        self.table = torch.nn.Embedding(vocab, vocab)
+        torch.nn.init.normal_(self.table.weight, generator=torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        return self.table(x)
+
+
+def test_lm_outcomes_average_to_the_test_bpb_and_pair_windows():
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdrun.tasks.lm import LM
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (40, 9), generator=g)
+    y = torch.randint(0, 11, (40, 9), generator=g)
+    data = SimpleNamespace(x_test=x, y_test=y, bytes_per_token={"test": 1.7})
+    a, b = _Bigram(11, 0), _Bigram(11, 1)
+    out_a = LM.test_outcomes(a, data, 8, "off")
+    assert out_a.shape == (40,)
+    assert float(out_a.mean()) == pytest.approx(LM.test_metrics(a, data, 8, "off")["test_bpb"])
+    e = LM.paired_evidence(out_a, LM.test_outcomes(b, data, 8, "off"))
+    gain = (
+        LM.test_metrics(a, data, 8, "off")["test_bpb"]
+        - LM.test_metrics(b, data, 8, "off")["test_bpb"]
+    )
+    assert e["kd_gain"] == pytest.approx(gain, rel=1e-5) and e["n"] == 40  # float32 sums
+
+
+def test_classification_outcomes_give_the_accuracy_difference():
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdrun.tasks.classify import CLASSIFY
+
+    g = torch.Generator().manual_seed(0)
+    data = SimpleNamespace(x_test=torch.randn(300, 5, generator=g), y_test=torch.arange(300) % 3)
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    ra, rb = (CLASSIFY.test_outcomes(m, data, 64, "off") for m in (a, b))
+    acc = [CLASSIFY.test_metrics(m, data, 64, "off")["test_acc"] for m in (a, b)]
+    assert float(ra.float().mean()) == pytest.approx(acc[0])
+    e = CLASSIFY.paired_evidence(ra, rb)
+    assert e["kd_gain"] == pytest.approx(acc[1] - acc[0])
+    assert e["discordant"] == [int((ra & ~rb).sum()), int((~ra & rb).sum())]

@@ -72,6 +72,14 @@ class Task(Protocol):
         """Test numbers of ``model`` relative to the teacher's ``reference`` (agreement, KL
         to the teacher, ...); with ``reference`` None, those that need no teacher."""
 
+    def test_outcomes(self, model: nn.Module, data: Any, batch_size: int, amp: str) -> Any:
+        """One number per test item (right/wrong, a window's loss): what pairs two models'
+        results item by item for ``paired_evidence``."""
+
+    def paired_evidence(self, baseline: Any, student: Any) -> dict:
+        """kd_gain with its 95% interval, p-value and verdict, from both models'
+        ``test_outcomes`` (kdrun.report.evidence); metrics.json's ``evidence``."""
+
 
 TASKS: dict[str, Task] = {}
 

@@ -14,6 +14,7 @@ from kdrun.methods import METHODS
 from kdrun.methods.base import HardLabels
 from kdrun.methods.losses import kl_soft
 from kdrun.models import build_model, with_weights
+from kdrun.report.evidence import classification_evidence
 from kdrun.tasks.base import Column, register_task
 
 
@@ -69,6 +70,15 @@ class Classification:
 
     def teacher_reference(self, teacher: nn.Module, data: Any, batch_size: int, amp: str) -> Any:
         return self.test_logits(teacher, data, batch_size, amp).float()
+
+    def test_outcomes(self, model: nn.Module, data: Any, batch_size: int, amp: str):
+        """Per test image: classified right (True) or wrong, in test-split order."""
+        logits = self.test_logits(model, data, batch_size, amp)
+        return (logits.argmax(1) == data.y_test.to(logits.device)).cpu()
+
+    def paired_evidence(self, baseline: torch.Tensor, student: torch.Tensor) -> dict:
+        """kd_gain's interval and exact McNemar p from both models' ``test_outcomes``."""
+        return classification_evidence(baseline, student)
 
     def compare(
         self, model: nn.Module, data: Any, reference: Any, batch_size: int, amp: str
