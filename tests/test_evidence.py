@@ -174,3 +174,18 @@ def test_classification_outcomes_give_the_accuracy_difference():
     e = CLASSIFY.paired_evidence(ra, rb)
     assert e["kd_gain"] == pytest.approx(acc[1] - acc[0])
     assert e["discordant"] == [int((ra & ~rb).sum()), int((~ra & rb).sum())]
+
+
+def test_seeds_evidence_for_paired_evaluation_nets():
+    from kdrun.condense.anchors import synthetic_vs_real
+
+    real, syn = [0.58, 0.55, 0.62, 0.60, 0.57], [0.71, 0.70, 0.72, 0.71, 0.70]
+    e = ev.seeds_evidence(real, syn)
+    diffs = [b - a for a, b in zip(real, syn, strict=True)]
+    assert e["diff"] == pytest.approx(sum(diffs) / 5) and e["n"] == 5
+    assert e["diff_ci"] == pytest.approx(ev.t_interval(diffs)["ci"])
+    assert e["verdict"] == "better"
+    assert synthetic_vs_real(e).startswith("synthetic − random real: +12.40 points, 95% CI [")
+    close = ev.seeds_evidence([0.85, 0.86, 0.84], [0.86, 0.84, 0.86])
+    assert close["verdict"] == "within noise"
+    assert ev.seeds_evidence([0.8, 0.8], [0.8, 0.8])["verdict"] == "tie"

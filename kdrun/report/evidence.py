@@ -215,6 +215,28 @@ def lm_evidence(base_bpb: Any, student_bpb: Any) -> dict[str, Any]:
     }
 
 
+def seeds_evidence(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """``b`` − ``a`` paired by seed (e.g. nets that share initial weights): the mean
+    difference, its 95% t-interval over seeds and the verdict (the interval excludes 0)."""
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    t = t_interval(diffs)
+    ci = t["ci"]
+    if ci is None:
+        word = "one seed: no interval"
+    elif not any(diffs):
+        word = "tie"
+    else:
+        word = "better" if ci[0] > 0 else ("worse" if ci[1] < 0 else "within noise")
+    return {
+        "test": "paired-t-interval",
+        "n": t["n"],
+        "diff": t["mean"],
+        "diff_std": t["std"],
+        "diff_ci": ci,
+        "verdict": word,
+    }
+
+
 def fmt_p(p: float) -> str:
     """'p = 0.29', 'p = 0.021', 'p < 0.0001'."""
     if not isinstance(p, (int, float)) or not math.isfinite(p):
