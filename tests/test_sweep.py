@@ -509,7 +509,7 @@ def test_a_tie_for_best_is_reported_as_a_tie_and_framed_on_the_heat_map(tmp_path
     assert "best by validation" not in out  # no silent pick of one of them
     assert "test 97.00% to 97.50%" in out
     assert (tmp_path / "heatmap.png").read_bytes().startswith(PNG)
-    from kdrun.experiments.sweep import choose
+    from kdrun.report.sweep import choose
 
     c = choose(s)
     assert len(c.ties) == 6 and c.near == []
