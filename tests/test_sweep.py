@@ -513,6 +513,8 @@ def test_a_tie_for_best_is_reported_as_a_tie_and_framed_on_the_heat_map(tmp_path
 
     c = choose(s)
     assert len(c.ties) == 6 and c.near == []
+    sel = read_json(tmp_path / "summary.json")["selection"]
+    assert len(sel["ties"]) == 6 and sel["ties"][0] == "T=1 alpha=0.5"
 
 
 def test_settings_within_noise_of_the_best_are_named(tmp_path):
@@ -527,6 +529,9 @@ def test_settings_within_noise_of_the_best_are_named(tmp_path):
     line = next(ln for ln in out.splitlines() if "within noise of it" in ln)
     assert "Wilson interval over 144 validation images" in line
     assert "T=4 alpha=0.9 (95.14%)" in line and "T=8" not in line
+    sel = read_json(tmp_path / "summary.json")["selection"]
+    assert sel["best"] == "T=1 alpha=0.9" and sel["within_noise"] == ["T=4 alpha=0.9"]
+    assert sel["interval"] == pytest.approx([lo, hi])
 
 
 def test_a_seed_sweep_ends_with_a_table_per_setting(tmp_path):

@@ -935,6 +935,22 @@ def show(s: Summary, console: Console) -> None:
     console.print(f"[dim]summary: {', '.join(str(p) for p in s.files)}[/]", highlight=False)
 
 
+def _selection_doc(s: Summary) -> dict[str, Any] | None:
+    """summary.json's ``selection``: the best setting by validation, its exact ties and the
+    settings within noise of it, as 'T=1 alpha=0.5' strings, with the interval used."""
+    c = choose(s)
+    if c is None:
+        return None
+    return {
+        "best": _setting(c.best, s.keys),
+        "ties": [_setting(r, s.keys) for r in c.ties],
+        "within_noise": [_setting(r, s.keys) for r in c.near],
+        "interval": list(c.interval) if c.interval else None,
+        "interval_method": c.how or None,
+        "over_seeds": c.over_seeds,
+    }
+
+
 def choice_lines(s: Summary) -> list[str]:
     """The end-of-sweep verdict on "best": the best setting by validation, or the settings
     that tie for it; then those within noise of it (never one of several silently)."""
@@ -1075,6 +1091,7 @@ def summarize(sweep_dir: str | Path, console: Console | None = None) -> Summary:
         "n_failed": len(s.failed),
         "jobs": jobs,
         "aggregates": s.aggregates,
+        "selection": _selection_doc(s),
     }
     atomic_write_text(_csv(keys, jobs, s.aggregates, metric), sweep_dir / "summary.csv")
     atomic_write_json(_json_safe(doc), sweep_dir / "summary.json")
