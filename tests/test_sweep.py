@@ -554,10 +554,11 @@ def test_a_seed_sweep_ends_with_a_table_per_setting(tmp_path):
     assert a["kd_gain_ci"] == pytest.approx(t_interval(gains)["ci"])
     assert [r["kd_gain_p"] for r in a["per_seed"]] == [0.004, 0.01, 0.3]
     assert "seeds · T=4 alpha=0.9" in out
-    assert "mean ± std" in out and "95% t-interval" in out
-    assert "+5.00 pt" in out and "0.004" in out and "within noise (over seeds)" in out
+    assert "mean ± std" in out and "95% CI (t)" in out and "KD gain (points)" in out
+    assert "+5.00" in out and "0.004" in out
+    t_row = next(ln for ln in out.splitlines() if "95% CI (t)" in ln)
     lo, hi = (100 * v for v in a["kd_gain_ci"])
-    assert f"[{lo:+.2f} pt, {hi:+.2f} pt]" in out
+    assert f"[{lo:+.2f}, {hi:+.2f}]" in t_row and "within noise" in t_row
     doc = read_json(tmp_path / "summary.json")
     assert doc["aggregates"][0]["kd_gain_ci"] == pytest.approx(a["kd_gain_ci"])
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))

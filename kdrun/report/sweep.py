@@ -1009,8 +1009,10 @@ def seed_tables(s: Summary, limit: int = 8) -> list[Table]:
     out = []
     for a in cells[:limit]:
         t = Table(title=f"seeds · {_setting(a, s.keys)}", title_style="bold")
-        for col in ("seed", "baseline", "distilled", "KD gain", "95% CI (paired)", "p", "verdict"):
-            t.add_column(col, justify="left" if col in ("verdict",) else "right", no_wrap=True)
+        unit = "points" if m.pct else m.short
+        cols = ("seed", "baseline", "distilled", f"KD gain ({unit})", "95% CI", "p", "verdict")
+        for col in cols:
+            t.add_column(col, justify="left" if col == "verdict" else "right", no_wrap=True)
         for r in a["per_seed"]:
             lo, hi = r.get("kd_gain_lo"), r.get("kd_gain_hi")
             t.add_row(
@@ -1029,14 +1031,19 @@ def seed_tables(s: Summary, limit: int = 8) -> list[Table]:
             "mean ± std",
             m.text(a.get(f"{m.col('baseline')}_mean"), a.get(f"{m.col('baseline')}_std")),
             m.text(a.get(f"{student}_mean"), a.get(f"{student}_std")),
-            m.gain(a.get("kd_gain_mean"), a.get("kd_gain_std")),
+            _gain_cell(m, a.get("kd_gain_mean"))
+            + (
+                f" ± {m.shown(a['kd_gain_std']):.{m.digits}f}"
+                if _finite(a.get("kd_gain_std"))
+                else ""
+            ),
             "",
             "",
             "",
             style="bold",
         )
         t.add_row(
-            "95% t-interval",
+            "95% CI (t)",
             "",
             _interval(m, a.get(f"{student}_ci"), m.text),
             _interval(m, a.get(f"{gain}_ci"), lambda v: _gain_cell(m, v)),
@@ -1053,10 +1060,8 @@ def seed_tables(s: Summary, limit: int = 8) -> list[Table]:
 
 
 def _gain_cell(m: SweepMetric, v: Any) -> str:
-    """A gain in the headline's units with its sign: '+1.39 pt', '-0.0123 bpb'."""
-    if not _finite(v):
-        return "-"
-    return f"{m.shown(v):+.{m.digits}f}" + (" pt" if m.pct else f" {m.short}")
+    """A gain in the headline's units (the column says which) with its sign: '+1.39'."""
+    return f"{m.shown(v) + 0.0:+.{m.digits}f}" if _finite(v) else "-"
 
 
 def _interval(m: SweepMetric, ci: Any, text) -> str:
@@ -1068,10 +1073,10 @@ def _seed_verdict(ci: Any, m: SweepMetric) -> str:
     if not ci:
         return "-"
     if ci[0] > 0:
-        return "KD helps (over seeds)"
+        return "KD helps"
     if ci[1] < 0:
-        return "KD hurts (over seeds)"
-    return "within noise (over seeds)"
+        return "KD hurts"
+    return "within noise"
 
 
 # ----------------------------------------------------------------------------- entry points
