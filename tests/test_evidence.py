@@ -149,7 +149,7 @@ def test_lm_outcomes_average_to_the_test_bpb_and_pair_windows():
     out_a = LM.test_outcomes(a, data, 8, "off")
     assert out_a.shape == (40,)
     assert float(out_a.mean()) == pytest.approx(LM.test_metrics(a, data, 8, "off")["test_bpb"])
-    e = LM.paired_evidence(out_a, LM.test_outcomes(b, data, 8, "off"))
+    e = ev.paired_evidence(LM.outcomes, out_a, LM.test_outcomes(b, data, 8, "off"))
     gain = (
         LM.test_metrics(a, data, 8, "off")["test_bpb"]
         - LM.test_metrics(b, data, 8, "off")["test_bpb"]
@@ -171,9 +171,14 @@ def test_classification_outcomes_give_the_accuracy_difference():
     ra, rb = (CLASSIFY.test_outcomes(m, data, 64, "off") for m in (a, b))
     acc = [CLASSIFY.test_metrics(m, data, 64, "off")["test_acc"] for m in (a, b)]
     assert float(ra.float().mean()) == pytest.approx(acc[0])
-    e = CLASSIFY.paired_evidence(ra, rb)
+    e = ev.paired_evidence(CLASSIFY.outcomes, ra, rb)
     assert e["kd_gain"] == pytest.approx(acc[1] - acc[0])
     assert e["discordant"] == [int((ra & ~rb).sum()), int((~ra & rb).sum())]
+
+
+def test_paired_evidence_names_the_kinds_it_knows():
+    with pytest.raises(ValueError, match="known: correct, windows"):
+        ev.paired_evidence("ranks", [1], [1])
 
 
 def test_seeds_evidence_for_paired_evaluation_nets():

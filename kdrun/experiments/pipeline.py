@@ -26,6 +26,7 @@ from kdrun.experiments.kinds import register_kind
 from kdrun.experiments.specs import model_label, resumable_config
 from kdrun.methods.base import Distiller
 from kdrun.models import count_params
+from kdrun.report.evidence import paired_evidence
 from kdrun.store import CorruptArtifact, atomic_torch_save, atomic_write_json, content_key
 
 
@@ -228,7 +229,7 @@ def _paired_evidence(p: Pipeline, baseline: nn.Module, student: nn.Module) -> di
     base, stud = (
         p.task.test_outcomes(m, p.data, rt.eval_batch_size, rt.amp) for m in (baseline, student)
     )
-    return p.task.paired_evidence(base, stud)
+    return paired_evidence(p.task.outcomes, base, stud)
 
 
 def _cpu(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -237,6 +237,22 @@ def seeds_evidence(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def paired_evidence(outcomes: str, baseline: Any, student: Any) -> dict[str, Any]:
+    """metrics.json's ``evidence`` from two models' per-item test outcomes of one kind (a
+    task's ``outcomes``): "correct" (right/wrong per image: McNemar) or "windows" (each test
+    window's share of the test bits per byte: paired over windows)."""
+    if outcomes == "correct":
+        return classification_evidence(baseline, student)
+    if outcomes == "windows":
+        return lm_evidence(_floats(baseline), _floats(student))
+    raise ValueError(f"no paired test for outcomes '{outcomes}' (known: correct, windows)")
+
+
+def _floats(x: Any) -> np.ndarray:
+    arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return arr.astype(np.float64).reshape(-1)
+
+
 def fmt_p(p: float) -> str:
     """'p = 0.29', 'p = 0.021', 'p < 0.0001'."""
     if not isinstance(p, (int, float)) or not math.isfinite(p):

@@ -39,6 +39,7 @@ class Task(Protocol):
     headline_name: str  # the headline in words, for labels ("accuracy", "bits per byte")
     inputs: str  # what its models read: "images" or "tokens" (models.MODEL_INPUTS)
     higher_is_better: bool  # the headline's direction: kd_gain is positive when KD helps
+    outcomes: str  # what test_outcomes returns: "correct" | "windows" (kdrun.report.evidence)
     columns: tuple[Column, ...]  # per-stage columns of the run table after stage/model/params
 
     def gain_text(self, gain: float) -> str:
@@ -73,12 +74,9 @@ class Task(Protocol):
         to the teacher, ...); with ``reference`` None, those that need no teacher."""
 
     def test_outcomes(self, model: nn.Module, data: Any, batch_size: int, amp: str) -> Any:
-        """One number per test item (right/wrong, a window's loss): what pairs two models'
-        results item by item for ``paired_evidence``."""
-
-    def paired_evidence(self, baseline: Any, student: Any) -> dict:
-        """kd_gain with its 95% interval, p-value and verdict, from both models'
-        ``test_outcomes`` (kdrun.report.evidence); metrics.json's ``evidence``."""
+        """One number per test item, named by ``outcomes`` (right/wrong per image: "correct";
+        a window's share of the test bpb: "windows"): what pairs two models' results item
+        by item (kdrun.report.evidence.paired_evidence)."""
 
 
 TASKS: dict[str, Task] = {}

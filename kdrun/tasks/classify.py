@@ -14,7 +14,6 @@ from kdrun.methods import METHODS
 from kdrun.methods.base import HardLabels
 from kdrun.methods.losses import kl_soft
 from kdrun.models import build_model, with_weights
-from kdrun.report.evidence import classification_evidence
 from kdrun.tasks.base import Column, register_task
 
 
@@ -41,6 +40,7 @@ class Classification:
     headline_name = "accuracy"
     inputs = "images"
     higher_is_better = True
+    outcomes = "correct"  # test_outcomes: right/wrong per image (kdrun.report.evidence)
     columns = (
         Column("test acc", "test_acc"),
         Column("last ep.", "last_test_acc"),
@@ -75,10 +75,6 @@ class Classification:
         """Per test image: classified right (True) or wrong, in test-split order."""
         logits = self.test_logits(model, data, batch_size, amp)
         return (logits.argmax(1) == data.y_test.to(logits.device)).cpu()
-
-    def paired_evidence(self, baseline: torch.Tensor, student: torch.Tensor) -> dict:
-        """kd_gain's interval and exact McNemar p from both models' ``test_outcomes``."""
-        return classification_evidence(baseline, student)
 
     def compare(
         self, model: nn.Module, data: Any, reference: Any, batch_size: int, amp: str

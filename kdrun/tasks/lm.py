@@ -25,7 +25,6 @@ from kdrun.engine.evaluate import module_device
 from kdrun.methods import LM_METHODS, LMHardLabels
 from kdrun.methods.lm_losses import IGNORE, TopK, coarse_student, kl, token_ce, topk_of
 from kdrun.models import build_model
-from kdrun.report.evidence import lm_evidence
 from kdrun.tasks.base import Column, register_task
 
 REFERENCE_TOP_K = 64
@@ -72,6 +71,7 @@ class LanguageModelling:
     headline_name = "bits per byte"
     inputs = "tokens"
     higher_is_better = False
+    outcomes = "windows"  # test_outcomes: each test window's bpb share (kdrun.report.evidence)
     columns = (
         Column("test bpb", "test_bpb", "num"),
         Column("last ep.", "last_test_bpb", "num"),
@@ -145,10 +145,6 @@ class LanguageModelling:
         total, n = torch.cat(sums), torch.cat(counts)
         scale = len(total) / max(int(n.sum()), 1)
         return total * scale / math.log(2) / data.bytes_per_token["test"]
-
-    def paired_evidence(self, baseline: torch.Tensor, student: torch.Tensor) -> dict:
-        """kd_gain in bpb, paired over test windows (``test_outcomes`` of both models)."""
-        return lm_evidence(baseline.numpy(), student.numpy())
 
     def test_logits(self, model: nn.Module, data: TextData, batch_size: int, amp: str):
         outs = [lg.cpu() for lg, _, _ in _batches(model, data.x_test, data.y_test, batch_size, amp)]
