@@ -81,6 +81,26 @@ def test_smoke_writes_every_output(smoke_run):
         assert word in p.stdout
 
 
+def test_the_kd_gain_comes_with_its_paired_test(smoke_run):
+    """metrics.json's evidence: McNemar's discordant counts give kd_gain exactly, the
+    interval holds it, and the table's last line says interval, p and verdict."""
+    from kdrun.report.evidence import binomial_two_sided_p
+
+    run_dir, p, _ = smoke_run
+    m = read_json(run_dir / "metrics.json")
+    ev = m["evidence"]
+    b, c = ev["discordant"]
+    assert ev["test"] == "mcnemar-exact" and ev["n"] == m["data"]["test_size"]
+    assert (c - b) / ev["n"] == pytest.approx(m["kd_gain"], abs=1e-6)
+    assert ev["kd_gain_p"] == pytest.approx(binomial_two_sided_p(min(b, c), b + c), rel=1e-5)
+    lo, hi = ev["kd_gain_ci"]
+    assert lo <= m["kd_gain"] <= hi
+    assert ev["verdict"] in ("KD helps", "KD hurts", "within noise", "tie")
+    out = " ".join(p.stdout.split())  # the caption may wrap at any width
+    assert "95% CI [" in out and f"discordant of {ev['n']}" in out
+    assert m["data"]["student_val_size"] == m["data"]["val_size"]  # no class omitted
+
+
 def test_auto_threads_record_what_the_governor_did(smoke_run):
     """runtime.num_threads=auto (the default) on a CPU: each stage's governor entry, every
     training step but the stage's first timed (the smoke stages are shorter than a window)."""
@@ -109,6 +129,8 @@ def test_baseline_and_student_share_init_and_alpha0_reproduces_baseline(run_kdru
     m = read_json(tmp_path / "a0" / "metrics.json")
     assert m["student"]["test_acc"] == m["baseline"]["test_acc"]
     assert m["kd_gain"] == 0
+    assert m["evidence"]["verdict"] == "tie" and m["evidence"]["discordant"] == [0, 0]
+    assert "no image differs): a tie" in " ".join(p.stdout.split())
     a = torch.load(tmp_path / "a0/checkpoints/student.pt", weights_only=True)
     b = torch.load(tmp_path / "a0/checkpoints/baseline.pt", weights_only=True)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

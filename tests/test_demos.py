@@ -136,6 +136,18 @@ def test_automatic_bias_reads_no_label_of_the_omitted_class(tmp_path):
     assert (tmp_path / "omitted_bias.png").is_file()
 
 
+def test_accuracies_on_the_omitted_class_carry_a_wilson_interval(tmp_path):
+    from kdrun.report.evidence import wilson
+
+    o = omitted(_fake_context(tmp_path))
+    n = o["test_count_omitted"]
+    assert 0 < n < 100  # the digits' test 3s: a small subset
+    for key in ("teacher_acc_on_omitted", "student_acc_on_omitted"):
+        lo, hi = o["intervals"][key]
+        assert lo <= o[key] <= hi and (lo, hi) == wilson(round(o[key] * n), n)
+        assert hi - lo > 0.05  # tens of images: the interval is wide
+
+
 def test_hand_set_bias(tmp_path):
     ctx = _fake_context(tmp_path)
     ctx.job.cfg.analysis.bias = 3.5

@@ -109,6 +109,10 @@ def test_smoke_lm_end_to_end_then_generate(run_kdrun, tmp_path):
     assert 0 <= m["student"]["agreement"] <= 1 and m["student"]["kl_to_teacher"] >= 0
     gain = m["baseline"]["test_bpb"] - m["student"]["test_bpb"]  # positive: distillation helped
     assert m["kd_gain"] == pytest.approx(gain, abs=1e-5)
+    ev = m["evidence"]  # paired over test windows: its mean gain is kd_gain
+    assert ev["test"] == "sign-flip-windows" and ev["kd_gain"] == pytest.approx(gain, rel=1e-3)
+    assert ev["kd_gain_ci"][0] <= ev["kd_gain"] <= ev["kd_gain_ci"][1]
+    assert "test windows)" in " ".join(r.stdout.split())
     src = m["data"]["source"]
     assert src["python"].count(".") == 2 and len(src["files_sha256"]) == 64
     assert "val_bpb" in (run_dir / "history.csv").read_text().splitlines()[0]

@@ -86,7 +86,9 @@ def test_mean_distribution_lies_between_its_members():
 
 
 def test_member_configs_overlay_the_teacher_and_reject_typos():
-    cfg = compose_cfg("method=multi_teacher", "method.teachers=[{name: mlp, hidden: [32]},{}]")
+    cfg = compose_cfg(
+        "method=multi_teacher", "teacher=cnn", "method.teachers=[{name: mlp, hidden: [32]},{}]"
+    )
     validate(cfg)
     members = member_configs(cfg)
     assert [m.name for m in members] == ["mlp", "cnn"]
@@ -155,7 +157,10 @@ def test_dml_and_born_again_options_are_checked():
         (("teacher=resnet56", "student=resnet20"), ("resnet56", {"depth": 38})),
         (("teacher=vgg13", "student=vgg8"), ("vgg13", {"depth": 11})),
         (("teacher=wrn_40_2", "student=wrn_40_1"), ("wrn_40_2", {"depth": 34})),  # one step down
-        (("teacher.channels=[32,64,128]",), ("cnn", {"channels": [16, 32, 64], "width": 32})),
+        (
+            ("teacher=cnn", "teacher.channels=[32,64,128]"),
+            ("cnn", {"channels": [16, 32, 64], "width": 32}),
+        ),
         (("teacher=mlp", "student=mlp", "student.hidden=[64,64]"), ("mlp", {"hidden": [277, 277]})),
     ],
 )

@@ -476,3 +476,90 @@ def test_a_sweep_of_two_tasks_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "completed jobs of several tasks (classify, lm)" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- evidence
+def _with_val(m: dict, val: float, n_val: int = 144, **evidence) -> dict:
+    m["student"]["val_acc"] = val
+    m["data"] = {"val_size": n_val, "student_val_size": n_val}
+    if evidence:
+        m["evidence"] = {"test": "mcnemar-exact", **evidence}
+    return m
+
+
+def _summarize_text(d: Path):
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    s = summarize(d, console)
+    return s, console.export_text()
+
+
+def test_a_tie_for_best_is_reported_as_a_tie_and_framed_on_the_heat_map(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    grid = [(T, a) for T in (1.0, 4.0, 8.0) for a in (0.5, 0.9)]
+    for i, (T, a) in enumerate(grid):
+        m = _with_val(fake_metrics(T, a, 0, 0.97 + i / 1000, 0.96), 142 / 144)
+        fake_job(tmp_path / str(i), [f"T={T:g}", f"alpha={a:g}"], **m)
+    s, out = _summarize_text(tmp_path)
+    assert (
+        "6 settings tie at 98.61% validation accuracy (144 images): T=1 alpha=0.5, "
+        "T=1 alpha=0.9, T=4 alpha=0.5, T=4 alpha=0.9, T=8 alpha=0.5, T=8 alpha=0.9"
+    ) in out
+    assert "best by validation" not in out  # no silent pick of one of them
+    assert "test 97.00% to 97.50%" in out
+    assert (tmp_path / "heatmap.png").read_bytes().startswith(PNG)
+    from kdrun.report.sweep import choose
+
+    c = choose(s)
+    assert len(c.ties) == 6 and c.near == []
+    sel = read_json(tmp_path / "summary.json")["selection"]
+    assert len(sel["ties"]) == 6 and sel["ties"][0] == "T=1 alpha=0.5"
+
+
+def test_settings_within_noise_of_the_best_are_named(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    vals = {1.0: 140 / 144, 4.0: 137 / 144, 8.0: 120 / 144}  # 97.2%, 95.1%, 83.3%
+    for i, (T, v) in enumerate(vals.items()):
+        fake_job(tmp_path / str(i), [f"T={T:g}"], **_with_val(fake_metrics(T, 0.9, 0, 0.9, 0.8), v))
+    s, out = _summarize_text(tmp_path)
+    assert "best by validation accuracy: T=1, alpha=0.9, seed=0 (val 97.22%" in out
+    lo, hi = __import__("kdrun.report.evidence", fromlist=["wilson"]).wilson(140, 144)
+    assert lo < 137 / 144 < hi and not lo < 120 / 144  # the test's premise
+    line = next(ln for ln in out.splitlines() if "within noise of it" in ln)
+    assert "Wilson interval over 144 validation images" in line
+    assert "T=4 alpha=0.9 (95.14%)" in line and "T=8" not in line
+    sel = read_json(tmp_path / "summary.json")["selection"]
+    assert sel["best"] == "T=1 alpha=0.9" and sel["within_noise"] == ["T=4 alpha=0.9"]
+    assert sel["interval"] == pytest.approx([lo, hi])
+
+
+def test_a_seed_sweep_ends_with_a_table_per_setting(tmp_path):
+    from kdrun.report.evidence import t_interval
+
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    runs = [(0, 0.95, 0.90, 0.004), (1, 0.96, 0.91, 0.01), (2, 0.94, 0.92, 0.3)]
+    for seed, s_acc, b_acc, p in runs:
+        m = _with_val(
+            fake_metrics(4.0, 0.9, seed, s_acc, b_acc),
+            0.95,
+            kd_gain_ci=[s_acc - b_acc - 0.02, s_acc - b_acc + 0.02],
+            kd_gain_p=p,
+            verdict="KD helps" if p < 0.05 else "within noise",
+        )
+        fake_job(tmp_path / str(seed), [f"seed={seed}"], **m)
+    s, out = _summarize_text(tmp_path)
+    (a,) = s.aggregates
+    gains = [s_acc - b_acc for _, s_acc, b_acc, _ in runs]
+    assert a["kd_gain_ci"] == pytest.approx(t_interval(gains)["ci"])
+    assert [r["kd_gain_p"] for r in a["per_seed"]] == [0.004, 0.01, 0.3]
+    assert "seeds · T=4 alpha=0.9" in out
+    assert "mean ± std" in out and "95% CI (t)" in out and "KD gain (points)" in out
+    assert "+5.00" in out and "0.004" in out
+    t_row = next(ln for ln in out.splitlines() if "95% CI (t)" in ln)
+    lo, hi = (100 * v for v in a["kd_gain_ci"])
+    assert f"[{lo:+.2f}, {hi:+.2f}]" in t_row and "within noise" in t_row
+    doc = read_json(tmp_path / "summary.json")
+    assert doc["aggregates"][0]["kd_gain_ci"] == pytest.approx(a["kd_gain_ci"])
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert rows[0]["kd_gain_p"] == "0.004" and rows[-1]["kd_gain_ci"]

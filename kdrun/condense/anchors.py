@@ -35,6 +35,19 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f} ± {100 * (std or 0):.2f}%"
 
 
+def synthetic_vs_real(ev: dict[str, Any]) -> str:
+    """'synthetic − random real: +13.02 points, 95% CI [+9.1, +16.9] over 5 paired
+    evaluation nets: better'."""
+    if ev.get("diff") is None:
+        return "synthetic − random real: -"
+    ci = ev.get("diff_ci")
+    ci_text = f", 95% CI [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
+    return (
+        f"synthetic − random real: {100 * ev['diff']:+.2f} points{ci_text} over {ev['n']} "
+        f"paired evaluation nets: {ev['verdict']}"
+    )
+
+
 def condense_table(m: dict[str, Any]) -> Table:
     """One row per training set of the evaluation net, then the published anchors."""
     c = m["condense"]
@@ -67,5 +80,7 @@ def condense_table(m: dict[str, Any]) -> Table:
         )
     else:
         t.caption = f"no published ConvNet number for {m['dataset']} at ipc={c['ipc']}"
+    if c.get("evidence"):
+        t.caption = synthetic_vs_real(c["evidence"]) + "\n" + t.caption
     t.caption_justify = "left"
     return t

@@ -41,6 +41,7 @@ from kdrun.errors import ConfigError
 from kdrun.experiments.context import JobContext, job_threads
 from kdrun.experiments.kinds import register_kind
 from kdrun.models import build_model, count_params
+from kdrun.report.evidence import seeds_evidence
 from kdrun.store import CorruptArtifact, atomic_torch_save, content_key
 
 log = logging.getLogger("kdrun")
@@ -250,6 +251,8 @@ def _metrics(
     c["random_real_acc"], c["random_real_acc_std"] = _mean_std(accs["random_real"])
     if "synthetic_soft" in accs:
         c["synthetic_soft_acc"], c["synthetic_soft_acc_std"] = _mean_std(accs["synthetic_soft"])
+    # the two sets' nets share initial weights seed by seed: a paired comparison
+    c["evidence"] = seeds_evidence(accs["random_real"], accs["synthetic"])
     c["full_data_acc"] = p.reports["baseline"].test_acc if baseline is not None else None
     c.update(
         steps=opts.iterations,

@@ -26,6 +26,7 @@ from kdrun.experiments.kinds import register_kind
 from kdrun.experiments.specs import model_label, resumable_config
 from kdrun.methods.base import Distiller
 from kdrun.models import count_params
+from kdrun.report.evidence import paired_evidence
 from kdrun.store import CorruptArtifact, atomic_torch_save, atomic_write_json, content_key
 
 
@@ -204,6 +205,7 @@ def _data_sizes(p: Pipeline) -> dict[str, Any]:
         "train_size": len(p.data.y_train),
         "student_train_size": len(p.data.student_idx),
         "val_size": len(p.data.y_val),
+        "student_val_size": len(p.data.student_val_idx),  # what the student is selected on
         "test_size": len(p.data.y_test),
         "num_classes": p.data.num_classes,
     }
@@ -216,6 +218,18 @@ def _baseline_report(p: Pipeline, baseline: nn.Module, ref: Any) -> dict[str, An
         **p.reports["baseline"].as_dict(),
         **p.task.compare(baseline, p.data, ref, rt.eval_batch_size, rt.amp),
     }
+
+
+def _paired_evidence(p: Pipeline, baseline: nn.Module, student: nn.Module) -> dict | None:
+    """kd_gain's interval and p-value from both models' results on each test item (the same
+    items: a paired test, kdrun.report.evidence); None for a task without per-item results."""
+    if not hasattr(p.task, "test_outcomes"):
+        return None
+    rt = p.cfg.runtime
+    base, stud = (
+        p.task.test_outcomes(m, p.data, rt.eval_batch_size, rt.amp) for m in (baseline, student)
+    )
+    return paired_evidence(p.task.outcomes, base, stud)
 
 
 def _cpu(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -303,6 +317,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         metrics["baseline"] = _baseline_report(p, baseline, ref)
         key, sign = p.task.headline, 1.0 if p.task.higher_is_better else -1.0
         metrics["kd_gain"] = sign * (student_rep[key] - metrics["baseline"][key])
+        metrics["evidence"] = _paired_evidence(p, baseline, student)
     _save_models(run_dir / "checkpoints", teacher, baseline, res)
     # What `kdrun export` needs to rebuild and feed the student without loading the data.
     if p.dist.is_main:  # rank 0 writes the run's files for all ranks

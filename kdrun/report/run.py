@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kdrun.report.evidence import evidence_text
 from kdrun.report.runlog import to_log
 from kdrun.store import atomic_write_text
 
@@ -211,10 +212,22 @@ def results_table(
         )
     gain = m.get("kd_gain")
     if gain is not None:
-        style = "bold green" if gain > 0 else ("bold red" if gain < 0 else "bold")
-        t.caption = f"[{style}]{gain_text(gain)}[/]"
+        t.caption = gain_caption(gain, m.get("evidence"), gain_text)
         t.caption_justify = "left"
     return t
+
+
+def gain_caption(
+    gain: float, evidence: dict[str, Any] | None, gain_text: Callable[[float], str]
+) -> str:
+    """The run table's last line: the KD gain, and with the paired evidence its interval,
+    p-value and verdict, green only when KD significantly helps (red when it hurts)."""
+    if not evidence:
+        style = "bold green" if gain > 0 else ("bold red" if gain < 0 else "bold")
+        return f"[{style}]{gain_text(gain)}[/]"
+    style = {"KD helps": "bold green", "KD hurts": "bold red"}.get(evidence["verdict"], "bold")
+    head = gain_text(gain).rsplit(":", 1)[0]  # 'KD gain (distilled − baseline test acc)'
+    return f"[{style}]{head}: {evidence_text(evidence)}[/]"
 
 
 HISTORY_COLUMNS = [

@@ -32,6 +32,7 @@ from rich.table import Table
 from kdrun import errors
 from kdrun.data import DATASETS
 from kdrun.errors import KdrunError
+from kdrun.report.evidence import fmt_p, t_interval, wilson
 from kdrun.report.files import make_console, read_metrics
 from kdrun.report.run import fmt_acc
 from kdrun.store import atomic_write, atomic_write_json, atomic_write_text
@@ -308,6 +309,8 @@ def job_row(
             metric.val_col: _stage(m, "student", metric.selection),
         },
         kd_gain=m.get("kd_gain"),
+        **_evidence_cols(m.get("evidence")),
+        val_images=_val_images(m),
         agreement=_stage(m, "student", "agreement"),
         teacher_seconds=_stage(m, "teacher", "train_seconds"),
         baseline_seconds=_stage(m, "baseline", "train_seconds"),
@@ -317,6 +320,25 @@ def job_row(
     )
     row.update({k: ov.get(k) for k in keys})  # e.g. dataset=mnist, not the metadata
     return row
+
+
+def _evidence_cols(ev: Any) -> dict[str, Any]:
+    """The job's paired test of kd_gain (metrics.json ``evidence``), flat for the CSV."""
+    ev = ev if isinstance(ev, dict) else {}
+    lo, hi = ev.get("kd_gain_ci") or (None, None)
+    return {
+        "kd_gain_lo": lo,
+        "kd_gain_hi": hi,
+        "kd_gain_p": ev.get("kd_gain_p"),
+        "verdict": ev.get("verdict"),
+    }
+
+
+def _val_images(m: dict[str, Any]) -> int | None:
+    """How many validation images the student was selected on (its accuracy's sample size)."""
+    data = m.get("data") if isinstance(m.get("data"), dict) else {}
+    n = data.get("student_val_size", data.get("val_size"))
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def collect(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -393,7 +415,37 @@ def aggregate(
             vals = [r[c] for r in ok if _finite(r[c])]
             agg[f"{c}_mean"] = statistics.fmean(vals) if vals else None
             agg[f"{c}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+        agg.update(_seed_evidence(ok, metric))
         out.append(agg)
+    return out
+
+
+def _seed_evidence(ok: list[dict[str, Any]], metric: SweepMetric) -> dict[str, Any]:
+    """Over the completed seeds of one setting: 95% t-intervals of the student's headline,
+    of kd_gain and of the validation score, and each seed's own gain with its paired test
+    (seeds of one setting share the teacher, so the gains are paired within each seed)."""
+    out: dict[str, Any] = {}
+    for c in (metric.col("student"), "kd_gain", metric.val_col):
+        t = t_interval([r[c] for r in ok if _finite(r.get(c))])
+        out[f"{c}_ci"] = t["ci"]
+        if c == metric.val_col:
+            out[f"{c}_mean"], out[f"{c}_std"] = t["mean"], t["std"]
+    out["per_seed"] = [
+        {
+            k: r.get(k)
+            for k in (
+                "seed",
+                "kd_gain",
+                "kd_gain_lo",
+                "kd_gain_hi",
+                "kd_gain_p",
+                "verdict",
+                metric.col("baseline"),
+                metric.col("student"),
+            )
+        }
+        for r in sorted(ok, key=lambda r: str(r["seed"]))
+    ]
     return out
 
 
@@ -402,6 +454,8 @@ def _csv(keys: list[str], jobs: list[dict], aggs: list[dict], metric: SweepMetri
     cols = ["row", "job", *keys, *GRID, "status", "n", "n_failed"]
     for c in metric.columns():
         cols += [c, f"{c}_std"]
+    cols += ["kd_gain_lo", "kd_gain_hi", "kd_gain_p", "verdict", "val_images"]
+    cols += [f"{metric.col('student')}_ci", "kd_gain_ci"]  # over seeds: 'lo hi'
     cols += [
         "teacher_from_cache",
         "baseline_from_cache",
@@ -426,6 +480,9 @@ def _csv(keys: list[str], jobs: list[dict], aggs: list[dict], metric: SweepMetri
         }
         for c in metric.columns():
             r[c] = a[f"{c}_mean"]
+        for c in (metric.col("student"), "kd_gain"):
+            ci = a.get(f"{c}_ci")
+            r[f"{c}_ci"] = f"{ci[0]:.6g} {ci[1]:.6g}" if ci else None
         w.writerow(r)
     return buf.getvalue()
 
@@ -579,6 +636,67 @@ def best_by_val(rows: list[dict[str, Any]], metric: SweepMetric) -> dict[str, An
     return max(ok, key=lambda r: sign * r[col], default=None)
 
 
+@dataclass
+class Choice:
+    """The best setting by validation and what cannot be told apart from it: ``ties`` have
+    exactly its validation score (itself included), ``near`` lie inside its 95% interval
+    (``how`` says which interval; None where there is none, e.g. bits per byte of one seed)."""
+
+    best: dict[str, Any]
+    ties: list[dict[str, Any]]
+    near: list[dict[str, Any]]
+    interval: tuple[float, float] | None
+    how: str
+    over_seeds: bool
+
+
+def _val(r: dict[str, Any], m: SweepMetric, over_seeds: bool) -> Any:
+    return r.get(f"{m.val_col}_mean") if over_seeds else r.get(m.val_col)
+
+
+def choose(s: Summary) -> Choice | None:
+    """The best setting by validation (over seeds' means when there are several seeds),
+    its exact ties and the settings within noise of it. One seed, accuracy: the best's
+    Wilson interval over its validation images; several seeds: the t-interval of the best
+    setting's validation score over seeds. A paired test on validation outcomes would be
+    sharper, but jobs do not keep per-image validation results."""
+    m, over = s.metric, bool(s.aggregates)
+    rows = s.aggregates if over else s.jobs
+    rows = [r for r in rows if (r["n"] if over else r["status"] == "completed")]
+    rows = [r for r in rows if _finite(_val(r, m, over))]
+    if not rows:
+        return None
+    sign = 1.0 if m.selection_higher_is_better else -1.0
+    best = max(rows, key=lambda r: sign * _val(r, m, over))
+    top = _val(best, m, over)
+    ties = [r for r in rows if _val(r, m, over) == top]  # same images: equal counts
+    interval, how = None, ""
+    if over and best.get(f"{m.val_col}_ci"):
+        interval, how = tuple(best[f"{m.val_col}_ci"]), f"t-interval over {best['n']} seeds"
+    elif not over and m.pct and best.get("val_images"):
+        n = best["val_images"]
+        interval = wilson(round(top * n), n)
+        how = f"Wilson interval over {n} validation images"
+    near = [
+        r
+        for r in rows
+        if interval and r not in ties and interval[0] <= _val(r, m, over) <= interval[1]
+    ]
+    near.sort(key=lambda r: -sign * _val(r, m, over))
+    return Choice(best, ties, near, interval, how, over)
+
+
+def _setting(r: dict[str, Any], keys: list[str]) -> str:
+    """'T=1 alpha=0.5' (and the other swept keys): a setting, without its seed."""
+    return " ".join(
+        [f"T={_knob(r['T'])}", f"alpha={_knob(r['alpha'])}"] + [f"{k}={r[k]}" for k in keys]
+    )
+
+
+def _same_setting(a: dict[str, Any], b: dict[str, Any], keys: list[str]) -> bool:
+    return all(a.get(k) == b.get(k) for k in (*keys, "T", "alpha"))
+
+
 def plot_heatmap(s: Summary, path: Path) -> bool:
     """The student's headline test metric over T × alpha; colours centred on the baseline's."""
     from matplotlib.colors import Normalize
@@ -589,6 +707,7 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
     if not panels:
         return False
     seeds = len({j["seed"] for j in s.jobs})
+    choice = choose(s)
     fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
     for ax, (label, cells) in zip(
         fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
@@ -618,30 +737,68 @@ def plot_heatmap(s: Summary, path: Path) -> bool:
             norm = Normalize(vmin=lo - eps, vmax=hi + eps)
         cmap = _cmap(m)
         im = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto", origin="lower")
-        for i in range(len(als)):
-            for j in range(len(ts)):
-                r, g, b_, _ = cmap(norm(grid[i][j])) if math.isfinite(grid[i][j]) else (1, 1, 1, 1)
-                dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.45
-                ax.text(
-                    j,
-                    i,
-                    text[i][j],
-                    ha="center",
-                    va="center",
-                    fontsize=9,
-                    color="white" if dark else "black",
-                )
+        _annotate(ax, grid, text, cmap, norm)
+        marked = _mark_choice(ax, cells, choice, s.keys, ts, als)
         ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
         ax.set_yticks(range(len(als)), [f"{a:g}" for a in als])
         ax.set_xlabel("temperature T")
         ax.set_ylabel("alpha (weight of the soft term)")
-        ax.set_title(f"student {m.label} · " + _title(cells, label, seeds, m), fontsize=10)
+        title = f"student {m.label} · " + _title(cells, label, seeds, m)
+        if marked:
+            title += "\nframed: best by validation (solid), within noise of it (dashed)"
+        ax.set_title(title, fontsize=10)
         cb = fig.colorbar(im, ax=ax)
         cb.set_label(f"student {m.label}" + (" · yellow = baseline" if base else ""))
         if base is not None:  # show only the range in use, not the symmetric padding
             cb.ax.set_ylim(min(lo, m.shown(base)), max(hi, m.shown(base)))
     _save(fig, path)
     return True
+
+
+def _annotate(ax, grid: list[list[float]], text: list[list[str]], cmap, norm) -> None:
+    """Each heat map cell's number, white on dark colours."""
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            r, g, b_, _ = cmap(norm(v)) if math.isfinite(v) else (1, 1, 1, 1)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.45
+            ax.text(
+                j,
+                i,
+                text[i][j],
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
+
+
+def _mark_choice(ax, cells, choice: Choice | None, keys, ts, als) -> bool:
+    """Frames the heat map's cells of the best setting and its ties (solid) and of those
+    within noise of it (dashed); True if any cell of this panel is framed."""
+    from matplotlib.patches import Rectangle
+
+    if choice is None:
+        return False
+    marked = False
+    for c in cells:
+        tie = any(_same_setting(c, r, keys) for r in choice.ties)
+        near = any(_same_setting(c, r, keys) for r in choice.near)
+        if not (tie or near) or c["T"] not in ts or c["alpha"] not in als:
+            continue
+        j, i = ts.index(c["T"]), als.index(c["alpha"])
+        ax.add_patch(
+            Rectangle(
+                (j - 0.46, i - 0.46),
+                0.92,
+                0.92,
+                fill=False,
+                edgecolor="#1f3fbf",
+                lw=2.5 if tie else 1.5,
+                ls="-" if tie else "--",
+            )
+        )
+        marked = True
+    return marked
 
 
 def plot_lines(s: Summary, path: Path) -> bool:
@@ -761,18 +918,11 @@ def _knob(v: Any) -> str:
 
 
 def show(s: Summary, console: Console) -> None:
-    m = s.metric
     console.print(summary_table(s))
-    best = best_by_val(s.jobs, m)
-    if best is not None and len(s.jobs) > 1:
-        where = ", ".join(f"{k}={best[k]}" for k in s.keys)
-        console.print(
-            f"best by validation {m.name}: T={_knob(best['T'])}, alpha={_knob(best['alpha'])}"
-            f"{', ' + where if where else ''}, seed={best['seed']} (val "
-            f"{m.text(best[m.val_col])}, test {m.text(best[m.col('student')])}; job "
-            f"{best['job']})",
-            highlight=False,
-        )
+    for table in seed_tables(s):
+        console.print(table)
+    for line in choice_lines(s):
+        console.print(line, highlight=False)
     for j in s.failed:
         where = ", ".join(
             f"{k}={j[k]:g}" if _finite(j[k]) else f"{k}={j[k]}"
@@ -783,6 +933,150 @@ def show(s: Summary, console: Console) -> None:
             f"[red]{j['status']}[/] job {j['job']} ({where}): {j['error']}", highlight=False
         )
     console.print(f"[dim]summary: {', '.join(str(p) for p in s.files)}[/]", highlight=False)
+
+
+def _selection_doc(s: Summary) -> dict[str, Any] | None:
+    """summary.json's ``selection``: the best setting by validation, its exact ties and the
+    settings within noise of it, as 'T=1 alpha=0.5' strings, with the interval used."""
+    c = choose(s)
+    if c is None:
+        return None
+    return {
+        "best": _setting(c.best, s.keys),
+        "ties": [_setting(r, s.keys) for r in c.ties],
+        "within_noise": [_setting(r, s.keys) for r in c.near],
+        "interval": list(c.interval) if c.interval else None,
+        "interval_method": c.how or None,
+        "over_seeds": c.over_seeds,
+    }
+
+
+def choice_lines(s: Summary) -> list[str]:
+    """The end-of-sweep verdict on "best": the best setting by validation, or the settings
+    that tie for it; then those within noise of it (never one of several silently)."""
+    m = s.metric
+    c = choose(s)
+    if c is None or len(s.aggregates if c.over_seeds else s.jobs) < 2:
+        return []
+    val = f"validation {m.name}" + (" (mean over seeds)" if c.over_seeds else "")
+    top = _val(c.best, m, c.over_seeds)
+    sample = (
+        f" ({c.best['val_images']} images)" if c.best.get("val_images") and not c.over_seeds else ""
+    )
+    if len(c.ties) > 1:
+        tests = [
+            r.get(f"{m.col('student')}_mean" if c.over_seeds else m.col("student")) for r in c.ties
+        ]
+        tests = [v for v in tests if _finite(v)]
+        span = f"; test {m.text(min(tests))} to {m.text(max(tests))}" if tests else ""
+        names = ", ".join(_setting(r, s.keys) for r in c.ties)
+        lines = [f"{len(c.ties)} settings tie at {m.text(top)} {val}{sample}: {names}{span}"]
+    elif c.over_seeds:
+        b, sd = c.best, c.best.get(f"{m.val_col}_std")
+        test = b.get(f"{m.col('student')}_mean")
+        lines = [
+            f"best by {val}: {_setting(b, s.keys)} (val {m.text(top, sd)}, test {m.text(test)})"
+        ]
+    else:
+        b = c.best
+        where = ", ".join(f"{k}={b[k]}" for k in s.keys)
+        lines = [
+            f"best by validation {m.name}: T={_knob(b['T'])}, alpha={_knob(b['alpha'])}"
+            f"{', ' + where if where else ''}, seed={b['seed']} (val "
+            f"{m.text(top)}, test {m.text(b[m.col('student')])}; job {b['job']})"
+        ]
+    if c.interval is None:
+        if not m.pct and not c.over_seeds:
+            lines.append(f"  (no interval for one seed's {m.name}: sweep seed=0,1,2 for one)")
+        return lines
+    lo, hi = c.interval
+    ci = f"95% {c.how}: [{m.text(lo)}, {m.text(hi)}]"
+    if c.near:
+        near = ", ".join(
+            f"{_setting(r, s.keys)} ({m.text(_val(r, m, c.over_seeds))})" for r in c.near
+        )
+        lines.append(f"  within noise of it ({ci}): {near}")
+    else:
+        lines.append(f"  no other setting is within noise of it ({ci})")
+    return lines
+
+
+def seed_tables(s: Summary, limit: int = 8) -> list[Table]:
+    """With several seeds: one table per setting, each seed's baseline, student and paired
+    gain (interval, p, verdict), then mean ± std and the 95% t-interval over seeds."""
+    m = s.metric
+    cells = [a for a in s.aggregates if a["n"]]
+    out = []
+    for a in cells[:limit]:
+        t = Table(title=f"seeds · {_setting(a, s.keys)}", title_style="bold")
+        unit = "points" if m.pct else m.short
+        cols = ("seed", "baseline", "distilled", f"KD gain ({unit})", "95% CI", "p", "verdict")
+        for col in cols:
+            t.add_column(col, justify="left" if col == "verdict" else "right", no_wrap=True)
+        for r in a["per_seed"]:
+            lo, hi = r.get("kd_gain_lo"), r.get("kd_gain_hi")
+            t.add_row(
+                str(r["seed"]),
+                m.text(r.get(m.col("baseline"))),
+                m.text(r.get(m.col("student"))),
+                _gain_cell(m, r.get("kd_gain")),
+                f"[{_gain_cell(m, lo)}, {_gain_cell(m, hi)}]" if _finite(lo) else "-",
+                fmt_p(r["kd_gain_p"]).removeprefix("p ").removeprefix("= ")
+                if _finite(r.get("kd_gain_p"))
+                else "-",
+                r.get("verdict") or "-",
+            )
+        student, gain = m.col("student"), "kd_gain"
+        t.add_row(
+            "mean ± std",
+            m.text(a.get(f"{m.col('baseline')}_mean"), a.get(f"{m.col('baseline')}_std")),
+            m.text(a.get(f"{student}_mean"), a.get(f"{student}_std")),
+            _gain_cell(m, a.get("kd_gain_mean"))
+            + (
+                f" ± {m.shown(a['kd_gain_std']):.{m.digits}f}"
+                if _finite(a.get("kd_gain_std"))
+                else ""
+            ),
+            "",
+            "",
+            "",
+            style="bold",
+        )
+        t.add_row(
+            "95% CI (t)",
+            "",
+            _interval(m, a.get(f"{student}_ci"), m.text),
+            _interval(m, a.get(f"{gain}_ci"), lambda v: _gain_cell(m, v)),
+            "",
+            "",
+            _seed_verdict(a.get(f"{gain}_ci"), m),
+        )
+        t.caption = f"{a['n']} seed(s) completed" + (
+            f", {a['n_failed']} failed" if a["n_failed"] else ""
+        )
+        t.caption_justify = "left"
+        out.append(t)
+    return out
+
+
+def _gain_cell(m: SweepMetric, v: Any) -> str:
+    """A gain in the headline's units (the column says which) with its sign: '+1.39'."""
+    return f"{m.shown(v) + 0.0:+.{m.digits}f}" if _finite(v) else "-"
+
+
+def _interval(m: SweepMetric, ci: Any, text) -> str:
+    return f"[{text(ci[0])}, {text(ci[1])}]" if ci else "-"
+
+
+def _seed_verdict(ci: Any, m: SweepMetric) -> str:
+    """Over seeds: the gain's t-interval excludes 0 (KD helps/hurts) or not."""
+    if not ci:
+        return "-"
+    if ci[0] > 0:
+        return "KD helps"
+    if ci[1] < 0:
+        return "KD hurts"
+    return "within noise"
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -802,6 +1096,7 @@ def summarize(sweep_dir: str | Path, console: Console | None = None) -> Summary:
         "n_failed": len(s.failed),
         "jobs": jobs,
         "aggregates": s.aggregates,
+        "selection": _selection_doc(s),
     }
     atomic_write_text(_csv(keys, jobs, s.aggregates, metric), sweep_dir / "summary.csv")
     atomic_write_json(_json_safe(doc), sweep_dir / "summary.json")

@@ -39,6 +39,7 @@ class Task(Protocol):
     headline_name: str  # the headline in words, for labels ("accuracy", "bits per byte")
     inputs: str  # what its models read: "images" or "tokens" (models.MODEL_INPUTS)
     higher_is_better: bool  # the headline's direction: kd_gain is positive when KD helps
+    outcomes: str  # what test_outcomes returns: "correct" | "windows" (kdrun.report.evidence)
     columns: tuple[Column, ...]  # per-stage columns of the run table after stage/model/params
 
     def gain_text(self, gain: float) -> str:
@@ -71,6 +72,11 @@ class Task(Protocol):
     ) -> dict:
         """Test numbers of ``model`` relative to the teacher's ``reference`` (agreement, KL
         to the teacher, ...); with ``reference`` None, those that need no teacher."""
+
+    def test_outcomes(self, model: nn.Module, data: Any, batch_size: int, amp: str) -> Any:
+        """One number per test item, named by ``outcomes`` (right/wrong per image: "correct";
+        a window's share of the test bpb: "windows"): what pairs two models' results item
+        by item (kdrun.report.evidence.paired_evidence)."""
 
 
 TASKS: dict[str, Task] = {}

@@ -40,6 +40,7 @@ class Classification:
     headline_name = "accuracy"
     inputs = "images"
     higher_is_better = True
+    outcomes = "correct"  # test_outcomes: right/wrong per image (kdrun.report.evidence)
     columns = (
         Column("test acc", "test_acc"),
         Column("last ep.", "last_test_acc"),
@@ -69,6 +70,11 @@ class Classification:
 
     def teacher_reference(self, teacher: nn.Module, data: Any, batch_size: int, amp: str) -> Any:
         return self.test_logits(teacher, data, batch_size, amp).float()
+
+    def test_outcomes(self, model: nn.Module, data: Any, batch_size: int, amp: str):
+        """Per test image: classified right (True) or wrong, in test-split order."""
+        logits = self.test_logits(model, data, batch_size, amp)
+        return (logits.argmax(1) == data.y_test.to(logits.device)).cpu()
 
     def compare(
         self, model: nn.Module, data: Any, reference: Any, batch_size: int, amp: str

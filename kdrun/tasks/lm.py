@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -22,7 +23,7 @@ from kdrun.data import TextData, bits_per_byte, load_text_data
 from kdrun.engine import Selection, autocast_context
 from kdrun.engine.evaluate import module_device
 from kdrun.methods import LM_METHODS, LMHardLabels
-from kdrun.methods.lm_losses import TopK, coarse_student, kl, token_ce, topk_of
+from kdrun.methods.lm_losses import IGNORE, TopK, coarse_student, kl, token_ce, topk_of
 from kdrun.models import build_model
 from kdrun.tasks.base import Column, register_task
 
@@ -70,6 +71,7 @@ class LanguageModelling:
     headline_name = "bits per byte"
     inputs = "tokens"
     higher_is_better = False
+    outcomes = "windows"  # test_outcomes: each test window's bpb share (kdrun.report.evidence)
     columns = (
         Column("test bpb", "test_bpb", "num"),
         Column("last ep.", "last_test_bpb", "num"),
@@ -128,6 +130,21 @@ class LanguageModelling:
             kl_sum += float(kl(ref.coarse(), student).sum())
             count += t.numel()
         return {"agreement": hits / max(count, 1), "kl_to_teacher": kl_sum / max(count, 1)}
+
+    def test_outcomes(self, model: nn.Module, data: TextData, batch_size: int, amp: str):
+        """Per test window: its share of the test bits per byte, scaled so that their mean
+        is ``test_bpb`` (window i's summed token loss × windows / all tokens; windows of
+        equal length: simply each window's own bits per byte)."""
+        sums, counts = [], []
+        for logits, t, _ in _batches(model, data.x_test, data.y_test, batch_size, amp):
+            ce = F.cross_entropy(
+                logits.flatten(0, -2), t.flatten(), ignore_index=IGNORE, reduction="none"
+            ).view(t.shape)
+            sums.append(ce.sum(1).double().cpu())
+            counts.append((t != IGNORE).sum(1).cpu())
+        total, n = torch.cat(sums), torch.cat(counts)
+        scale = len(total) / max(int(n.sum()), 1)
+        return total * scale / math.log(2) / data.bytes_per_token["test"]
 
     def test_logits(self, model: nn.Module, data: TextData, batch_size: int, amp: str):
         outs = [lg.cpu() for lg, _, _ in _batches(model, data.x_test, data.y_test, batch_size, amp)]
