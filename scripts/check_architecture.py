@@ -32,7 +32,9 @@ LAYERS: list[set[str]] = [
     {"config", "engine"},
     {"data", "models"},
     {"store"},
-    {"catalog"},  # conf/ read as plain files: names, one-liners, versions (no torch, no Hydra)
+    # conf/ read as plain files (names, one-liners, versions) and kdrun.log's logger: both
+    # without torch or Hydra, so that --help and a typo answer at once
+    {"catalog", "runlog"},
     {"errors", "kdrun"},
 ]
 MAX_LINES = 60

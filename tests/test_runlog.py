@@ -12,7 +12,7 @@ from rich.control import Control
 from rich.table import Table
 
 from kdrun.report import Reporter
-from kdrun.report.runlog import LoggedConsole, to_log, warnings_logged
+from kdrun.runlog import LoggedConsole, to_log, warnings_logged
 from tests.conftest import read_json
 
 ROW = {"epoch": 1, "loss": 0.5, "train_acc": 0.8, "val_acc": 0.75, "seconds": 1.0}

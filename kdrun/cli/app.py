@@ -26,7 +26,7 @@ from kdrun.cli.explain import explain, missing_key, missing_launcher
 from kdrun.cli.overview import job_header
 from kdrun.config import config_dir, register_configs
 from kdrun.errors import EXIT, ConfigError, KdrunError, find_os_error, os_error_message
-from kdrun.report.runlog import to_log
+from kdrun.runlog import to_log
 
 register_configs()
 

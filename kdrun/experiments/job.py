@@ -30,7 +30,7 @@ from kdrun.experiments.checks import validate
 from kdrun.experiments.kinds import run_kind
 from kdrun.report import Reporter, results_table, round_floats, write_history
 from kdrun.report.files import make_console, read_metrics
-from kdrun.report.runlog import to_log, warnings_logged
+from kdrun.runlog import to_log, warnings_logged
 from kdrun.store import atomic_write_json
 from kdrun.tasks import TASKS
 from kdrun.trackers import Trackers, make_trackers

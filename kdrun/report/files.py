@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kdrun.report.runlog import LoggedConsole
+from kdrun.runlog import LoggedConsole
 
 
 def make_console() -> Console:

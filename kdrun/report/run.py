@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from kdrun.report.evidence import evidence_text
-from kdrun.report.runlog import to_log
+from kdrun.runlog import to_log
 from kdrun.store import atomic_write_text
 
 log = logging.getLogger("kdrun")
