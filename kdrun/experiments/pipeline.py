@@ -68,6 +68,7 @@ _EXTERNAL_DEFAULTS = {
     "finetune_epochs": 0,
     "_target_": None,
     "kwargs": {},
+    "dim": 0,
 }
 
 
