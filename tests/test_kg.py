@@ -16,7 +16,7 @@ pytest.importorskip("pykeen")
 
 from kdrun.data.kg import load_kg_data, queries  # noqa: E402
 from kdrun.errors import DataError  # noqa: E402
-from kdrun.methods.kg import DualDE, KGKD  # noqa: E402
+from kdrun.methods.kg import KGKD, DualDE  # noqa: E402
 from kdrun.methods.kg_losses import (  # noqa: E402
     dualde_soft,
     dualde_structure,
@@ -70,7 +70,8 @@ def test_triples_become_tail_then_head_queries(tmp_path):
     # a likes b: tail query (a, 2*likes) -> b, head query (b, 2*likes + 1) -> a
     assert data.x_train[0].tolist() == [0, 2] and int(data.y_train[0]) == 1
     assert data.x_train[n].tolist() == [1, 3] and int(data.y_train[n]) == 0
-    assert data.x_test.shape == (6, 2) and data.extra["triples"] == {"train": 8, "valid": 2, "test": 3}
+    assert data.x_test.shape == (6, 2)
+    assert data.extra["triples"] == {"train": 8, "valid": 2, "test": 3}
     x, y = queries(torch.tensor([[2, 1, 3]]))
     assert x.tolist() == [[2, 2], [3, 3]] and y.tolist() == [3, 2]
 

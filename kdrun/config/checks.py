@@ -58,7 +58,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
                 and isinstance(schema[k], dict)
                 and prefix + k not in ("method", "logger", "teacher.kwargs", "student.kwargs")
             ):  # method.* is checked by its own Options, logger.* by each tracker, a model's
-            # kwargs by the model it is passed to
+                # kwargs by the model it is passed to
                 walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")
