@@ -13,6 +13,7 @@ step; kdrun's loop has no such hook, so ``forward`` applies it before it scores 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -24,6 +25,14 @@ from kdrun.models.registry import register_model
 KG_MODELS = {"rotate": "RotatE", "complex": "ComplEx", "transe": "TransE"}
 
 
+def quiet_pykeen() -> None:
+    """PyKEEN logs each model it builds and each evaluation's time, torch_max_mem warns on
+    each CPU evaluation: kdrun's own lines say what happened. Set at each use: Hydra's logging
+    setup, which runs after these modules are imported, resets the levels."""
+    logging.getLogger("pykeen").setLevel(logging.WARNING)
+    logging.getLogger("torch_max_mem").setLevel(logging.ERROR)
+
+
 def _pykeen():
     try:
         import pykeen.models as models
@@ -31,6 +40,7 @@ def _pykeen():
         from pykeen.utils import NoRandomSeedNecessary
     except ImportError:
         raise ConfigError("knowledge-graph models need PyKEEN; pip install 'kdrun[kg]'") from None
+    quiet_pykeen()  # after the import: importing PyKEEN sets its own levels
     return models, CoreTriplesFactory, NoRandomSeedNecessary
 
 

@@ -12,7 +12,6 @@ bootstrap: kdrun.methods.kg).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -25,13 +24,10 @@ from kdrun.engine import Selection, predict
 from kdrun.methods.kg import KG_METHODS, KGHardLabels
 from kdrun.methods.losses import kl_soft
 from kdrun.models import MODELS
+from kdrun.models.kg import quiet_pykeen
 from kdrun.tasks.base import Column, register_task
 
 HITS = (1, 3, 10)
-# PyKEEN logs every evaluation's time, and torch_max_mem warns on each CPU one: kdrun's own
-# lines say what happened
-logging.getLogger("pykeen").setLevel(logging.WARNING)
-logging.getLogger("torch_max_mem").setLevel(logging.ERROR)
 
 
 def filtered_ranks(
@@ -40,6 +36,8 @@ def filtered_ranks(
     """Each triple's reciprocal rank (mean of head and tail) and PyKEEN's filtered metrics
     over ``data.triples[split]`` (``rows``: a subset of its triples)."""
     from pykeen.evaluation import RankBasedEvaluator  # the kg extra, imported where used
+
+    quiet_pykeen()
 
     kge = model.constrained().kge  # the constraint after the last optimiser step
     triples = data.triples[split]
