@@ -16,6 +16,7 @@ from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
 from kdrun.experiments import validate
 from kdrun.methods import LM_METHODS, METHODS
+from kdrun.methods.kg import KG_METHODS
 from kdrun.models import MODEL_INPUTS
 
 CONF = Path(config_dir())
@@ -100,6 +101,14 @@ def test_every_yaml_composes_and_validates(group, option):
         extra += [f"{r}=gpt" for r in ("teacher", "student") if r != group]
     elif group == "method":  # feature methods need a conv teacher; the default job's is an MLP
         extra += ["teacher=cnn"]
+    # knowledge graphs (task kg): their methods and models with a graph, their graphs with
+    # their models
+    kg_only = group == "method" and option in KG_METHODS and option not in METHODS
+    kg_model = group in ("teacher", "student") and MODEL_INPUTS.get(option) == "triples"
+    if kg_only or kg_model or (group == "dataset" and DATASETS[option].task == "kg"):
+        extra = ([] if group == "dataset" else ["dataset=umls"]) + [
+            f"{r}=rotate" for r in ("teacher", "student") if r != group
+        ]
     cfg = compose_cfg(f"{group}={option}", *extra)
     validate(cfg)
     if group in ("dataset", "method"):

@@ -31,6 +31,7 @@ from kdrun.errors import CheckpointError, ConfigError, KdrunError
 from kdrun.experiments.job import read_metrics
 from kdrun.experiments.specs import run_test_inputs
 from kdrun.methods import LM_METHODS, METHODS
+from kdrun.methods.kg import KG_METHODS
 from kdrun.models import MODEL_INPUTS, MODELS
 from kdrun.report.sweep import summarize
 from kdrun.store import atomic_write_json
@@ -40,13 +41,14 @@ def list_registries(args: list[str]) -> int:
     """kdrun list: the registered data sets, models and methods."""
     c = Console()
     c.print("[bold]datasets:[/]", ", ".join(sorted(DATASETS)))
-    for kind in ("images", "tokens"):
+    for kind in ("images", "tokens", "triples"):
         names = sorted(m for m in MODELS if MODEL_INPUTS.get(m) == kind)
         c.print(f"[bold]models ({kind}):[/]", ", ".join(names))
     if either := sorted(m for m in MODELS if m not in MODEL_INPUTS):
         c.print("[bold]models (either):[/]", ", ".join(either))
     c.print("[bold]methods:[/] ", ", ".join(sorted(METHODS)))
     c.print("[bold]lm methods:[/]", ", ".join(sorted(LM_METHODS)), "(dataset=pystdlib, text)")
+    c.print("[bold]kg methods:[/]", ", ".join(sorted(KG_METHODS)), "(dataset=umls, nations, ...)")
     return 0
 
 

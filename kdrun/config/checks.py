@@ -63,8 +63,9 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
             elif (
                 isinstance(v, dict)
                 and isinstance(schema[k], dict)
-                and prefix + k not in ("method", "logger")
-            ):  # method.* is checked by its own Options, logger.* by each tracker
+                and prefix + k not in ("method", "logger", "teacher.kwargs", "student.kwargs")
+            ):  # method.* is checked by its own Options, logger.* by each tracker, a model's
+                # kwargs by the model it is passed to
                 walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")

@@ -65,6 +65,7 @@ class ModelConfig:
     n_head: int = 2  # gpt: attention heads (dividing n_embd)
     n_embd: int = 128  # gpt: width
     block_size: int = 0  # gpt: positions; 0 = the data's dataset.block_size
+    dim: int = 0  # rotate, complex, transe: the embedding dimension
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -29,7 +29,7 @@ def validate(cfg: DictConfig) -> None:
     _check_search_objective(cfg, task)
 
 
-_EXAMPLE = {"images": "cnn", "tokens": "gpt"}
+_EXAMPLE = {"images": "cnn", "tokens": "gpt", "triples": "rotate"}
 
 
 def _check_model_inputs(cfg: DictConfig, task) -> None:

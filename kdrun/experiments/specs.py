@@ -28,6 +28,7 @@ _EXTERNAL_DEFAULTS = {
     "finetune_epochs": 0,
     "_target_": None,
     "kwargs": {},
+    "dim": 0,  # knowledge-graph embedding width (absent from older keys)
 }
 
 

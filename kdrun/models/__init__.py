@@ -4,7 +4,7 @@ Importing this package registers every built-in model (basic, the CIFAR families
 causal language models).
 """
 
-from kdrun.models import basic, cifar, convnet, external, gpt  # noqa: F401  (registration)
+from kdrun.models import basic, cifar, convnet, external, gpt, kg  # noqa: F401  (registration)
 from kdrun.models.basic import MLP, SmallCNN
 from kdrun.models.external import (
     Preprocessing,
