@@ -12,7 +12,10 @@ from pathlib import Path
 
 
 def _row(m: dict) -> dict:
-    gi = m.get("kd_gain_interval") or {}
+    ev = m.get("evidence") or {}
+    # runs written before the kg task joined report.evidence kept kd_gain_interval
+    ci = ev.get("kd_gain_ci") or (None, None)
+    gi = m.get("kd_gain_interval") or {"low": ci[0], "high": ci[1]}
     return {
         "seed": m["seed"],
         "method": m["method"],

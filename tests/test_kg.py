@@ -24,7 +24,7 @@ from kdrun.methods.kg_losses import (  # noqa: E402
     kd_loss,
 )
 from kdrun.models.kg import build_kg_model  # noqa: E402
-from kdrun.report.paired import paired_bootstrap  # noqa: E402
+from kdrun.report.evidence import score_evidence  # noqa: E402
 from kdrun.tasks import task_named  # noqa: E402
 from kdrun.tasks.kg import filtered_ranks  # noqa: E402
 from tests.conftest import read_json  # noqa: E402
@@ -223,16 +223,17 @@ def test_distillers_on_a_tiny_graph(tmp_path):
 
 
 # ---- the paired bootstrap ---------------------------------------------------------------
-def test_paired_bootstrap():
-    a = np.linspace(0, 1, 50)
-    same = paired_bootstrap(a, a, n_boot=200)
-    assert same["mean"] == same["low"] == same["high"] == 0.0
-    shifted = paired_bootstrap(a, a + 0.1, n_boot=200)  # a constant gain: no spread at all
-    assert shifted["low"] == pytest.approx(0.1) and shifted["high"] == pytest.approx(0.1)
-    noisy = paired_bootstrap(a, a + np.random.default_rng(0).normal(0.1, 0.2, 50), n_boot=2000)
-    assert noisy["low"] < noisy["mean"] < noisy["high"]
-    with pytest.raises(ValueError, match="two equal, non-empty lists"):
-        paired_bootstrap(a, a[:-1])
+def test_score_evidence_is_paired_over_items():
+    a = np.linspace(0.1, 1.0, 50)
+    same = score_evidence(a, a)
+    assert same["kd_gain"] == 0 and same["verdict"] == "tie" and same["kd_gain_p"] == 1.0
+    shifted = score_evidence(a, a + 0.1)  # a constant gain: no spread at all
+    assert shifted["kd_gain_ci"] == pytest.approx([0.1, 0.1]) and shifted["verdict"] == "KD helps"
+    noisy = score_evidence(a, a + np.random.default_rng(0).normal(0.1, 0.2, 50))
+    lo, hi = noisy["kd_gain_ci"]
+    assert lo < noisy["kd_gain"] < hi
+    with pytest.raises(ValueError):
+        score_evidence(a, a[:-1])
 
 
 # ---- the task end to end ----------------------------------------------------------------
@@ -253,8 +254,9 @@ def test_smoke_run_end_to_end(run_kdrun, tmp_path):
     m = read_json(tmp_path / "run" / "metrics.json")
     assert m["task"] == "kg" and len(m["student"]["test_rr"]) == 3
     assert m["kd_gain"] == pytest.approx(m["student"]["test_mrr"] - m["baseline"]["test_mrr"])
-    gi = m["kd_gain_interval"]
-    assert gi["low"] <= gi["mean"] <= gi["high"] and gi["mean"] == pytest.approx(m["kd_gain"])
+    ev = m["evidence"]  # paired over the test queries' reciprocal ranks
+    assert ev["test"] == "sign-flip-items" and ev["kd_gain"] == pytest.approx(m["kd_gain"])
+    assert ev["kd_gain_ci"][0] <= ev["kd_gain"] <= ev["kd_gain_ci"][1]
     r = run_kdrun("experiment=smoke_kg", "teacher=cnn", run_dir=tmp_path / "bad")
     assert r.returncode != 0 and "teacher=cnn reads images" in r.stderr
     assert "e.g. teacher=rotate" in r.stderr

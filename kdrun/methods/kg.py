@@ -13,7 +13,6 @@ from kdrun.methods.base import Distiller, MethodOptions, registrar
 from kdrun.methods.kd import KDOptions
 from kdrun.methods.kg_losses import dualde_soft, dualde_structure, hard_loss, kd_loss
 from kdrun.methods.losses import standardize_logits
-from kdrun.report.paired import paired_bootstrap
 
 KG_METHODS: dict[str, type[Distiller]] = {}
 register_kg_method = registrar(KG_METHODS)
@@ -29,20 +28,8 @@ class KGHardLabels(Distiller):
         return scores, {"hard": hard_loss(scores, y)}
 
 
-class _GainInterval:
-    """A distilled student reports the paired bootstrap interval of its MRR gain over the
-    baseline, triple by triple (``kd_gain_interval`` in metrics.json)."""
-
-    def extra_metrics(self, p) -> dict[str, Any]:
-        base = p.reports.get("baseline")
-        if base is None or "test_rr" not in base.scores:
-            return {}
-        rr = p.test_metrics(self.student)["test_rr"]  # the selected weights are loaded
-        return {"kd_gain_interval": paired_bootstrap(base.scores["test_rr"], rr)}
-
-
 @register_kg_method("kd")
-class KGKD(_GainInterval, Distiller):
+class KGKD(Distiller):
     """alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * hard, over all candidate entities."""
 
     Options = KDOptions
@@ -78,7 +65,7 @@ class DualDEOptions(MethodOptions):
 
 
 @register_kg_method("dualde")
-class DualDE(_GainInterval, Distiller):
+class DualDE(Distiller):
     """alpha * (Huber(scores) + structure_weight * structure) + (1 - alpha) * hard."""
 
     Options = DualDEOptions

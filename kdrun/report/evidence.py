@@ -215,6 +215,29 @@ def lm_evidence(base_bpb: Any, student_bpb: Any) -> dict[str, Any]:
     }
 
 
+def score_evidence(base_scores: Any, student_scores: Any) -> dict[str, Any]:
+    """kd_gain in a per-item score where higher is better (a knowledge graph's test triples'
+    reciprocal ranks: their mean is the MRR), paired over items: bootstrap interval of the
+    mean per-item gain and a sign-flip p, as for language-model windows."""
+    bs = np.asarray(base_scores, dtype=np.float64).reshape(-1)
+    ss = np.asarray(student_scores, dtype=np.float64).reshape(-1)
+    if bs.shape != ss.shape:
+        raise ValueError(f"paired items differ in number: {bs.size} vs {ss.size}")
+    diffs = ss - bs
+    lo, hi = paired_bootstrap(diffs)
+    p = sign_flip_p(diffs)
+    gain = float(diffs.mean()) if diffs.size else math.nan
+    return {
+        "test": "sign-flip-items",
+        "n": int(diffs.size),
+        "kd_gain": gain,
+        "kd_gain_ci": [lo, hi],
+        "kd_gain_p": p,
+        "ci_method": f"paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
+        "verdict": verdict(gain, p, tie=not np.any(diffs)),
+    }
+
+
 def seeds_evidence(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """``b`` − ``a`` paired by seed (e.g. nets that share initial weights): the mean
     difference, its 95% t-interval over seeds and the verdict (the interval excludes 0)."""
@@ -239,13 +262,16 @@ def seeds_evidence(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
 
 def paired_evidence(outcomes: str, baseline: Any, student: Any) -> dict[str, Any]:
     """metrics.json's ``evidence`` from two models' per-item test outcomes of one kind (a
-    task's ``outcomes``): "correct" (right/wrong per image: McNemar) or "windows" (each test
-    window's share of the test bits per byte: paired over windows)."""
+    task's ``outcomes``): "correct" (right/wrong per image: McNemar), "windows" (each test
+    window's share of the test bits per byte: paired over windows) or "scores" (a per-item
+    score, higher is better: paired over items)."""
     if outcomes == "correct":
         return classification_evidence(baseline, student)
     if outcomes == "windows":
         return lm_evidence(_floats(baseline), _floats(student))
-    raise ValueError(f"no paired test for outcomes '{outcomes}' (known: correct, windows)")
+    if outcomes == "scores":
+        return score_evidence(_floats(baseline), _floats(student))
+    raise ValueError(f"no paired test for outcomes '{outcomes}' (known: correct, windows, scores)")
 
 
 def _floats(x: Any) -> np.ndarray:

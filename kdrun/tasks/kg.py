@@ -6,8 +6,8 @@ tail prediction both): MRR and Hits@1/3/10. The filter removes every other known
 query: training triples (and the split's own) for validation, training and validation ones
 for test. Models are selected on ``val_mrr``; the headline is ``test_mrr``. ``test_rr`` keeps
 each test triple's reciprocal rank (the mean of its head and tail ones), so the distilled
-student and the baseline can be compared triple by triple (``kd_gain_interval``, a paired
-bootstrap: kdrun.methods.kg).
+student and the baseline can be compared triple by triple (``test_outcomes``: metrics.json's
+``evidence``, a paired bootstrap and sign-flip test from kdrun.report.evidence).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class LinkPrediction:
     methods = KG_METHODS
     selection = Selection("val_mrr", higher_is_better=True)
     headline = "test_mrr"
+    outcomes = "scores"  # test_outcomes: each test query's reciprocal rank (report.evidence)
     headline_name = "filtered MRR"
     inputs = "triples"
     higher_is_better = True
@@ -102,6 +103,10 @@ class LinkPrediction:
     def test_metrics(self, model: nn.Module, data: KGData, batch_size: int, amp: str) -> dict:
         rr, m = filtered_ranks(model, data, "test", batch_size)
         return {**{f"test_{k}": v for k, v in m.items()}, "test_rr": [float(v) for v in rr]}
+
+    def test_outcomes(self, model: nn.Module, data: KGData, batch_size: int, amp: str):
+        """Each test query's filtered reciprocal rank (their mean is test_mrr)."""
+        return filtered_ranks(model, data, "test", batch_size)[0]
 
     def test_logits(self, model: nn.Module, data: KGData, batch_size: int, amp: str):
         """Scores of every candidate for each test query (tail queries, then head queries)."""
