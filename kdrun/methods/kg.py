@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from kdrun.methods.base import Distiller, MethodOptions, registrar
-from kdrun.methods.kd import KDOptions
+from kdrun.methods.kd import KD
 from kdrun.methods.kg_losses import dualde_soft, dualde_structure, hard_loss, kd_loss
 from kdrun.methods.losses import standardize_logits
 
@@ -29,20 +29,9 @@ class KGHardLabels(Distiller):
 
 
 @register_kg_method("kd")
-class KGKD(Distiller):
-    """alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * hard, over all candidate entities."""
-
-    Options = KDOptions
-
-    def __init__(self, student, teacher, T: float, alpha: float, logit_standardization=False):
-        super().__init__(student, teacher)
-        self.T, self.alpha = T, alpha
-        self.logit_standardization = logit_standardization
-
-    @classmethod
-    def build(cls, cfg, ctx):
-        opts = cls.options(cfg.method)
-        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, opts.logit_standardization)
+class KGKD(KD):
+    """alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * hard, over all candidate entities.
+    KD's options and build; only the loss differs (PyKEEN's hard term)."""
 
     def forward(self, x, y, idx, teacher_out):
         scores = self.student(x)

@@ -192,50 +192,45 @@ def classification_evidence(base_right: Any, student_right: Any) -> dict[str, An
     }
 
 
+def _paired_items(diffs: np.ndarray, test: str) -> dict[str, Any]:
+    """Evidence from one paired difference per test item (positive: KD helped): bootstrap
+    interval of the mean and a sign-flip p."""
+    lo, hi = paired_bootstrap(diffs)
+    p = sign_flip_p(diffs)
+    gain = float(diffs.mean()) if diffs.size else math.nan
+    return {
+        "test": test,
+        "n": int(diffs.size),
+        "kd_gain": gain,
+        "kd_gain_ci": [lo, hi],
+        "kd_gain_p": p,
+        "ci_method": f"paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
+        "verdict": verdict(gain, p, tie=not np.any(diffs)),
+    }
+
+
+def _pair(a: Any, b: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"paired {what} differ in number: {x.size} vs {y.size}")
+    return x, y
+
+
 def lm_evidence(base_bpb: Any, student_bpb: Any) -> dict[str, Any]:
     """kd_gain in bits per byte (baseline − student: positive when KD helps), paired over
     test windows: bootstrap interval of the mean per-window gain and a sign-flip p. Windows
     may overlap (dataset.stride), which makes both somewhat optimistic."""
-    bb = np.asarray(base_bpb, dtype=np.float64).reshape(-1)
-    sb = np.asarray(student_bpb, dtype=np.float64).reshape(-1)
-    if bb.shape != sb.shape:
-        raise ValueError(f"paired windows differ in number: {bb.size} vs {sb.size}")
-    diffs = bb - sb
-    lo, hi = paired_bootstrap(diffs)
-    p = sign_flip_p(diffs)
-    gain = float(diffs.mean()) if diffs.size else math.nan
-    return {
-        "test": "sign-flip-windows",
-        "n": int(diffs.size),
-        "kd_gain": gain,
-        "kd_gain_ci": [lo, hi],
-        "kd_gain_p": p,
-        "ci_method": f"paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
-        "verdict": verdict(gain, p, tie=not np.any(diffs)),
-    }
+    bb, sb = _pair(base_bpb, student_bpb, "windows")
+    return _paired_items(bb - sb, "sign-flip-windows")
 
 
 def score_evidence(base_scores: Any, student_scores: Any) -> dict[str, Any]:
     """kd_gain in a per-item score where higher is better (a knowledge graph's test triples'
-    reciprocal ranks: their mean is the MRR), paired over items: bootstrap interval of the
-    mean per-item gain and a sign-flip p, as for language-model windows."""
-    bs = np.asarray(base_scores, dtype=np.float64).reshape(-1)
-    ss = np.asarray(student_scores, dtype=np.float64).reshape(-1)
-    if bs.shape != ss.shape:
-        raise ValueError(f"paired items differ in number: {bs.size} vs {ss.size}")
-    diffs = ss - bs
-    lo, hi = paired_bootstrap(diffs)
-    p = sign_flip_p(diffs)
-    gain = float(diffs.mean()) if diffs.size else math.nan
-    return {
-        "test": "sign-flip-items",
-        "n": int(diffs.size),
-        "kd_gain": gain,
-        "kd_gain_ci": [lo, hi],
-        "kd_gain_p": p,
-        "ci_method": f"paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
-        "verdict": verdict(gain, p, tie=not np.any(diffs)),
-    }
+    reciprocal ranks: their mean is the MRR), paired over items, as for language-model
+    windows."""
+    bs, ss = _pair(base_scores, student_scores, "items")
+    return _paired_items(ss - bs, "sign-flip-items")
 
 
 def seeds_evidence(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
