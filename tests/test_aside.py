@@ -28,7 +28,7 @@ def _run(tmp_path, name: str, **over):
 
 # ---- the baseline in a second process ---------------------------------------------------
 @pytest.mark.slow
-def test_the_baseline_trained_aside_is_the_baseline_trained_in_line(tmp_path):
+def test_the_baseline_trained_aside_is_the_baseline_trained_in_line(tmp_path, caplog):
     """Same store key, initial weights and batch order: the same bits (both on 1 thread; the
     teacher is shared through the store, so the students match too)."""
     seq = tmp_path / "seq"
@@ -36,11 +36,12 @@ def test_the_baseline_trained_aside_is_the_baseline_trained_in_line(tmp_path):
     a = tmp_path / "aside"
     (a / "store").mkdir(parents=True)
     shutil.copytree(seq / "store" / "teacher", a / "store" / "teacher")
-    aside_m = _run(a, "run", **{"runtime.parallel_baseline": "on", "runtime.num_threads": 2})
+    with caplog.at_level(logging.INFO, logger="kdrun"):
+        aside_m = _run(a, "run", **{"runtime.parallel_baseline": "on", "runtime.num_threads": 2})
     assert aside_m["baseline_aside"]["ok"] is True and seq_m["baseline_aside"] is None
     assert aside_m["baseline"]["source"] == "trained" and not aside_m["from_store"]["baseline"]
     assert aside_m["threads"]["baseline"] == 1
-    assert "baseline epoch 2: loss" in (a / "run" / "kdrun.log").read_text()  # its progress
+    assert "baseline epoch 2: loss" in caplog.text  # its progress, shown by the job
     for k in ("test_acc", "val_acc", "best_epoch"):
         assert aside_m["baseline"][k] == seq_m["baseline"][k], k
     for who in ("baseline", "student"):
@@ -221,3 +222,66 @@ def test_the_budget_is_whole_again_after_the_student_whether_or_not_it_took_it_b
         p.distill = distill
         assert pipeline._baseline_and_student(p) == ("baseline", "distiller", "result")
         assert p.thread_budget == 2 and torch.get_num_threads() == 2 and p.aside_job is None
+
+
+# ---- the baseline's progress, shown by the job -------------------------------------------
+class _Recorder(Reporter):
+    """A piped reporter that keeps the side rows it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(Console(file=io.StringIO()), progress=False)
+        self.side_rows: list[tuple[str, int]] = []
+
+    def side_row(self, name, row) -> None:
+        self.side_rows.append((name, int(row["epoch"])))
+        super().side_row(name, row)
+
+
+def test_the_job_shows_the_epoch_rows_of_the_baseline_in_its_second_process(tmp_path, caplog):
+    cfg = make_cfg(tmp_path, **{"runtime.parallel_baseline": "on", "runtime.num_threads": 2})
+    rep = _Recorder()
+    with caplog.at_level(logging.INFO, logger="kdrun"):
+        m = run_pipeline(cfg, tmp_path / "run", rep)
+    assert m["baseline_aside"]["ok"] is True
+    assert rep.side_rows == [("baseline", 1), ("baseline", 2)]
+    # piped: the baseline's epoch lines are in the output as the student's are
+    assert "baseline epoch 1: loss" in caplog.text and "baseline epoch 2: loss" in caplog.text
+    assert "student epoch 2: loss" in caplog.text
+    # the child no longer writes them to the log itself (the job's log handler does: once)
+    assert "baseline epoch" not in (tmp_path / "run" / "kdrun.log").read_text()
+
+
+def _row(epoch: int) -> dict:
+    return {
+        "epoch": epoch,
+        "loss": 1.0 / epoch,
+        "train_acc": 0.5,
+        "val_acc": 0.25 * epoch,
+        "seconds": 1.0,
+    }
+
+
+def test_with_bars_the_baseline_gets_a_bar_of_its_own():
+    out = io.StringIO()
+    rep = Reporter(Console(file=out, force_terminal=True, width=140), progress=True)
+    rep.side_stage("baseline", 3)
+    with rep.stage("student", 30) as hooks:
+        hooks["on_start"](0, 3)
+        rep.side_row("baseline", _row(1))  # during the student's stage: a task in its bar
+    shown = out.getvalue()
+    assert "baseline" in shown and "epoch 2/3" in shown and "val_acc 0.2500" in shown
+    with rep.side_wait("baseline"):  # the student is done; the job waits for the baseline
+        rep.side_row("baseline", _row(3))
+    assert "epoch 3/3" in out.getvalue() and "val_acc 0.7500" in out.getvalue()
+
+
+def test_a_child_that_dies_ends_the_reading_of_its_rows():
+    import multiprocessing as mp
+
+    rows_in, rows_out = mp.Pipe(duplex=False)
+    rep = _Recorder()
+    rep.side_stage("baseline", 5)
+    rows_out.send(("baseline", _row(1)))
+    rows_out.close()  # what the child's exit does: the reader sees the end, not a hang
+    aside._show_rows(rows_in, rep)
+    assert rep.side_rows == [("baseline", 1)]

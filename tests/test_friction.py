@@ -112,3 +112,34 @@ def test_an_empty_class_folder_is_an_error_not_a_class(tmp_path):
     (root / "train" / "zz_empty").mkdir()
     with pytest.raises(DataError, match=r"class folder\(s\) \['zz_empty'\] hold no images"):
         _scan_folder(OmegaConf.create({"root": str(root)}))
+
+
+def _random_file(path: Path, first: bytes) -> Path:
+    path.write_bytes(first + os.urandom(4096 - len(first)))
+    return path
+
+
+def test_a_random_bytes_teacher_checkpoint_is_refused_before_the_run(tmp_path):
+    ck = _random_file(tmp_path / "teacher.pt", b"\x42")
+    assert f"teacher.checkpoint={ck} is not a torch file" in refused(f"teacher.checkpoint={ck}")
+
+
+def test_a_random_npz_is_refused_before_the_run(tmp_path):
+    npz = _random_file(tmp_path / "data.npz", b"\x80\x04")  # numpy would take it for a pickle
+    err = refused("dataset=tensors", f"dataset.path={npz}")
+    assert f"dataset.path={npz} is not a .npz file" in err and "unsafely" not in err
+
+
+@pytest.mark.parametrize("case", ["checkpoint", "npz", "directory"])
+def test_a_file_refused_leaves_no_run_directory(tmp_path, capsys, case):
+    """The CLI's single-run pre-check reads these files: no run directory is created."""
+    arg = {
+        "checkpoint": f"teacher.checkpoint={_random_file(tmp_path / 't.pt', b'x')}",
+        "npz": f"dataset.path={_random_file(tmp_path / 'd.npz', b'x')}",
+        "directory": f"teacher.checkpoint={tmp_path}",
+    }[case]
+    extra = ["dataset=tensors"] if case == "npz" else []
+    run_dir = tmp_path / "run"
+    assert run(["experiment=smoke", *extra, arg, f"hydra.run.dir={run_dir}"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not run_dir.exists()

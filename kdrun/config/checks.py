@@ -108,9 +108,40 @@ def _check_checkpoints(cfg: DictConfig) -> None:
         f"teacher.checkpoint={path} does not exist; give the path of a teacher.pt from a "
         f"kdrun run directory",
     )
+    # The file's first bytes, read here so that a wrong file is refused before the run
+    # directory exists (kdrun.store.atomic.load_weights checks the same when it loads).
+    _check(
+        _head(path, 2) == b"PK" or _head(path, 1) == b"\x80",
+        f"teacher.checkpoint={path} is not a torch file (neither a zip archive nor a pickle); "
+        f"give the path of a teacher.pt from a kdrun run directory",
+    )
+
+
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of a file (b"" if it cannot be read: the loader says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _check_tensors_file(ds: DictConfig) -> None:
+    """dataset=tensors: an existing dataset.path must be a .npz (a zip archive), checked here
+    so that a wrong file is refused before the run directory exists (the loader checks it
+    again, kdrun.data.external.load_tensors)."""
+    path = Path(str(ds.get("path") or "")).expanduser()
+    if ds.name != "tensors" or not ds.get("path") or not path.is_file():
+        return  # no path / a missing one: the loader's own error names the fix
+    _check(
+        _head(path, 4) in (b"PK\x03\x04", b"PK\x05\x06"),
+        f"dataset.path={path} is not a .npz file (not a zip archive); write one with "
+        f"numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)",
+    )
 
 
 def _check_dataset(ds: DictConfig) -> None:
+    _check_tensors_file(ds)
     _check(
         0 < ds.train_fraction <= 1,
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",

@@ -19,6 +19,7 @@ import io
 import logging
 import multiprocessing as mp
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Aside:
     t0: float
     history_at: int  # where the baseline's rows go in the job's history (before the student's)
     reclaimed_at: int | None = None  # the student's epoch after which the job took its thread back
+    rows: threading.Thread | None = None  # shows the child's epoch rows as they arrive
 
 
 def wanted(p: JobContext, est_seconds: float | None = None) -> bool:
@@ -102,20 +104,51 @@ def _expected_seconds(p: JobContext) -> float:
     return 1.5 * secs * planned_steps(train, len(p.data.student_idx))
 
 
-def start(p: JobContext, child: Callable[[dict[str, Any], str, Any], None]) -> Aside:
+def start(p: JobContext, child: Callable[[dict[str, Any], str, Any, Any], None]) -> Aside:
     """Spawn the process that trains ``p``'s baseline into the store (1 thread). ``child``: a
     module-level function (spawn imports it by name) that calls ``run_child`` with the
-    context class to build the baseline with."""
+    context class to build the baseline with. Its epoch rows come back through a pipe and
+    are shown by the job's reporter as they arrive (a bar, or the epoch lines)."""
     ctx = mp.get_context("spawn")  # never fork a process whose OpenMP threads have run
     result = ctx.SimpleQueue()
+    rows_in, rows_out = ctx.Pipe(duplex=False)
     container = to_container(p.cfg)
     proc = ctx.Process(
-        target=child, args=(container, str(p.run_dir), result), name="kdrun-baseline"
+        target=child, args=(container, str(p.run_dir), result, rows_out), name="kdrun-baseline"
     )
     proc.daemon = True  # ends with the job
     proc.start()
+    rows_out.close()  # the child holds the only writing end: its exit ends the reading
+    p.reporter.side_stage("baseline", int(p.cfg.student.train.epochs))
+    shower = threading.Thread(
+        target=_show_rows, args=(rows_in, p.reporter), name="kdrun-baseline-rows", daemon=True
+    )
+    shower.start()
     log.info("baseline: training in a second process (1 thread) beside the student")
-    return Aside(proc, result, time.perf_counter(), len(p.history))
+    return Aside(proc, result, time.perf_counter(), len(p.history), rows=shower)
+
+
+def _show_rows(rows_in: Any, reporter: Reporter) -> None:
+    """The reading end of the child's rows: each goes to the reporter, until the child's
+    end closes (a child that dies closes it too, so this never outlives it)."""
+    try:
+        while True:
+            try:
+                stage, row = rows_in.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                reporter.side_row(stage, row)
+            except Exception as e:  # showing progress never fails the job
+                log.debug("baseline row not shown (%s)", e)
+    finally:
+        rows_in.close()
+
+
+def _rows_done(aside: Aside) -> None:
+    """After the child has exited: its last rows shown (bounded: a wedged reader is left)."""
+    if aside.rows is not None:
+        aside.rows.join(timeout=5.0)
 
 
 def reclaiming(
@@ -145,7 +178,9 @@ def finish(p: JobContext, aside: Aside) -> torch.nn.Module:
     """Wait for the child and return the baseline (from the store); trained here instead
     if the child failed."""
     waited = time.perf_counter()
-    aside.proc.join()
+    with p.reporter.side_wait("baseline"):
+        aside.proc.join()
+        _rows_done(aside)
     outcome = aside.result.get() if not aside.result.empty() else None
     ok = aside.proc.exitcode == 0 and isinstance(outcome, dict) and outcome.get("ok")
     n = len(p.history)
@@ -177,20 +212,38 @@ def stop(aside: Aside) -> None:
     if aside.proc.is_alive():
         aside.proc.terminate()
     aside.proc.join()
+    _rows_done(aside)
 
 
 def _log_to(path: Path) -> None:
-    """The baseline's epoch lines go to the job's log (the screen shows the student's bar)."""
+    """The child's log lines go to the job's log; its epoch lines do not: the job shows and
+    logs those (they reach it through the rows pipe)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)  # appends, as the job's own handler does
     fmt = "[%(asctime)s][kdrun aside][%(levelname)s] - %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(lambda record: not getattr(record, "epoch_row", False))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
 
 
-def run_child(container: dict[str, Any], run_dir: str, result: Any, context_cls: type) -> None:
-    """The second process: the baseline through the store, one thread, no console output."""
+def _sender(rows_out: Any) -> Callable[[str, dict[str, Any]], None]:
+    """The child's ``on_row``: each epoch's row to the job (a job gone: the training goes on)."""
+
+    def send(stage: str, row: dict[str, Any]) -> None:
+        try:
+            rows_out.send((stage, dict(row)))
+        except (OSError, ValueError) as e:
+            log.debug("baseline row not sent (%s)", e)
+
+    return send
+
+
+def run_child(
+    container: dict[str, Any], run_dir: str, result: Any, rows_out: Any, context_cls: type
+) -> None:
+    """The second process: the baseline through the store, one thread, no console output;
+    its epoch rows go to the job through ``rows_out``."""
     # Ctrl-C reaches the whole process group: the job decides, and terminates this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_threads(1)
@@ -198,7 +251,7 @@ def run_child(container: dict[str, Any], run_dir: str, result: Any, context_cls:
     _log_to(Path(run_dir) / "kdrun.log")
     try:
         cfg: DictConfig = OmegaConf.create(container)
-        reporter = Reporter(Console(file=io.StringIO()), progress=False)
+        reporter = Reporter(Console(file=io.StringIO()), progress=False, on_row=_sender(rows_out))
         p = context_cls(cfg, Path(run_dir), torch.device("cpu"), reporter)
         p.baseline()
         seconds = round(time.perf_counter() - t0, 1)

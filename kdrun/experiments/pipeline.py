@@ -252,9 +252,9 @@ def _save_models(
         atomic_torch_save(_cpu(baseline), ckpt_dir / "baseline.pt")
 
 
-def _baseline_child(container: dict[str, Any], run_dir: str, result: Any) -> None:
+def _baseline_child(container: dict[str, Any], run_dir: str, result: Any, rows: Any) -> None:
     """aside's second process (spawn imports this module and calls it by name)."""
-    aside.run_child(container, run_dir, result, JobContext)
+    aside.run_child(container, run_dir, result, rows, JobContext)
 
 
 def _baseline_and_student(p: Pipeline) -> tuple[nn.Module | None, Distiller, FitResult]:

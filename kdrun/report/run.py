@@ -6,8 +6,10 @@ import csv
 import io
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,31 @@ def _val_key(row: dict[str, Any]) -> str:
     return next((k for k in row if k.startswith("val_")), "val_acc")
 
 
+@dataclass
+class _Side:
+    """A stage trained in another process (the baseline aside): its bar's state, shown in
+    whichever bar is live when its rows arrive."""
+
+    epochs: int
+    done: int = 0
+    info: str = ""
+    bar: Progress | None = None  # the live bar its task is in
+    task: Any = None
+
+
+def _new_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<9}"),
+        BarColumn(),
+        TextColumn("{task.fields[where]}"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+
+
 class Reporter:
     """Rich progress bars in an interactive terminal; one log line per epoch otherwise."""
 
@@ -56,29 +83,79 @@ class Reporter:
         self.console = console
         self.progress = progress
         self.on_row = on_row
+        self._live: Progress | None = None  # the bar of the stage now training
+        self._sides: dict[str, _Side] = {}
+        self._lock = threading.Lock()  # side rows arrive on another thread
 
     @contextmanager
     def stage(self, name: str, total_steps: int) -> Iterator[dict[str, Any]]:
         def log_epoch(row: dict[str, Any]) -> None:
             if self.on_row is not None:
                 self.on_row(name, row)
-            log.info("%s", epoch_line(name, row))
+            log.info("%s", epoch_line(name, row), extra={"epoch_row": True})
 
         if not self.progress:
             yield {"on_epoch": log_epoch}
             return
-        bar = Progress(
-            TextColumn("[bold]{task.description:<9}"),
-            BarColumn(),
-            TextColumn("{task.fields[where]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-            transient=False,
-        )
-        with bar:
+        bar = _new_bar(self.console)
+        with bar, self._showing(bar):
             yield _BarHooks(bar, name, total_steps, self.on_row).hooks()
+
+    @contextmanager
+    def _showing(self, bar: Progress) -> Iterator[None]:
+        """``bar`` is the live one: the side stages still training get a task in it."""
+        with self._lock:
+            self._live = bar
+            for name, side in self._sides.items():
+                if 0 < side.done < side.epochs:  # (the first row adds a task itself)
+                    self._show(name, side)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._live = None
+
+    def side_stage(self, name: str, epochs: int) -> None:
+        """Stage ``name`` (``epochs`` epochs) trains in another process; its rows come
+        through ``side_row``, from any thread."""
+        with self._lock:
+            self._sides[name] = _Side(epochs)
+
+    def side_row(self, name: str, row: dict[str, Any]) -> None:
+        """One epoch of a side stage: its line (piped), or its task in the live bar (bars;
+        between bars it waits for the next one, or for ``side_wait``)."""
+        line = epoch_line(name, row)
+        if not self.progress:
+            log.info("%s", line)
+            return
+        to_log(line)  # the bar shows it; the log file keeps it
+        with self._lock:
+            side = self._sides.setdefault(name, _Side(int(row["epoch"])))
+            key = _val_key(row)
+            side.done, side.info = int(row["epoch"]), f"loss {row['loss']:.3f} {key} {row[key]:.4f}"
+            self._show(name, side)
+
+    def _show(self, name: str, side: _Side) -> None:
+        """(Under the lock.) The side stage's task in the live bar, added or updated."""
+        bar = self._live
+        if bar is None:
+            return
+        where = f"epoch {min(side.done + 1, side.epochs)}/{side.epochs}"
+        if side.bar is not bar:
+            side.bar = bar
+            side.task = bar.add_task(name, total=side.epochs, info=side.info, where=where)
+        bar.update(side.task, completed=side.done, info=side.info, where=where)
+
+    @contextmanager
+    def side_wait(self, name: str) -> Iterator[None]:
+        """The job waits for side stage ``name``: a bar of its own while it is unfinished."""
+        side = self._sides.get(name)
+        if not self.progress or side is None or side.done >= side.epochs:
+            yield
+            return
+        bar = _new_bar(self.console)
+        with bar, self._showing(bar):
+            yield
 
 
 class _BarHooks:
