@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.config.options import check_options
 from kdrun.config.schema import KdrunConfig
 from kdrun.data import DATASETS, parse_size
 from kdrun.errors import ConfigError
@@ -49,6 +50,11 @@ def _check_train(prefix: str, t: Any) -> None:
     )
 
 
+# Sections whose keys something else checks: method.* its Options, logger.* each tracker,
+# *.options the plugin's registered dataclass (kdrun.config.options).
+_OWN_CHECKS = ("method", "logger", "teacher.options", "student.options", "dataset.options")
+
+
 def unknown_keys(cfg: DictConfig) -> list[str]:
     """Keys absent from the schema: ``+key=value`` can add them past OmegaConf's struct check."""
     ref = OmegaConf.to_container(OmegaConf.structured(KdrunConfig))
@@ -63,8 +69,8 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
             elif (
                 isinstance(v, dict)
                 and isinstance(schema[k], dict)
-                and prefix + k not in ("method", "logger")
-            ):  # method.* is checked by its own Options, logger.* by each tracker
+                and prefix + k not in _OWN_CHECKS
+            ):
                 walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")
@@ -242,5 +248,6 @@ def validate_config(cfg: DictConfig) -> None:
     )
     _check_models(cfg)
     _check_dataset(cfg.dataset)
+    check_options(cfg)
     _check_runtime(cfg.runtime)
     _check_analysis(cfg.analysis)
