@@ -84,6 +84,12 @@ def explain(e: BaseException) -> str:
     m = _KEY_MISSING.search(text)
     if m and "not in" in text:
         key = m.group(1).lstrip("+~")
+        if key.startswith(("teacher.options.", "student.options.", "dataset.options.")):
+            # an open section: Hydra adds a key its YAML does not list only with +
+            return (
+                f"{key} is not set by the config files; add it with +{key}=VALUE "
+                f"(checked against the plugin's registered options)"
+            )
         hint = " or ".join(f"'{k}'" for k in suggest_keys(key))
         hint = f"did you mean {hint}? " if hint else ""
         return f"unknown config key '{key}'; {hint}`kdrun --cfg job` lists every key"

@@ -21,6 +21,15 @@ from kdrun.cli.overview import COMMANDS, help_text, list_text
 from kdrun.errors import ConfigError
 
 PLUGIN_GROUPS = {"kdrun.methods": "method", "kdrun.models": "model", "kdrun.datasets": "dataset"}
+# Every group kdrun.cli.plugins loads (named here: importing it imports torch); `kdrun list`
+# shows the names of PLUGIN_GROUPS only.
+ALL_PLUGIN_GROUPS = (
+    *PLUGIN_GROUPS,
+    "kdrun.lm_methods",
+    "kdrun.tasks",
+    "kdrun.kinds",
+    "kdrun.analyses",
+)
 # Hydra's own command-line flags (hydra/_internal/utils.py get_args_parser); anything else
 # starting with '-' is a mistake, answered in one line instead of Hydra's usage paragraph.
 HYDRA_FLAGS = {
@@ -54,12 +63,12 @@ HYDRA_FLAGS = {
 def _plugins() -> dict[str, list[str]] | None:
     """Load installed plugins (None if there are none, the usual case: no torch needed);
     the names they added, by kind."""
-    groups = {g: list(entry_points(group=g)) for g in PLUGIN_GROUPS}
+    groups = {g: list(entry_points(group=g)) for g in ALL_PLUGIN_GROUPS}
     if not any(groups.values()):
         return None
     plugins = importlib.import_module("kdrun.cli.plugins")
     plugins.load_plugins()
-    return {PLUGIN_GROUPS[g]: sorted(reg) for g, (_, reg) in plugins.GROUPS.items()}
+    return {kind: sorted(plugins.GROUPS[g][1]) for g, kind in PLUGIN_GROUPS.items()}
 
 
 def _not_a_command(word: str) -> str:

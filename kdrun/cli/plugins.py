@@ -62,8 +62,8 @@ def _register(group: str, name: str, obj: Any) -> None:
         register_method(name)(obj)
     elif group == "kdrun.lm_methods" and distiller:
         register_lm_method(name)(obj)
-    elif group == "kdrun.models" and callable(obj):
-        register_model(name)(obj)
+    elif group == "kdrun.models" and callable(obj):  # its own fields: a dataclass .Options
+        register_model(name, options=getattr(obj, "Options", None))(obj)
     elif group == "kdrun.tasks" and getattr(obj, "name", None) == name:
         register_task(obj)
     elif group == "kdrun.kinds" and callable(obj):

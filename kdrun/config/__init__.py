@@ -21,7 +21,8 @@ from kdrun.config.schema import (
     to_container,
 )
 
-_CHECKS = ("unknown_keys", "validate_config")
+_CHECKS = ("unknown_keys", "validate_config", "model_options", "dataset_options")
+_MODULE = {"model_options": "kdrun.config.options", "dataset_options": "kdrun.config.options"}
 
 __all__ = [
     "AnalysisConfig",
@@ -32,6 +33,8 @@ __all__ = [
     "RuntimeConfig",
     "TrainConfig",
     "config_dir",
+    "dataset_options",
+    "model_options",
     "register_configs",
     "to_container",
     "unknown_keys",
@@ -42,4 +45,4 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _CHECKS:
         raise AttributeError(f"module 'kdrun.config' has no attribute {name!r}")
-    return getattr(importlib.import_module("kdrun.config.checks"), name)
+    return getattr(importlib.import_module(_MODULE.get(name, "kdrun.config.checks")), name)

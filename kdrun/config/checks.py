@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.config.options import check_options
 from kdrun.config.schema import KdrunConfig
 from kdrun.data import DATASETS, parse_size
 from kdrun.errors import ConfigError
@@ -49,6 +50,22 @@ def _check_train(prefix: str, t: Any) -> None:
     )
 
 
+# Sections whose keys something else checks: method.* its Options, logger.* each tracker,
+# *.options the plugin's registered dataclass (kdrun.config.options).
+# Sections checked by their owner, not by the schema: method.* by the method's Options,
+# logger.* by each tracker, a model's kwargs by the model they are passed to, a plugin's
+# options by the dataclass it registered.
+_OWN_CHECKS = (
+    "method",
+    "logger",
+    "teacher.kwargs",
+    "student.kwargs",
+    "teacher.options",
+    "student.options",
+    "dataset.options",
+)
+
+
 def unknown_keys(cfg: DictConfig) -> list[str]:
     """Keys absent from the schema: ``+key=value`` can add them past OmegaConf's struct check."""
     ref = OmegaConf.to_container(OmegaConf.structured(KdrunConfig))
@@ -63,9 +80,8 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
             elif (
                 isinstance(v, dict)
                 and isinstance(schema[k], dict)
-                and prefix + k not in ("method", "logger", "teacher.kwargs", "student.kwargs")
-            ):  # method.* is checked by its own Options, logger.* by each tracker, a model's
-                # kwargs by the model it is passed to
+                and prefix + k not in _OWN_CHECKS
+            ):
                 walk(v, schema[k], f"{prefix}{k}.")
 
     walk(given, ref, "")
@@ -274,5 +290,6 @@ def validate_config(cfg: DictConfig) -> None:
     )
     _check_models(cfg)
     _check_dataset(cfg.dataset)
+    check_options(cfg)
     _check_runtime(cfg.runtime)
     _check_analysis(cfg.analysis)

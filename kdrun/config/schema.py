@@ -66,6 +66,9 @@ class ModelConfig:
     n_embd: int = 128  # gpt: width
     block_size: int = 0  # gpt: positions; 0 = the data's dataset.block_size
     dim: int = 0  # rotate, complex, transe: the embedding dimension
+    # A plugin model's own fields, checked against the dataclass it registered
+    # (register_model(name, options=...); kdrun.config.options.model_options)
+    options: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -103,6 +106,9 @@ class DatasetConfig:
     block_size: int = 256  # tokens per training context
     stride: int = 0  # tokens between window starts; 0 = block_size (non-overlapping)
     test_size: float = 0.1  # share of the text held out for test (val_size: for validation)
+    # A plugin data set's own fields, checked against the dataclass it registered
+    # (register_dataset(..., options=...); kdrun.config.options.dataset_options)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -39,6 +39,9 @@ class DatasetSpec:
     # The user's own data (kdrun.data.external): load(cfg, hints) returns an ExternalRaw.
     external: bool = False
     pixel_max: float = 255.0  # raw pixel value that maps to 1.0 (the export's preprocessing)
+    # The data set's own config fields (a dataclass), given as dataset.options.KEY and checked
+    # against it like the schema's (kdrun.config.options); None: it takes no options.
+    options: type | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -51,9 +54,12 @@ def register_dataset(
     task: str = "classify",
     external: bool = False,
     pixel_max: float = 255.0,
+    options: type | None = None,
 ):
     def deco(fn: Callable[..., RawData]) -> Callable[..., RawData]:
-        DATASETS[name] = DatasetSpec(fn, num_classes, class_names, task, external, pixel_max)
+        DATASETS[name] = DatasetSpec(
+            fn, num_classes, class_names, task, external, pixel_max, options
+        )
         return fn
 
     return deco

@@ -17,6 +17,7 @@ from kdrun.models.external import (
 )
 from kdrun.models.registry import (
     MODEL_INPUTS,
+    MODEL_OPTIONS,
     MODELS,
     build_model,
     count_params,
@@ -24,6 +25,7 @@ from kdrun.models.registry import (
 )
 
 __all__ = [
+    "MODEL_OPTIONS",
     "MLP",
     "MODELS",
     "Preprocessing",

@@ -17,13 +17,20 @@ MODELS: dict[str, ModelBuilder] = {}
 # What each model reads: "images" (C, H, W tensors) or "tokens" (token-id windows); absent for
 # models that take either (custom modules, plugins that do not say), which are not checked.
 MODEL_INPUTS: dict[str, str] = {}
+# A model's own config fields (a dataclass), given as <role>.options.KEY and checked against
+# it like the schema's (kdrun.config.options); absent: the model takes no options.
+MODEL_OPTIONS: dict[str, type] = {}
 
 
-def register_model(name: str, inputs: str | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(
+    name: str, inputs: str | None = None, options: type | None = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
     def deco(fn: ModelBuilder) -> ModelBuilder:
         MODELS[name] = fn
         if inputs is not None:
             MODEL_INPUTS[name] = inputs
+        if options is not None:
+            MODEL_OPTIONS[name] = options
         return fn
 
     return deco

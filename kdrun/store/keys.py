@@ -183,6 +183,14 @@ def _drop(tree: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
     return tree
 
 
+def _no_empty_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """Without ``options`` when none are given: a model or data set that takes none keeps the
+    key it had before the field existed, so the artifacts stored then are still found."""
+    if not spec.get("options"):
+        spec.pop("options", None)
+    return spec
+
+
 def _container(node: Any) -> Any:
     if isinstance(node, DictConfig):
         return OmegaConf.to_container(node, resolve=True)
@@ -286,7 +294,7 @@ def model_code(model_cfg: Any) -> dict[str, Any] | None:
 
 def data_section(cfg: Any, kind: str, data_fp: str) -> dict[str, Any]:
     """The data set section as ``kind`` reads it, and the content it was loaded from."""
-    spec = _drop(_container(cfg.dataset), _under("dataset", excluded(kind)))
+    spec = _no_empty_options(_drop(_container(cfg.dataset), _under("dataset", excluded(kind))))
     tok = spec.get("tokenizer")
     if tok and Path(str(tok)).expanduser().is_dir():  # a local tokenizer: by its content
         spec["tokenizer"] = "tree:" + DigestCache().tree(Path(str(tok)).expanduser())[:32]
@@ -301,7 +309,7 @@ def data_section(cfg: Any, kind: str, data_fp: str) -> dict[str, Any]:
 def model_section(model_cfg: Any, built: nn.Module | None = None) -> dict[str, Any]:
     """A model section (its training recipe included) as a key reads it: pretrained weights
     by their content, user code by its source, a model used as built by its weights."""
-    spec = _drop(_container(model_cfg), MODEL_NEVER)
+    spec = _no_empty_options(_drop(_container(model_cfg), MODEL_NEVER))
     ident = weights_identity(model_cfg)
     if ident:
         spec["weights"] = ident
