@@ -326,12 +326,12 @@ def test_store_key_covers_the_data_limits():
     from hydra.core.global_hydra import GlobalHydra
 
     from kdrun.config import config_dir
-    from kdrun.experiments.specs import data_spec
+    from kdrun.store.keys import data_section
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         specs = [
-            data_spec(compose("config", overrides=ov), student=False)
+            data_section(compose("config", overrides=ov), "teacher", "files:x")
             for ov in ([], ["dataset.limit_train=500"], ["dataset.limit_test=100"])
         ]
     assert specs[0] != specs[1] and specs[0] != specs[2] and specs[1] != specs[2]
