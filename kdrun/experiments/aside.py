@@ -69,7 +69,7 @@ def wanted(p: JobContext, est_seconds: float | None = None) -> bool:
     if p.device.type != "cpu" or p.dist.enabled or p.thread_budget < 2:
         return False
     auto = mode == "auto"
-    if auto and (not p.threads.auto or rt.deterministic):
+    if auto and (not p.threads.adaptive or rt.deterministic):
         return False
     if auto and _data_bytes(p) > MAX_DATA_BYTES:
         return False
@@ -150,6 +150,7 @@ def finish(p: JobContext, aside: Aside) -> torch.nn.Module:
     ok = aside.proc.exitcode == 0 and isinstance(outcome, dict) and outcome.get("ok")
     n = len(p.history)
     if ok:
+        p.baseline_threads = 1  # keyed by the count it was trained at
         model = p.baseline(trained_aside=not outcome["from_store"])
         p.stage_threads["baseline"] = 1
     else:
