@@ -195,15 +195,14 @@ class JobContext:
         return art
 
     def keyed(self, spec: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-        """``spec`` with what sets a stored artifact's rounding on this job: the CPU thread
-        count it is computed at (``threads``: another than the job's, e.g. the baseline's
-        second process) and a DDP world size. A store filled at other counts then never
-        hands this job numbers it would not compute itself."""
+        """``spec`` with the CPU thread count a stored artifact is computed at (``threads``:
+        another than the job's, e.g. the baseline's second process): it orders float sums,
+        so a store filled at another count never hands this job numbers it would not compute
+        itself. (The DDP world size is not in it: a teacher trained on one process serves a
+        job of several, docs/distributed.md.)"""
         key = self.threads.key()
         if key is not None:
             spec["threads"] = threads if threads is not None and key != "adaptive" else key
-        if self.dist.world_size > 1:
-            spec["world_size"] = self.dist.world_size
         return spec
 
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
