@@ -205,14 +205,6 @@ class ThreadBudget:
         self.stages[stage] = n
         self.calibrated.add(stage)
 
-    def key(self) -> int | str | None:
-        """What store keys hold of the counts (CPU float sums are ordered by the count, so an
-        artifact trained at another count would give other numbers): the job's count,
-        "adaptive" (timing decided: never equal to a fixed count's), None on an accelerator."""
-        if not self.cpu:
-            return None
-        return "adaptive" if self.adaptive else self.job
-
     def govern(self, stage: str, hooks: dict[str, Any]) -> dict[str, Any]:
         """``hooks`` plus a governor's where the stage's count was chosen (auto, CPU) and can
         change: a budget above 1 and no runtime.deterministic (the governor's choices depend
@@ -229,7 +221,7 @@ class ThreadBudget:
         return governed(hooks, self.governors[stage])
 
     def governable(self, stage: str) -> bool:
-        return stage in self.calibrated and not self.deterministic
+        return self.adaptive and stage in self.calibrated and not self.deterministic
 
     def lend(self, n: int = 1) -> None:
         """``n`` threads go to another process: this one runs on the rest."""

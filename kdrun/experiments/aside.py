@@ -150,7 +150,6 @@ def finish(p: JobContext, aside: Aside) -> torch.nn.Module:
     ok = aside.proc.exitcode == 0 and isinstance(outcome, dict) and outcome.get("ok")
     n = len(p.history)
     if ok:
-        p.baseline_threads = 1  # keyed by the count it was trained at
         model = p.baseline(trained_aside=not outcome["from_store"])
         p.stage_threads["baseline"] = 1
     else:

@@ -104,7 +104,7 @@ def _matching_net(p: JobContext, opts: CondenseConfig):
 def learn_images(p: JobContext, opts: CondenseConfig) -> tuple[dict[str, Any], bool]:
     """The synthetic images of this data set and options, from the store or learned now."""
     d = p.data
-    spec = p.keyed(condensed_key(p.cfg, p.data_fp))
+    spec = condensed_key(p.cfg, p.data_fp)
     n = d.num_classes * opts.ipc
 
     def build(workdir: Path):

@@ -80,7 +80,6 @@ class JobContext:
         cache = Path(cfg.store_dir) / "threads.json"
         self.threads = threads or ThreadBudget.in_force(cfg.runtime, device, cache)
         self.baseline_aside: dict[str, Any] | None = None  # set by kdrun.experiments.aside
-        self.baseline_threads: int | None = None  # set when a second process trained it
 
     # views of the thread budget, by the names metrics.json gives them
     @property
@@ -194,17 +193,6 @@ class JobContext:
             self.from_store[kind] = art.from_cache
         return art
 
-    def keyed(self, spec: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-        """``spec`` with the CPU thread count a stored artifact is computed at (``threads``:
-        another than the job's, e.g. the baseline's second process): it orders float sums,
-        so a store filled at another count never hands this job numbers it would not compute
-        itself. (The DDP world size is not in it: a teacher trained on one process serves a
-        job of several, docs/distributed.md.)"""
-        key = self.threads.key()
-        if key is not None:
-            spec["threads"] = threads if threads is not None and key != "adaptive" else key
-        return spec
-
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
         return {
             "model": model_label(cfg_m),
@@ -230,6 +218,8 @@ class JobContext:
         def build(workdir: Path):
             res = train(workdir / "partial.pt", content_key(spec))
             meta = self._stage_meta(model, cfg_m, res)
+            # its thread count orders its float sums: a job that loads it records it
+            meta["threads"] = self.threads.stages.get(stage or kind, torch.get_num_threads())
             (workdir / "partial.pt").unlink(missing_ok=True)
             return res.best_state, meta
 
@@ -253,8 +243,8 @@ class JobContext:
             {**r, "stage": stage or r["stage"], "from_store": from_cache} for r in meta["history"]
         )
         self.from_store[stage or kind] = from_cache
-        if "threads" in spec:  # loaded: the count it was trained at (its key holds it)
-            self.threads.stages.setdefault(stage or kind, spec["threads"])
+        if "threads" in meta:  # the count it was trained at (a stored stage's too)
+            self.threads.stages.setdefault(stage or kind, meta["threads"])
         scores = {k: v for k, v in meta.items() if k not in META_FIELDS}
         rep = StageReport(
             meta["model"],
@@ -301,7 +291,6 @@ class JobContext:
         # teacher assistant) by its teachers and the run's T/alpha
         keys = list(self.teacher_keys) if teacher is not None else None
         spec = model_key(cfg, model_cfg, seed, self.data_fp, built=model, teacher_keys=keys)
-        spec = self.keyed(spec)
 
         def train(ckpt: Path, fp: str) -> FitResult:
             if teacher is None or distill is None:
@@ -346,7 +335,7 @@ class JobContext:
         rows = d.student_idx.cpu()
         n = opts.samples or len(rows)
         windows = torch.cat([d.x_train[rows[:n]], d.y_train[rows[:n], -1:]], 1).cpu()
-        spec = self.keyed(teacher_samples_key(self.cfg, self.teacher_keys[0], opts, self.data_fp))
+        spec = teacher_samples_key(self.cfg, self.teacher_keys[0], opts, self.data_fp)
 
         def check(t: Any) -> None:
             if not isinstance(t, torch.Tensor) or t.shape != windows.shape:
@@ -371,7 +360,7 @@ class JobContext:
         if epochs:
             s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
         spec = baseline_key(self.cfg, s_cfg, self.data_fp, full_data)
-        return self.keyed(spec, self.baseline_threads), s_cfg
+        return spec, s_cfg
 
     def baseline(
         self, full_data: bool = False, epochs: int = 0, trained_aside: bool = False

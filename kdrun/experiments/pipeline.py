@@ -65,9 +65,7 @@ class Pipeline(JobContext):
         # One cache per (teachers, data, what the method caches): method options that only
         # shape the student's loss (DKD's beta, ...) are not in the key.
         code = code_identity(type(distiller))  # a plugin's method computes the outputs
-        spec = self.keyed(
-            teacher_logits_key(cfg, self.teacher_keys, outputs_spec, self.data_fp, code)
-        )
+        spec = teacher_logits_key(cfg, self.teacher_keys, outputs_spec, self.data_fp, code)
         x = self.data.x_train
         rows = self.data.student_idx.to(x.device)
 
@@ -96,7 +94,7 @@ class Pipeline(JobContext):
     def teacher_reference(self, teacher: nn.Module) -> Any:
         """The teacher's test outputs students are compared with, once per teacher (store)."""
         n = len(self.data.y_test)
-        spec = self.keyed(teacher_reference_key(self.cfg, self.teacher_keys[0], self.data_fp))
+        spec = teacher_reference_key(self.cfg, self.teacher_keys[0], self.data_fp)
         rt = self.cfg.runtime
         # checked row by row against the teacher now: a stale or shifted reference is rebuilt
         check = reference_check(self.task, teacher, self.data, rt.amp, self._rtol())
