@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,14 @@ needs_fashion = pytest.mark.skipif(
 )
 
 
+# The data fingerprints' hash cache of every run the tests start: never the user's ~/.cache
+DIGEST_CACHE = Path(tempfile.mkdtemp(prefix="kdrun-digests-")) / "digests.json"
+os.environ.setdefault("KDRUN_DIGEST_CACHE", str(DIGEST_CACHE))  # in-process runs too
+
+
 def kdrun_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    env["KDRUN_DIGEST_CACHE"] = str(DIGEST_CACHE)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "2")
     env.pop("HYDRA_FULL_ERROR", None)

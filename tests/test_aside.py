@@ -96,17 +96,22 @@ def test_an_interrupted_job_ends_its_second_process(tmp_path, monkeypatch):
     assert len(started) == 1 and not started[0].proc.is_alive()
 
 
+# parallel_baseline=auto trains aside only with timing-driven thread counts (the opt-in)
+ADAPTIVE = {"runtime.num_threads": "adaptive"}
+
+
 @pytest.mark.parametrize(
     ("over", "budget", "est", "wanted"),
     [
-        ({}, 2, 100.0, True),  # auto: a long baseline on 2 threads
-        ({}, 2, 5.0, False),  # too short to pay for a second process
-        ({}, 1, 100.0, False),  # one thread: nothing to share
+        (ADAPTIVE, 2, 100.0, True),  # auto: a long baseline on 2 threads
+        (ADAPTIVE, 2, 5.0, False),  # too short to pay for a second process
+        (ADAPTIVE, 1, 100.0, False),  # one thread: nothing to share
+        ({}, 2, 100.0, False),  # auto threads: one process, the same numbers on every run
         ({"runtime.parallel_baseline": "off"}, 2, 100.0, False),
         ({"runtime.parallel_baseline": "on"}, 2, 0.0, True),
         ({"runtime.parallel_baseline": "on"}, 1, 0.0, False),
         ({"baseline": False}, 2, 100.0, False),
-        ({"runtime.deterministic": True}, 2, 100.0, False),  # auto keeps jobs in one process
+        ({**ADAPTIVE, "runtime.deterministic": True}, 2, 100.0, False),  # one process
         ({"runtime.num_threads": 2}, 2, 100.0, False),  # a fixed count is the user's choice
     ],
 )
@@ -117,7 +122,7 @@ def test_when_the_baseline_goes_aside(tmp_path, over, budget, est, wanted):
 
 
 def test_auto_keeps_big_data_in_one_process(tmp_path, monkeypatch):
-    p = make_pipeline(tmp_path)
+    p = make_pipeline(tmp_path, **ADAPTIVE)
     p.thread_budget = 2
     assert aside.wanted(p, est_seconds=100.0)
     monkeypatch.setattr(aside, "MAX_DATA_BYTES", aside._data_bytes(p) - 1)
@@ -164,10 +169,12 @@ def _process(state: dict) -> SimpleNamespace:
 
 
 def _lent(tmp_path, state: dict, **over):
-    """A pipeline on 2 threads with one lent to a child: the student stage on 1, auto."""
-    p = make_pipeline(tmp_path, **over)
+    """A pipeline on 2 threads with one lent to a child: the student stage on 1, adaptive
+    (its count chosen by calibration) unless ``over`` says otherwise."""
+    p = make_pipeline(tmp_path, **{**ADAPTIVE, **over})
     p.aside_job = aside.Aside(_process(state), None, 0.0, 0)
     p.thread_budget, p.stage_threads["student"] = 1, 1
+    p.threads.calibrated.add("student")
     torch.set_num_threads(1)
     return p
 
@@ -192,7 +199,14 @@ def test_the_student_takes_the_thread_back_after_the_child_exits(tmp_path, threa
     assert p.aside_job.reclaimed_at == 2 and p.thread_budget == 2  # once
 
 
-@pytest.mark.parametrize("over", [{"runtime.deterministic": True}, {"runtime.num_threads": 2}])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"runtime.deterministic": True},
+        {"runtime.num_threads": 2},
+        {"runtime.num_threads": "auto"},  # a count by rule: no thread comes back mid-stage
+    ],
+)
 def test_a_fixed_thread_count_stays_fixed_when_the_child_exits(tmp_path, threads_restored, over):
     p = _lent(tmp_path, {"alive": False}, **over)
     if "runtime.num_threads" in over:

@@ -101,10 +101,21 @@ def test_the_kd_gain_comes_with_its_paired_test(smoke_run):
     assert m["data"]["student_val_size"] == m["data"]["val_size"]  # no class omitted
 
 
-def test_auto_threads_record_what_the_governor_did(smoke_run):
-    """runtime.num_threads=auto (the default) on a CPU: each stage's governor entry, every
-    training step but the stage's first timed (the smoke stages are shorter than a window)."""
+def test_auto_threads_are_fixed_by_rule_and_recorded(smoke_run):
+    """runtime.num_threads=auto (the default): every stage trains on the job's count, recorded
+    per stage; nothing is governed by timing (that is runtime.num_threads=adaptive)."""
     m = read_json(smoke_run[0] / "metrics.json")
+    threads = m["threads"]
+    assert m["threads_governor"] == {}
+    assert {threads[s] for s in STAGES} == {threads["job"]}
+
+
+def test_adaptive_threads_record_what_the_governor_did(run_kdrun, tmp_path):
+    """runtime.num_threads=adaptive on a CPU: each stage's governor entry, every training step
+    but the stage's first timed (the smoke stages are shorter than a window)."""
+    p = run_kdrun("experiment=smoke", "runtime.num_threads=adaptive", run_dir=tmp_path / "run")
+    assert p.returncode == 0, p.stderr
+    m = read_json(tmp_path / "run" / "metrics.json")
     threads, governor = m["threads"], m["threads_governor"]
     if threads["job"] == 1:  # a 1-core machine: nothing to govern
         assert governor == {}

@@ -174,12 +174,18 @@ def test_precheck_checks_each_value_of_a_sweep():
         ("dataset.omit_classes=[3,10]", r"class\(es\) \[10\] out of range for digits"),
         ("dataset.omit_classes=[0,1,2,3,4,5,6,7,8,9]", "omits every class"),
         ("runtime.amp=fp8", "choose one of: auto, bf16, bf16_force, fp16, off"),
+        ("runtime.num_threads=fast", "runtime.num_threads must be auto, adaptive or a count"),
     ],
 )
 def test_semantic_validation(override, match):
     cfg = compose_cfg(override)
     with pytest.raises(ConfigError, match=match):
         validate(cfg)
+
+
+@pytest.mark.parametrize("setting", ["auto", "adaptive", "0", "3"])
+def test_thread_settings_validate(setting):
+    validate(compose_cfg(f"runtime.num_threads={setting}"))
 
 
 def test_structured_schema_rejects_wrong_types_in_yaml(tmp_path):

@@ -288,3 +288,12 @@ def test_the_synthetic_key_leaves_out_exactly_the_evaluation_options():
 
     skip = [k.split(".", 1)[1] for k in KIND_NEVER["synthetic"] if k.startswith("condense.")]
     assert sorted(skip) == sorted(EVAL_ONLY)
+
+
+def test_entries_copied_from_a_current_store_raise_no_notice(tmp_path):
+    """A new store holding only current-scheme entries (e.g. a teacher copied in) is no old
+    store, though it has no SCHEME marker yet."""
+    store = ArtifactStore(tmp_path / "store")
+    new = model_key(OmegaConf.create(base_cfg()), OmegaConf.create(base_cfg()["teacher"]), 0, FP)
+    store.get_or_build("teacher", new, lambda d: ({"w": torch.zeros(1)}, {}))
+    assert store_notice(tmp_path / "store") is None

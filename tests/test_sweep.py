@@ -180,6 +180,44 @@ def test_joblib_two_workers_train_the_teacher_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_joblib_job_equals_the_same_job_run_alone(tmp_path):
+    """auto threads in a joblib sweep: the cores are shared by rule (n_jobs), each job records
+    its count, and the same job run alone at that count, on a fresh store, gives the same
+    numbers bit for bit."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from tests.reliability_util import numbers
+
+    args = ("experiment=smoke", "student.train.epochs=1", "teacher.train.epochs=1")
+    r = kdrun(
+        "-m",
+        *args,
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"store_dir={tmp_path}/store",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (job,) = [
+        d.parent for d in (tmp_path / "sweep").glob("*/metrics.json") if read_json(d)["seed"] == 1
+    ]
+    threads = read_json(job / "metrics.json")["threads"]
+    assert len(set(threads.values())) == 1  # every stage on the job's count
+    alone = tmp_path / "alone"
+    r = kdrun(
+        *args,
+        "seed=1",
+        f"runtime.num_threads={threads['job']}",
+        f"store_dir={tmp_path}/store_alone",
+        f"hydra.run.dir={alone}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert numbers(alone) == numbers(job)
+
+
+@pytest.mark.slow
 def test_submitit_local_failed_job_sets_exit_code(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     # Jobs run in other processes: only the end-of-sweep callback can set the exit status.
@@ -326,12 +364,12 @@ def test_store_key_covers_the_data_limits():
     from hydra.core.global_hydra import GlobalHydra
 
     from kdrun.config import config_dir
-    from kdrun.experiments.specs import data_spec
+    from kdrun.store.keys import data_section
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         specs = [
-            data_spec(compose("config", overrides=ov), student=False)
+            data_section(compose("config", overrides=ov), "teacher", "files:x")
             for ov in ([], ["dataset.limit_train=500"], ["dataset.limit_test=100"])
         ]
     assert specs[0] != specs[1] and specs[0] != specs[2] and specs[1] != specs[2]

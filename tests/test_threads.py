@@ -181,13 +181,17 @@ def test_governed_hooks_run_the_reporters_and_the_governors(fake_threads):
     assert calls == ["gov step", "log", "gov epoch"]
 
 
-def _pipeline(deterministic=False, budget=2, chosen=("teacher",)) -> SimpleNamespace:
-    threads = ThreadBudget("auto", torch.device("cpu"), deterministic, budget)
+def _pipeline(
+    deterministic=False, budget=2, chosen=("teacher",), setting="adaptive"
+) -> SimpleNamespace:
+    threads = ThreadBudget(setting, torch.device("cpu"), deterministic, budget)
     threads.stages.update(dict.fromkeys(chosen, 1))
+    if setting == "adaptive":
+        threads.calibrated.update(chosen)
     return SimpleNamespace(threads=threads, governors=threads.governors, aside_job=None)
 
 
-def test_the_pipeline_governs_only_auto_cpu_stages_with_a_budget_and_no_determinism(
+def test_the_pipeline_governs_only_adaptive_cpu_stages_with_a_budget_and_no_determinism(
     fake_threads,
 ):
     hooks = {"on_epoch": lambda row: None}
@@ -197,8 +201,35 @@ def test_the_pipeline_governs_only_auto_cpu_stages_with_a_budget_and_no_determin
         (_pipeline(), "student"),  # no count chosen: runtime.num_threads=N, or not a CPU
         (_pipeline(budget=1), "teacher"),
         (_pipeline(deterministic=True), "teacher"),
+        (_pipeline(setting="auto"), "teacher"),  # auto: a count by rule, never re-decided
     ):
         assert Pipeline._govern(p, stage, hooks) is hooks and p.governors == {}
+
+
+def test_auto_counts_come_from_rules_and_never_from_a_clock(fake_threads, monkeypatch):
+    """runtime.num_threads=auto or N: every stage trains on the count in force (recorded), no
+    step is timed, no calibration runs; adaptive calibrates each stage."""
+    import kdrun.engine.threads as th
+
+    def no_clock(*a, **k):
+        raise AssertionError("a clock decided a thread count")
+
+    monkeypatch.setattr(th, "calibrated_threads", no_clock)
+    model = torch.nn.Linear(2, 2)
+    for setting in ("auto", 2):
+        torch.set_num_threads(2)
+        b = ThreadBudget(setting, torch.device("cpu"), False, 2)
+        for stage in ("teacher", "baseline", "student"):
+            b.choose(stage, model, no_clock)
+            assert b.govern(stage, {}) == {} and not b.governable(stage)
+        assert b.summary() == {
+            "threads": {"job": 2, "teacher": 2, "baseline": 2, "student": 2},
+            "threads_governor": {},
+        }
+    monkeypatch.setattr(th, "calibrated_threads", lambda *a: 1)
+    b = ThreadBudget("adaptive", torch.device("cpu"), False, 2)
+    b.choose("teacher", model, lambda: torch.zeros(1, 2))
+    assert b.governable("teacher") and b.stages == {"teacher": 1}
 
 
 @pytest.mark.parametrize(

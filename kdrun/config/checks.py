@@ -221,8 +221,9 @@ def _check_runtime(rt: DictConfig) -> None:
         f"{', '.join(DATA_PLACEMENTS)}",
     )
     _check(
-        rt.num_threads == "auto" or (isinstance(rt.num_threads, int) and rt.num_threads >= 0),
-        f"runtime.num_threads must be auto or a count >= 0 (got {rt.num_threads!r}); "
+        rt.num_threads in ("auto", "adaptive")
+        or (isinstance(rt.num_threads, int) and rt.num_threads >= 0),
+        f"runtime.num_threads must be auto, adaptive or a count >= 0 (got {rt.num_threads!r}); "
         "try runtime.num_threads=auto",
     )
     _check(rt.eval_batch_size >= 1, "runtime.eval_batch_size must be >= 1")

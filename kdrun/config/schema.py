@@ -116,9 +116,10 @@ class RuntimeConfig:
     """Speed switches: none changes what is computed (see kdrun/perf.py, bench/bench_perf.py)."""
 
     # auto: usable cores (affinity, cgroup quota, SLURM_CPUS_PER_TASK) // the multirun's
-    # joblib n_jobs, and on a CPU each stage trains on 1 thread or all of them, re-decided from
-    # step times (kdrun/engine/threads.py); N: torch.set_num_threads(N), fixed; 0: torch's
-    # default (every core)
+    # joblib n_jobs, fixed for every stage (no clock read: the same command repeats bit for
+    # bit); adaptive: that count, then on a CPU each stage trains on 1 thread or all of them,
+    # re-decided from step times (kdrun/engine/threads.py; faster on a shared machine, not
+    # repeatable); N: torch.set_num_threads(N), fixed; 0: torch's default (every core)
     num_threads: Any = "auto"
     # auto (bf16 on CUDA, float32 on CPU) | bf16 (on a CPU without native bf16: float32 and a
     # warning) | bf16_force | fp16 (CUDA, with loss scaling) | off
@@ -134,7 +135,7 @@ class RuntimeConfig:
     cache_teacher_logits: bool = True
     progress: str = "auto"  # auto | on | off
     # the baseline trains in a second process beside the distilled student (CPU, >= 2 threads):
-    # auto (not stored, >= 30 s by a timed step, data under 1 GiB, auto threads, not
+    # auto (num_threads=adaptive, not stored, >= 30 s by a timed step, data under 1 GiB, not
     # deterministic) | on | off
     parallel_baseline: str = "auto"
     eval_batch_size: int = 1024
@@ -143,8 +144,9 @@ class RuntimeConfig:
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     sync_bn: str = "auto"  # auto (on for CUDA jobs of >1 process with BatchNorm) | on | off
     dist_timeout_s: int = 1800  # a rank waiting longer at a collective fails the job
-    # deterministic kernels (CUDA: slower; see docs/distributed.md); with num_threads=auto, each
-    # stage keeps its calibrated thread count (no timing-driven switches)
+    # deterministic GPU kernels (CUDA: slower; see docs/distributed.md; CPU numerics at a fixed
+    # thread count repeat without it); with num_threads=adaptive, each stage keeps its
+    # calibrated thread count (no timing-driven switches)
     deterministic: bool = False
     max_data_memory: str = "8GB"  # the user's image data above this size streams from disk
 

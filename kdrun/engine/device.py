@@ -2,9 +2,10 @@
 bfloat16 arithmetic.
 
 Threads: ``runtime.num_threads=auto`` gives each job ``max(1, usable cores // concurrent
-jobs)``. Usable cores are the process's CPU affinity, capped by a cgroup CPU quota and by
-Slurm's ``SLURM_CPUS_PER_TASK``; concurrent jobs are the joblib launcher's ``n_jobs`` when
-the job is part of a multirun. torch's own default (every core of the machine) oversubscribes
+jobs)``, fixed for the whole job: no clock is read, so the same command repeats bit for
+bit. Usable cores are the process's CPU affinity, capped by a cgroup CPU quota and by Slurm's
+``SLURM_CPUS_PER_TASK``; concurrent jobs are the joblib launcher's ``n_jobs`` when the job is
+part of a multirun. torch's own default (every core of the machine) oversubscribes
 a shared machine: one competing process made the default job 3x slower.
 """
 
@@ -108,8 +109,9 @@ def auto_threads(hydra_cfg: Any | None = None) -> int:
 
 
 def thread_count(setting: int | str, hydra_cfg: Any | None = None) -> int:
-    """``runtime.num_threads`` as a count: "auto", 0 (torch's default: every core) or N."""
-    if str(setting) == "auto":
+    """``runtime.num_threads`` as a count: "auto" and "adaptive" (the same starting count,
+    from rules that never read a clock), 0 (torch's default: every core) or N."""
+    if str(setting) in ("auto", "adaptive"):
         return auto_threads(hydra_cfg)
     n = int(setting)
     return n if n > 0 else torch.get_num_threads()

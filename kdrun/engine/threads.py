@@ -1,6 +1,14 @@
-"""Re-deciding the thread count while a stage trains: 1 thread or the whole budget.
+"""How many threads each stage of a job trains on.
 
-The calibration (device.calibrated_threads) picks a stage's starting count once per machine
+By default (``runtime.num_threads=auto`` or N) every stage trains on the job's count, decided
+by rules that read no clock (kdrun.engine.device.auto_threads: affinity, cgroup quota,
+SLURM_CPUS_PER_TASK, the joblib launcher's n_jobs) and fixed while the stage runs: float sums
+are ordered by the thread count, so a count chosen by timing would make the numbers depend
+on the machine's load. ``runtime.num_threads=adaptive`` opts into the timing-driven features
+below, faster on a shared machine and not repeatable bit for bit.
+
+Re-deciding the thread count while a stage trains (adaptive only): 1 thread or the whole
+budget. The calibration (device.calibrated_threads) picks a stage's starting count once per machine
 and model, but the machine's load changes later. On a 2-core EPYC with bounded OpenMP
 spinning (kdrun/__init__.py), 2 threads trained the Fashion-MNIST CNN teacher 1.55x faster
 than 1 when idle and 3x slower as soon as one other CPU-bound process ran. So the governor
@@ -142,10 +150,11 @@ def governed(hooks: dict[str, Any], governor: ThreadGovernor) -> dict[str, Any]:
 
 class ThreadBudget:
     """``runtime.num_threads`` for one job, decided here and nowhere else: the job's count
-    (``job``), each stage's starting count and the governors that re-decide it while a stage
-    trains. With ``auto`` on a CPU each stage measures 1 thread against the budget
-    (``calibrated_threads``), then a governor keeps the faster count. ``lend``/``take_back``:
-    threads given to a second process (kdrun.experiments.aside) for a while."""
+    (``job``) and each stage's count (``stages``, recorded for metrics.json). With ``auto`` or
+    N every stage trains on the count in force, fixed. With ``adaptive`` on a CPU each stage
+    measures 1 thread against the budget (``calibrated_threads``), then a governor keeps the
+    faster count. ``lend``/``take_back``: threads given to a second process
+    (kdrun.experiments.aside) for a while."""
 
     def __init__(
         self,
@@ -155,13 +164,14 @@ class ThreadBudget:
         budget: int | None = None,
         cache_file: Path | None = None,
     ) -> None:
-        self.auto = str(setting) == "auto"
+        self.adaptive = str(setting) == "adaptive"  # timing decides: the opt-in
         self.cpu = device.type == "cpu"
         self.deterministic = bool(deterministic)
         self.cache_file = cache_file
         self.budget = torch.get_num_threads() if budget is None else budget
         self.job = self.budget  # the count the job started with (metrics.json threads.job)
-        self.stages: dict[str, int] = {}  # stage -> its starting count (auto, CPU)
+        self.stages: dict[str, int] = {}  # stage -> its (starting) count
+        self.calibrated: set[str] = set()  # stages whose count was measured (adaptive, CPU)
         self.governors: dict[str, ThreadGovernor] = {}
 
     @classmethod
@@ -183,14 +193,17 @@ class ThreadBudget:
         return cls(runtime.num_threads, device, runtime.deterministic, n, cache_file)
 
     def choose(self, stage: str, model: nn.Module, batch: Callable[[], torch.Tensor]) -> None:
-        """A stage's starting count (auto on a CPU): 1 thread or the whole budget, whichever
-        trains ``model`` on batches like ``batch()`` faster (measured once per machine and
-        model, remembered in ``cache_file``; ``batch`` is called only then)."""
-        if not (self.auto and self.cpu):
+        """A stage's count: the count in force (by rule: the same on every run), or with
+        ``adaptive`` on a CPU 1 thread or the whole budget, whichever trains ``model`` on
+        batches like ``batch()`` faster (measured once per machine and model, remembered in
+        ``cache_file``; ``batch`` is called only then)."""
+        if not (self.adaptive and self.cpu):
+            self.stages[stage] = torch.get_num_threads()
             return
         n = calibrated_threads(model, batch(), self.budget, self.cache_file)
         torch.set_num_threads(n)
         self.stages[stage] = n
+        self.calibrated.add(stage)
 
     def govern(self, stage: str, hooks: dict[str, Any]) -> dict[str, Any]:
         """``hooks`` plus a governor's where the stage's count was chosen (auto, CPU) and can
@@ -208,7 +221,7 @@ class ThreadBudget:
         return governed(hooks, self.governors[stage])
 
     def governable(self, stage: str) -> bool:
-        return stage in self.stages and not self.deterministic
+        return self.adaptive and stage in self.calibrated and not self.deterministic
 
     def lend(self, n: int = 1) -> None:
         """``n`` threads go to another process: this one runs on the rest."""

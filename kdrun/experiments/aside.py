@@ -71,7 +71,7 @@ def wanted(p: JobContext, est_seconds: float | None = None) -> bool:
     if p.device.type != "cpu" or p.dist.enabled or p.thread_budget < 2:
         return False
     auto = mode == "auto"
-    if auto and (not p.threads.auto or rt.deterministic):
+    if auto and (not p.threads.adaptive or rt.deterministic):
         return False
     if auto and _data_bytes(p) > MAX_DATA_BYTES:
         return False

@@ -43,6 +43,7 @@ from kdrun.experiments.kinds import register_kind
 from kdrun.models import build_model, count_params
 from kdrun.report.evidence import seeds_evidence
 from kdrun.store import CorruptArtifact, atomic_torch_save, content_key
+from kdrun.store.keys import condensed_key
 
 log = logging.getLogger("kdrun")
 
@@ -104,11 +105,7 @@ def _matching_net(p: JobContext, opts: CondenseConfig):
 def learn_images(p: JobContext, opts: CondenseConfig) -> tuple[dict[str, Any], bool]:
     """The synthetic images of this data set and options, from the store or learned now."""
     d = p.data
-    spec = {
-        "data": p.data_spec(False),
-        "seed": p.cfg.seed,
-        "condense": {k: v for k, v in vars(opts).items() if k not in EVAL_ONLY},
-    }
+    spec = condensed_key(p.cfg, p.data_fp)
     n = d.num_classes * opts.ipc
 
     def build(workdir: Path):

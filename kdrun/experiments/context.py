@@ -25,11 +25,13 @@ from kdrun.engine.perf import Perf
 from kdrun.engine.threads import ThreadBudget
 from kdrun.experiments.hydra_job import current_hydra_config
 from kdrun.experiments.reports import META_FIELDS, StageReport
-from kdrun.experiments.specs import check_state, data_spec, load_hints, model_label, model_spec
+from kdrun.experiments.specs import check_state, load_hints, model_label
 from kdrun.experiments.teachers import make_teacher
 from kdrun.methods.base import Distiller
 from kdrun.models import count_params
 from kdrun.store import Artifact, ArtifactStore, CorruptArtifact, content_key
+from kdrun.store.fingerprint import data_fingerprint
+from kdrun.store.keys import baseline_key, model_key, store_notice, teacher_samples_key
 from kdrun.tasks import task_named
 
 log = logging.getLogger("kdrun")
@@ -58,11 +60,14 @@ class JobContext:
         self.device = device
         self.reporter = reporter
         self.store = ArtifactStore(cfg.store_dir)
+        if dist_.current().is_main and (notice := store_notice(cfg.store_dir)):
+            log.warning(notice)
         self.perf = Perf.from_config(cfg.runtime, device)
         self.task = task_named(DATASETS[cfg.dataset.name].task)
-        self.data: DataBundle = place_data(
-            self.task.load_data(cfg.dataset, load_hints(cfg)), cfg.runtime.data_on_device, device
-        )
+        loaded = self.task.load_data(cfg.dataset, load_hints(cfg))
+        # the content of every file the loader read: once per job, in every store key
+        self.data_fp: str = data_fingerprint(loaded)
+        self.data: DataBundle = place_data(loaded, cfg.runtime.data_on_device, device)
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
         self.teacher_keys: list[str] = []
@@ -188,10 +193,6 @@ class JobContext:
             self.from_store[kind] = art.from_cache
         return art
 
-    def data_spec(self, student: bool) -> dict[str, Any]:
-        extra = self.data.extra  # the user's images' fingerprint, or a text corpus's sha256
-        return data_spec(self.cfg, student, extra.get("content") or extra.get("files_sha256"))
-
     def _stage_meta(self, model: nn.Module, cfg_m: DictConfig, res: FitResult) -> dict[str, Any]:
         return {
             "model": model_label(cfg_m),
@@ -217,6 +218,8 @@ class JobContext:
         def build(workdir: Path):
             res = train(workdir / "partial.pt", content_key(spec))
             meta = self._stage_meta(model, cfg_m, res)
+            # its thread count orders its float sums: a job that loads it records it
+            meta["threads"] = self.threads.stages.get(stage or kind, torch.get_num_threads())
             (workdir / "partial.pt").unlink(missing_ok=True)
             return res.best_state, meta
 
@@ -240,6 +243,8 @@ class JobContext:
             {**r, "stage": stage or r["stage"], "from_store": from_cache} for r in meta["history"]
         )
         self.from_store[stage or kind] = from_cache
+        if "threads" in meta:  # the count it was trained at (a stored stage's too)
+            self.threads.stages.setdefault(stage or kind, meta["threads"])
         scores = {k: v for k, v in meta.items() if k not in META_FIELDS}
         rep = StageReport(
             meta["model"],
@@ -282,14 +287,10 @@ class JobContext:
         kind = "teacher" if teacher is None else "distilled"
         torch.manual_seed(seed)
         model = self.build(model_cfg)
-        spec = {
-            "role": kind,
-            "model": model_spec(model_cfg, model),  # a model used as built: by its weights
-            "data": self.data_spec(student=False),
-            "seed": seed,
-        }
-        if teacher is not None:  # e.g. a teacher assistant: depends on its teacher and T/alpha
-            spec.update(teacher_keys=list(self.teacher_keys), T=cfg.T, alpha=cfg.alpha)
+        # a model used as built is keyed by its weights; one distilled from a teacher (e.g. a
+        # teacher assistant) by its teachers and the run's T/alpha
+        keys = list(self.teacher_keys) if teacher is not None else None
+        spec = model_key(cfg, model_cfg, seed, self.data_fp, built=model, teacher_keys=keys)
 
         def train(ckpt: Path, fp: str) -> FitResult:
             if teacher is None or distill is None:
@@ -334,11 +335,7 @@ class JobContext:
         rows = d.student_idx.cpu()
         n = opts.samples or len(rows)
         windows = torch.cat([d.x_train[rows[:n]], d.y_train[rows[:n], -1:]], 1).cpu()
-        spec = {
-            "teacher": self.teacher_keys[0],
-            "options": dict(vars(opts)),
-            "data": self.data_spec(student=True),
-        }
+        spec = teacher_samples_key(self.cfg, self.teacher_keys[0], opts, self.data_fp)
 
         def check(t: Any) -> None:
             if not isinstance(t, torch.Tensor) or t.shape != windows.shape:
@@ -362,10 +359,7 @@ class JobContext:
         s_cfg = self.cfg.student
         if epochs:
             s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
-        data = self.data_spec(student=True)
-        if full_data:
-            data.update(train_fraction=1.0, omit_classes=[], keep_classes=[])
-        spec = {"role": "baseline", "model": model_spec(s_cfg), "data": data, "seed": self.cfg.seed}
+        spec = baseline_key(self.cfg, s_cfg, self.data_fp, full_data)
         return spec, s_cfg
 
     def baseline(

@@ -7,7 +7,6 @@ from the same initial weights and see the same batch order: their difference is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ from kdrun.experiments.specs import model_label, resumable_config
 from kdrun.methods.base import Distiller
 from kdrun.models import count_params
 from kdrun.report.evidence import paired_evidence
-from kdrun.store import CorruptArtifact, atomic_torch_save, atomic_write_json, content_key
+from kdrun.store import atomic_torch_save, atomic_write_json, content_key
+from kdrun.store.checks import outputs_check, reference_check
+from kdrun.store.keys import code_identity, model_code, teacher_logits_key, teacher_reference_key
 
 
 class Pipeline(JobContext):
@@ -64,11 +65,8 @@ class Pipeline(JobContext):
             return None
         # One cache per (teachers, data, what the method caches): method options that only
         # shape the student's loss (DKD's beta, ...) are not in the key.
-        spec = {
-            "teachers": list(self.teacher_keys),
-            "outputs": outputs_spec,
-            "data": self.data_spec(student=True),
-        }
+        code = code_identity(type(distiller))  # a plugin's method computes the outputs
+        spec = teacher_logits_key(cfg, self.teacher_keys, outputs_spec, self.data_fp, code)
         x = self.data.x_train
         rows = self.data.student_idx.to(x.device)
 
@@ -80,27 +78,31 @@ class Pipeline(JobContext):
             parts = [_cpu_rows(outputs(rows[i : i + bs])) for i in range(0, len(rows), bs)]
             return _cat_rows(parts), {"rows": len(rows)}
 
-        rtol = 1e-2 if self.device.type == "cuda" else 1e-3
         # rank 0 computes it alone, in the batches of a single process: the same bytes
-        art = self.cached("teacher_logits", spec, build, _cache_check(outputs, rows, rtol))
+        check = outputs_check(outputs, rows, self._rtol(), "the teacher's outputs")
+        art = self.cached("teacher_logits", spec, build, check)
         pos = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         pos[rows] = torch.arange(len(rows), device=x.device)
         # beside the data: rows are fetched with the batch
         return RowCache(_rows_to(art.payload, x.device), pos)
 
+    def _rtol(self) -> float:
+        """How far recomputed teacher outputs may differ from stored ones: CUDA's TF32
+        matmuls and per-shape kernels differ by more than float32 rounding; a stale cache is
+        off by far more."""
+        return 1e-2 if self.device.type == "cuda" else 1e-3
+
     def teacher_reference(self, teacher: nn.Module) -> Any:
         """The teacher's test outputs students are compared with, once per teacher (store)."""
         n = len(self.data.y_test)
-        spec = {"teacher": self.teacher_keys[0], "data": self.data_spec(student=False)}
+        spec = teacher_reference_key(self.cfg, self.teacher_keys[0], self.data_fp)
         rt = self.cfg.runtime
-
-        def check(t: Any) -> None:
-            if _n_rows(t) != n:
-                raise CorruptArtifact("teacher test outputs do not match the test split")
+        # checked row by row against the teacher now: a stale or shifted reference is rebuilt
+        check = reference_check(self.task, teacher, self.data, rt.amp, self._rtol())
 
         def build(_wd: Path):
             ref = self.task.teacher_reference(teacher, self.data, rt.eval_batch_size, rt.amp)
-            return _cpu_rows(ref), {"rows": n}
+            return _cpu_rows(ref), {"rows": n, "data": self.data_fp}
 
         # evaluation is sharded over ranks: every rank builds with rank 0
         art = self.cached("teacher_test_logits", spec, build, check=check, collective=True)
@@ -146,40 +148,6 @@ def _cat_rows(parts: list[Any]) -> Any:
     if isinstance(parts[0], dict):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return torch.cat(parts)
-
-
-def _n_rows(out: Any) -> int | None:
-    if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
-        sizes = {v.shape[0] for v in out.values()}
-        return sizes.pop() if len(sizes) == 1 else None
-    return out.shape[0] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
-
-
-def _cache_check(outputs: Callable[[torch.Tensor], Any], rows: torch.Tensor, rtol: float):
-    """A stored cache must be this teacher's outputs for these rows, row by row: recompute
-    a spread of rows and compare the floating-point parts (a shifted or stale cache fails).
-    ``rtol``: CUDA's TF32 matmuls and per-shape cuDNN algorithms differ from the batches the
-    cache was built with by more than float32 rounding; a stale cache is off by far more."""
-
-    def check(t: Any) -> None:
-        n = len(rows)
-        if _n_rows(t) != n:
-            raise CorruptArtifact("teacher outputs do not match the student's training rows")
-        stored = t if isinstance(t, dict) else {"": t}
-        if not all(torch.isfinite(v.float()).all() for v in stored.values()):
-            raise CorruptArtifact("teacher outputs contain NaN/inf")
-        probe = torch.linspace(0, n - 1, min(n, 32)).long()
-        fresh = _cpu_rows(outputs(rows[probe.to(rows.device)]))
-        fresh = fresh if isinstance(fresh, dict) else {"": fresh}
-        for k, v in fresh.items():
-            if not v.is_floating_point():
-                continue  # ids of near-tied top-k entries may swap between batch sizes
-            old = stored[k][probe].float()
-            tol = rtol * (1 + float(v.float().abs().max()))
-            if v.shape != old.shape or not torch.allclose(v.float(), old, rtol=rtol, atol=tol):
-                raise CorruptArtifact("teacher outputs differ from the teacher's outputs now")
-
-    return check
 
 
 def _student_report(p: Pipeline, distiller: Distiller, res: FitResult, ref: Any) -> dict[str, Any]:
@@ -312,6 +280,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, reporter, should_stop=None) -> 
         # after starting at that count ("threads_governor")
         **threads.summary(),
         "baseline_aside": p.baseline_aside,  # trained in a second process: how it went
+        # what the models were trained on and with: two runs with the same fingerprint saw
+        # the same bytes; the teacher's code identity (null for kdrun's own models)
+        "data_fingerprint": p.data_fp,
+        "teacher_code": model_code(cfg.teacher) if teacher is not None else None,
     }
     if baseline is not None:
         metrics["baseline"] = _baseline_report(p, baseline, ref)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # the stored meta of a model that is not one of its test scores
-META_FIELDS = ("model", "params", "best_epoch", "train_seconds", "history", "source")
+META_FIELDS = ("model", "params", "best_epoch", "train_seconds", "history", "source", "threads")
 
 
 @dataclass

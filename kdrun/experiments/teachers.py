@@ -11,9 +11,10 @@ from torch import nn
 
 from kdrun.errors import CheckpointError
 from kdrun.experiments.reports import StageReport
-from kdrun.experiments.specs import first_reason, model_label, model_spec
+from kdrun.experiments.specs import first_reason, model_label
 from kdrun.models import count_params, is_pretrained
-from kdrun.store import CorruptArtifact, content_key, load_weights, sha256_file
+from kdrun.store import CorruptArtifact, content_key, load_weights
+from kdrun.store.keys import checkpoint_key, pretrained_key
 
 
 def make_teacher(ctx: Any) -> nn.Module:
@@ -23,7 +24,7 @@ def make_teacher(ctx: Any) -> nn.Module:
         model = teacher_from_file(ctx, tcfg)
         untrained_report(ctx, tcfg, model, True, "checkpoint")
         # Keyed by content, so overwriting the file never reuses stale cached logits.
-        ctx.teacher_keys.append(f"file:{sha256_file(Path(tcfg.checkpoint).expanduser())}")
+        ctx.teacher_keys.append(checkpoint_key(tcfg.checkpoint))
         return model
     if is_pretrained(tcfg):
         return pretrained_teacher(ctx)
@@ -86,5 +87,5 @@ def pretrained_teacher(ctx: Any) -> nn.Module:
         return model
     model = ctx.build(tcfg)
     untrained_report(ctx, tcfg, model, False, "pretrained")
-    ctx.teacher_keys.append(f"pretrained:{content_key(model_spec(tcfg, model))}")
+    ctx.teacher_keys.append(f"pretrained:{content_key(pretrained_key(tcfg, model))}")
     return model

@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Iterable, Mapping
@@ -455,6 +456,16 @@ def checkpoint_key(path: str | Path) -> str:
 _MARKER = "SCHEME"
 
 
+def _older(meta: Path) -> bool:
+    """An entry written under an earlier scheme (its spec's ``scheme``; entries copied from a
+    current store into a new one are not)."""
+    try:
+        spec = json.loads(meta.read_text()).get("spec") or {}
+    except (OSError, ValueError, AttributeError):
+        return False  # absent or unreadable: the store's own checks deal with it
+    return not isinstance(spec, dict) or int(spec.get("scheme") or 0) < SCHEME
+
+
 def store_notice(root: str | Path) -> str | None:
     """One line when the store at ``root`` holds entries of an earlier key scheme (they are
     never matched: their artifacts are rebuilt as needed), said once per store: the scheme is
@@ -467,7 +478,7 @@ def store_notice(root: str | Path) -> str | None:
     except (OSError, ValueError):
         pass
     old = root.is_dir() and any(
-        (entry / "meta.json").is_file()
+        _older(entry / "meta.json")
         for kind in root.iterdir()
         if kind.is_dir()
         for entry in kind.iterdir()
