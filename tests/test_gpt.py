@@ -126,8 +126,8 @@ def test_a_saved_hf_causal_lm_is_a_pretrained_teacher_keyed_by_its_files(tmp_pat
     """One pretrained switch: is_pretrained covers hf_causal_lm with a path (and any model
     with pretrained=true); its store key follows the directory's content, not its name, and
     pretrained=true beside the directory names the same teacher."""
+    from kdrun.experiments.keys import model_section as _model_spec
     from kdrun.models import is_pretrained
-    from kdrun.store.keys import model_section as _model_spec
 
     _save_tiny_gpt2(tmp_path / "m")
     base = {"name": "hf_causal_lm", "path": str(tmp_path / "m")}

@@ -1,6 +1,6 @@
-"""Store keys by construction (kdrun.store.keys): every schema field changes the keys that read
-it or is on the reviewed list; the issue's cases (other root, replaced files, other columns,
-edited user code) all give other keys."""
+"""Store keys by construction (kdrun.experiments.keys): every schema field changes the keys
+that read it or is on the reviewed list; the issue's cases (other root, replaced files,
+other columns, edited user code) all give other keys."""
 
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ from torch import nn
 from kdrun.config import DatasetConfig
 from kdrun.config.schema import KdrunConfig
 from kdrun.data import load_data
-from kdrun.store import ArtifactStore, content_key
-from kdrun.store.fingerprint import data_fingerprint
-from kdrun.store.keys import (
+from kdrun.experiments.keys import (
     KIND_NEVER,
     SCHEME,
     baseline_key,
@@ -38,6 +36,8 @@ from kdrun.store.keys import (
     teacher_reference_key,
     teacher_samples_key,
 )
+from kdrun.store import ArtifactStore, content_key
+from kdrun.store.fingerprint import data_fingerprint
 
 FP = "files:0123"
 
@@ -235,8 +235,8 @@ def test_d_custom_module_edited_under_the_same_import_path(tmp_path, monkeypatch
 
 
 def test_a_plugin_model_is_keyed_by_its_distribution_and_source(monkeypatch):
+    from kdrun.experiments import keys
     from kdrun.models.registry import MODELS
-    from kdrun.store import keys
 
     def build(cfg, in_shape, num_classes):  # a builder from outside kdrun
         return nn.Linear(4, num_classes)

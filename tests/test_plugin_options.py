@@ -18,8 +18,8 @@ from kdrun.config import config_dir, dataset_options, model_options, register_co
 from kdrun.data import DATASETS, load_data
 from kdrun.errors import ConfigError
 from kdrun.experiments import validate
+from kdrun.experiments.keys import data_section, model_section
 from kdrun.models import MODEL_OPTIONS, MODELS, build_model, count_params
-from kdrun.store.keys import data_section, model_section
 from tests.conftest import kdrun_env, read_json
 
 register_configs()

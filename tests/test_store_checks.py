@@ -1,4 +1,5 @@
-"""A loaded artifact is checked against what it claims (kdrun.store.checks, ArtifactStore)."""
+"""A loaded artifact is checked against what it claims (kdrun.experiments.artifact_checks,
+ArtifactStore)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from torch import nn
 
 from kdrun.config import DatasetConfig
 from kdrun.data import load_data
+from kdrun.experiments.artifact_checks import outputs_check, probe_positions, reference_check
 from kdrun.store import ArtifactStore, CorruptArtifact, content_key
-from kdrun.store.checks import outputs_check, probe_positions, reference_check
 from kdrun.tasks import task_named
 
 

@@ -364,7 +364,7 @@ def test_store_key_covers_the_data_limits():
     from hydra.core.global_hydra import GlobalHydra
 
     from kdrun.config import config_dir
-    from kdrun.store.keys import data_section
+    from kdrun.experiments.keys import data_section
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -39,11 +39,11 @@ from kdrun.config import ModelConfig, to_container
 from kdrun.engine import predict, resolve_device
 from kdrun.errors import ConfigError
 from kdrun.experiments.context import JobContext, job_threads
+from kdrun.experiments.keys import condensed_key
 from kdrun.experiments.kinds import register_kind
 from kdrun.models import build_model, count_params
 from kdrun.report.evidence import seeds_evidence
 from kdrun.store import CorruptArtifact, atomic_torch_save, content_key
-from kdrun.store.keys import condensed_key
 
 log = logging.getLogger("kdrun")
 

@@ -24,6 +24,7 @@ from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import Perf
 from kdrun.engine.threads import ThreadBudget
 from kdrun.experiments.hydra_job import current_hydra_config
+from kdrun.experiments.keys import baseline_key, model_key, store_notice, teacher_samples_key
 from kdrun.experiments.reports import META_FIELDS, StageReport
 from kdrun.experiments.specs import check_state, load_hints, model_label
 from kdrun.experiments.teachers import make_teacher
@@ -31,7 +32,6 @@ from kdrun.methods.base import Distiller
 from kdrun.models import count_params
 from kdrun.store import Artifact, ArtifactStore, CorruptArtifact, content_key
 from kdrun.store.fingerprint import data_fingerprint
-from kdrun.store.keys import baseline_key, model_key, store_notice, teacher_samples_key
 from kdrun.tasks import task_named
 
 log = logging.getLogger("kdrun")

@@ -20,15 +20,20 @@ from kdrun.engine import FitResult, RowCache, resolve_device
 from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import configure_backends
 from kdrun.experiments.analyses import run_analyses
+from kdrun.experiments.artifact_checks import outputs_check, reference_check
 from kdrun.experiments.context import JobContext, job_threads
+from kdrun.experiments.keys import (
+    code_identity,
+    model_code,
+    teacher_logits_key,
+    teacher_reference_key,
+)
 from kdrun.experiments.kinds import register_kind
 from kdrun.experiments.specs import model_label, resumable_config
 from kdrun.methods.base import Distiller
 from kdrun.models import count_params
 from kdrun.report.evidence import paired_evidence
 from kdrun.store import atomic_torch_save, atomic_write_json, content_key
-from kdrun.store.checks import outputs_check, reference_check
-from kdrun.store.keys import code_identity, model_code, teacher_logits_key, teacher_reference_key
 
 
 class Pipeline(JobContext):

@@ -1,5 +1,5 @@
 """The small facts about models and data every experiment kind needs (labels, load hints,
-weight checks) and the resumable part of the config. Store keys are kdrun.store.keys'."""
+weight checks) and the resumable part of the config. Store keys are kdrun.experiments.keys'."""
 
 from __future__ import annotations
 

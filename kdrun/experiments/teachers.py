@@ -10,11 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.errors import CheckpointError
+from kdrun.experiments.keys import checkpoint_key, pretrained_key
 from kdrun.experiments.reports import StageReport
 from kdrun.experiments.specs import first_reason, model_label
 from kdrun.models import count_params, is_pretrained
 from kdrun.store import CorruptArtifact, content_key, load_weights
-from kdrun.store.keys import checkpoint_key, pretrained_key
 
 
 def make_teacher(ctx: Any) -> nn.Module:
