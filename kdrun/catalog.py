@@ -21,6 +21,10 @@ EITHER_MODELS = frozenset({"custom"})
 # Methods for the lm task only (kd serves both tasks).
 LM_ONLY_METHODS = frozenset({"jsd", "reverse_kl", "seqkd"})
 LM_METHODS = LM_ONLY_METHODS | {"kd"}
+# Models that read (head, relation) queries, and the methods of the kg task (pip install kdrun[kg]).
+TRIPLE_MODELS = frozenset({"complex", "rotate", "transe"})
+KG_ONLY_METHODS = frozenset({"dualde"})
+KG_METHODS = KG_ONLY_METHODS | {"kd"}
 
 
 def config_dir() -> str:

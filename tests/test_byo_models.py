@@ -210,3 +210,13 @@ def test_hf_tiny_vit_from_a_local_dir(tmp_path):
     assert em.hf_model(cfg, (3, 16, 16), 5)(torch.zeros(1, 3, 16, 16)).shape == (1, 5)
     with pytest.raises(ConfigError):
         em.hf_model(node(name="hf", path=str(tmp_path / "missing")), (3, 16, 16), 3)
+
+
+def test_every_schema_field_of_a_model_is_kdruns_not_a_constructor_argument():
+    """A custom module receives the user's own keys; every ModelConfig field is kdrun's. A
+    field added to the schema and not to KDRUN_KEYS would reach every custom constructor."""
+    import dataclasses
+
+    from kdrun.config import ModelConfig
+
+    assert {f.name for f in dataclasses.fields(ModelConfig)} <= em.KDRUN_KEYS

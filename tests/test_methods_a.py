@@ -29,7 +29,7 @@ from kdrun.methods.fitnet import HintAdapter, hint_loss
 from kdrun.methods.losses import kd_loss, standardize_logits
 from kdrun.methods.rkd import angles, normalized_distances, rkd_angle_loss, rkd_distance_loss
 from kdrun.methods.sp import sp_loss
-from kdrun.models import MODELS, build_model
+from kdrun.models import MODEL_INPUTS, MODELS, build_model
 from kdrun.models.features import capture, probe, resolve_stage
 from tests.conftest import read_json
 
@@ -72,6 +72,8 @@ def test_hooks_capture_every_stage_and_the_embedding(name):
         pytest.skip(f"{name} needs files or an extra to build")
     if name in ("gpt", "hf_causal_lm"):
         pytest.skip("a token-id model: its hooks are tested in tests/test_gpt.py")
+    if MODEL_INPUTS.get(name) == "triples":
+        pytest.skip("a knowledge-graph embedding model: no image stages (tests/test_kg.py)")
     m = model(name, (3, 32, 32), width=16, **EXTERNAL.get(name, {}))  # narrow: fast
     m.train()
     x = torch.randn(2, 3, 32, 32, generator=gen())

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kdrun.catalog import LM_METHODS, TOKEN_MODELS, experiments, options, torch_build
+from kdrun.catalog import (
+    KG_METHODS,
+    LM_METHODS,
+    TOKEN_MODELS,
+    TRIPLE_MODELS,
+    experiments,
+    options,
+    torch_build,
+)
 from kdrun.cli.overview import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,13 +93,15 @@ def test_catalog_matches_the_registries():
     from kdrun.data import DATASETS
     from kdrun.methods import LM_METHODS as REGISTERED_LM
     from kdrun.methods import METHODS
+    from kdrun.methods.kg import KG_METHODS as REGISTERED_KG
     from kdrun.models import MODEL_INPUTS, MODELS
 
     assert set(options("dataset")) == set(DATASETS)
     assert set(options("student")) == set(options("teacher")) == set(MODELS)
     assert {m for m in MODELS if MODEL_INPUTS.get(m) == "tokens"} == TOKEN_MODELS
-    assert set(options("method")) == set(METHODS) | set(REGISTERED_LM)
-    assert LM_METHODS == set(REGISTERED_LM)
+    assert {m for m in MODELS if MODEL_INPUTS.get(m) == "triples"} == TRIPLE_MODELS
+    assert set(options("method")) == set(METHODS) | set(REGISTERED_LM) | set(REGISTERED_KG)
+    assert LM_METHODS == set(REGISTERED_LM) and KG_METHODS == set(REGISTERED_KG)
 
 
 @pytest.mark.parametrize(

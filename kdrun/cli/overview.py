@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from kdrun.catalog import (
     EITHER_MODELS,
+    KG_METHODS,
+    KG_ONLY_METHODS,
     LM_ONLY_METHODS,
     TOKEN_MODELS,
+    TRIPLE_MODELS,
     experiments,
     options,
 )
@@ -73,14 +76,16 @@ def list_text(extra: dict[str, list[str]] | None = None) -> str:
     extra = extra or {}
     models = sorted({*options("student"), *extra.get("model", [])})
     methods = sorted({*options("method"), *extra.get("method", [])})
-    images = [m for m in models if m not in TOKEN_MODELS | EITHER_MODELS]
+    images = [m for m in models if m not in TOKEN_MODELS | TRIPLE_MODELS | EITHER_MODELS]
     lines = [
         f"datasets: {', '.join(sorted({*options('dataset'), *extra.get('dataset', [])}))}",
         f"models (images): {', '.join(images)}",
         f"models (tokens): {', '.join(sorted(TOKEN_MODELS & set(models)))}",
+        f"models (triples): {', '.join(sorted(TRIPLE_MODELS & set(models)))}",
         f"models (either): {', '.join(sorted(EITHER_MODELS & set(models)))}",
-        f"methods: {', '.join(m for m in methods if m not in LM_ONLY_METHODS)}",
+        f"methods: {', '.join(m for m in methods if m not in LM_ONLY_METHODS | KG_ONLY_METHODS)}",
         f"lm methods: {', '.join(sorted(LM_ONLY_METHODS | {'kd'}))} (dataset=pystdlib, text)",
+        f"kg methods: {', '.join(sorted(KG_METHODS))} (dataset=umls, nations, kinships, kg)",
     ]
     for group in ("logger", "condense", "scale", "hparams_search"):
         lines.append(f"{group}: {', '.join(options(group))}")

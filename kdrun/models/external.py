@@ -59,6 +59,8 @@ KDRUN_KEYS = frozenset(
         "n_head",
         "n_embd",
         "block_size",
+        "dim",  # knowledge-graph embeddings (a shape key: passed when set and taken)
+        "options",  # a plugin model's own fields (kdrun.config.options)
     }
 )
 
@@ -449,6 +451,7 @@ SHAPE_DEFAULTS = {
     "depth": 0,
     "widen_factor": 1,
     "dropout": 0.0,
+    "dim": 0,
 }
 
 
