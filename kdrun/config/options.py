@@ -11,6 +11,7 @@ options: ``model_options(cfg)`` / ``dataset_options(cfg)``.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -30,10 +31,17 @@ def _given(node: Any) -> dict[str, Any]:
     return dict(node)
 
 
-def typed_options(prefix: str, owner: str, cls: type | None, given: Any) -> Any:
+def typed_options(
+    prefix: str,
+    owner: str,
+    cls: type | None,
+    given: Any,
+    unknown: Callable[[str, list[str]], str] | None = None,
+) -> Any:
     """``given`` merged onto ``cls`` (a dataclass instance); one-line ConfigError for a key
     ``cls`` lacks (with the closest), a value of the wrong type, or options given to an
-    ``owner`` that registered none. ``prefix`` is where they sit, e.g. ``student.options``."""
+    ``owner`` that registered none. ``prefix`` is where they sit, e.g. ``student.options``;
+    ``unknown(key, known)``: the unknown key's message, where its owner words it (methods)."""
     values = _given(given)
     if cls is None:
         if values:
@@ -44,6 +52,8 @@ def typed_options(prefix: str, owner: str, cls: type | None, given: Any) -> Any:
         return None
     known = [f.name for f in fields(cls)]
     for key in values:
+        if key not in known and unknown is not None:
+            raise ConfigError(unknown(str(key), known))
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
             hint = f"did you mean '{prefix}.{close[0]}'? " if close else ""

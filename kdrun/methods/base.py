@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from torch import nn
 
+from kdrun.config.options import typed_options
 from kdrun.engine.loop import planned_steps
-from kdrun.errors import ConfigError
 
 METHODS: dict[str, type[Distiller]] = {}
 
@@ -210,20 +209,13 @@ class Distiller(nn.Module):
     @classmethod
     def options(cls, method_cfg: DictConfig) -> Any:
         """Merge the method's YAML onto its typed options: unknown keys and bad types fail."""
-        given = OmegaConf.to_container(method_cfg, resolve=True)
-        known = [f.name for f in fields(cls.Options)]
-        for key in given:
-            if key not in known:
-                raise ConfigError(unknown_option(cls.name, str(key), known))
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(cls.Options), given)
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None) or "?"
-            raise ConfigError(
-                f"bad option method.{key} for method '{cls.name}' ({str(e).splitlines()[0]}); "
-                f"its options are: {', '.join(known)}"
-            ) from None
-        return OmegaConf.to_object(merged)
+        return typed_options(
+            "method",
+            f"method '{cls.name}'",
+            cls.Options,
+            method_cfg,
+            unknown=lambda key, known: unknown_option(cls.name, key, known),
+        )
 
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
