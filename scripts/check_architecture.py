@@ -39,12 +39,7 @@ LAYERS: list[set[str]] = [
 ]
 MAX_LINES = 60
 # Functions allowed above MAX_LINES, with why.
-LONG_ALLOWED: dict[str, str] = {
-    # issue 24 (uncertainty in sweep tables, ties marked on the heat map) is rewriting both
-    # in parallel; splitting them here would only collide with that work
-    "kdrun.report.sweep.plot_heatmap": "one figure drawn top to bottom; issue 24 rewrites it",
-    "kdrun.report.sweep.summary_table": "one table's columns in order; issue 24 rewrites it",
-}
+LONG_ALLOWED: dict[str, str] = {}
 
 
 def module_name(path: Path) -> str:

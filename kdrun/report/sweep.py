@@ -849,6 +849,11 @@ def plot_lines(s: Summary, path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- show
+def _swept(v: Any) -> str:
+    """A swept number as the table shows it: 4 not 4.0, "-" when the job had none."""
+    return f"{v:g}" if _finite(v) else ("-" if v is None else str(v))
+
+
 def summary_table(s: Summary) -> Table:
     """Cells sorted by the student's headline (over seeds when there are several), the best
     (highest accuracy, lowest bits per byte) first and highlighted."""
@@ -889,10 +894,8 @@ def summary_table(s: Summary) -> Table:
         secs = r.get(f"student_seconds{sfx}")
         t.add_row(
             *[str(r[k]) for k in s.keys],
-            f"{r['T']:g}" if _finite(r["T"]) else ("-" if r["T"] is None else str(r["T"])),
-            f"{r['alpha']:g}"
-            if _finite(r["alpha"])
-            else ("-" if r["alpha"] is None else str(r["alpha"])),
+            _swept(r["T"]),
+            _swept(r["alpha"]),
             seed,
             m.text(r.get(f"{student}{sfx}"), r.get(f"{student}_std") if agg else None),
             m.gain(r.get(f"kd_gain{sfx}"), r.get("kd_gain_std") if agg else None),
