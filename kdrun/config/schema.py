@@ -66,6 +66,9 @@ class ModelConfig:
     n_embd: int = 128  # gpt: width
     block_size: int = 0  # gpt: positions; 0 = the data's dataset.block_size
     dim: int = 0  # rotate, complex, transe: the embedding dimension
+    # Which view of each example the model reads (kdrun.data.views): None = the data set's
+    # own (full, or its first named view); e.g. low_res, or a named view such as mfeat's fou
+    view: str | None = None
     # A plugin model's own fields, checked against the dataclass it registered
     # (register_model(name, options=...); kdrun.config.options.model_options)
     options: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +92,7 @@ class DatasetConfig:
     augment: bool = False  # batched random crop + flip (image sets)
     crop_padding: int = 4
     hflip: bool = True
+    low_res_factor: int = 4  # the low_res view: images area-downsampled by this factor
     # The user's own data (image_folder, tensors, hf: kdrun.data.external).
     # tensors: FILE.npz; hf: a datasets directory; synthetic: synthetic.pt; text: FILE_OR_DIR
     path: str | None = None

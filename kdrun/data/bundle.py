@@ -52,6 +52,10 @@ class DataBundle:
     # the files the loader read (RawData.sources): kept out of ``extra``, which metrics.json
     # records, as an image folder names thousands
     sources: dict[str, str] | None = None
+    # Which view of each example x_train/x_val/x_test hold (kdrun.data.views), and the data
+    # set's other named views (name -> x_train, x_val, x_test, mean, std: the same rows)
+    view: str = "full"
+    named_views: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -69,6 +73,8 @@ class DataBundle:
         for k, v in vars(self).items():
             if isinstance(v, torch.Tensor):
                 setattr(self, k, v.to(device))
+        for tensors in self.named_views.values():
+            tensors.update({k: v.to(device) for k, v in tensors.items()})
         return self
 
 
@@ -135,6 +141,8 @@ def _split(raw: RawData | ExternalRaw, cfg) -> tuple[np.ndarray, np.ndarray]:
             np.random.default_rng(cfg.split_seed).permutation(len(raw.y_test))[: cfg.limit_test]
         )
         raw.x_test, raw.y_test = take(raw.x_test, keep), raw.y_test[keep]
+        for name, (tr, te) in (getattr(raw, "views", None) or {}).items():
+            raw.views[name] = (tr, te[keep])
     if getattr(raw, "x_val", None) is not None:
         return np.sort(perm), np.zeros(0, np.int64)
     n_val = _split_counts(len(perm), cfg)
@@ -269,7 +277,30 @@ def load_data(
     )
     if raw.fingerprint:
         bundle.extra["content"] = {"fingerprint": raw.fingerprint}
+    if raw.views:
+        bundle.view = next(iter(raw.views))
+        bundle.named_views = {
+            name: _view_split(tr, te, tr_i, val_i) for name, (tr, te) in list(raw.views.items())[1:]
+        }
     return bundle.to(torch.device(device))
+
+
+def _view_split(
+    x_train: np.ndarray, x_test: np.ndarray, tr_i: np.ndarray, val_i: np.ndarray
+) -> dict[str, torch.Tensor]:
+    """A named view's splits, the rows of the data set's own view, normalised with its own
+    training statistics."""
+    x_tr, x_va = x_train[tr_i], x_train[val_i]
+    mean, std = _channel_stats(x_tr)
+    std = std + 1e-6
+    norm = _normaliser(mean, std)
+    return {
+        "x_train": norm(x_tr, own=True),
+        "x_val": norm(x_va, own=True),
+        "x_test": norm(x_test),
+        "mean": torch.from_numpy(mean),
+        "std": torch.from_numpy(std),
+    }
 
 
 # --------------------------------------------------------------------------- batching

@@ -28,6 +28,10 @@ class RawData:
     # under another root are the same data): kdrun.store.fingerprint.data_fingerprint hashes
     # their content for the store keys.
     sources: dict[str, str] | None = None
+    # A data set that holds each example in several forms (kdrun.data.views): its named views,
+    # name -> (x_train, x_test) shaped like x_train/x_test, the rows in the same order; the
+    # first is the data set's own view and is what x_train/x_test hold.
+    views: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass
@@ -42,6 +46,9 @@ class DatasetSpec:
     # The data set's own config fields (a dataclass), given as dataset.options.KEY and checked
     # against it like the schema's (kdrun.config.options); None: it takes no options.
     options: type | None = None
+    # The names of the data set's own views (RawData.views), its default first; () = one
+    # view, ``full`` (kdrun.data.views)
+    views: tuple[str, ...] = ()
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -55,10 +62,11 @@ def register_dataset(
     external: bool = False,
     pixel_max: float = 255.0,
     options: type | None = None,
+    views: tuple[str, ...] = (),
 ):
     def deco(fn: Callable[..., RawData]) -> Callable[..., RawData]:
         DATASETS[name] = DatasetSpec(
-            fn, num_classes, class_names, task, external, pixel_max, options
+            fn, num_classes, class_names, task, external, pixel_max, options, views
         )
         return fn
 

@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from kdrun.config import validate_config
 from kdrun.data import DATASETS
+from kdrun.data.views import LOW_RES, OWN
 from kdrun.errors import ConfigError
 from kdrun.experiments.hydra_job import current_hydra_config
 from kdrun.experiments.kinds import check_kind
@@ -25,6 +26,7 @@ def validate(cfg: DictConfig) -> None:
             f"methods of task {task.name}, which dataset={cfg.dataset.name} belongs to)"
         )
     _check_model_inputs(cfg, task)
+    check_views(cfg, task, methods[name])
     methods[name].check_config(cfg)
     _check_search_objective(cfg, task)
 
@@ -64,3 +66,49 @@ def _check_search_objective(cfg: DictConfig, task) -> None:
         f"{sel.name}, {'higher' if sel.higher_is_better else 'lower'} is better; use "
         f"optimized_metric=student.{sel.name} hydra.sweeper.direction={want}{hint}"
     )
+
+
+def _view_names(cfg: DictConfig, task) -> list[str]:
+    """The views dataset= offers, as far as known before loading it (kdrun.data.views)."""
+    spec = DATASETS[cfg.dataset.name]
+    names = list(spec.views) or [OWN]
+    return names + ([LOW_RES] if task.inputs == "images" and not spec.views else [])
+
+
+def check_views(cfg: DictConfig, task, method) -> None:
+    """Unknown views, and methods or settings that need the teacher to read the student's
+    batch when the two read different views: refused before anything trains."""
+    names = _view_names(cfg, task)
+    chosen = {}
+    for role in ("teacher", "student"):
+        view = cfg[role].get("view")
+        if view is not None and view not in names:
+            raise ConfigError(
+                f"{role}.view={view} is not a view of dataset={cfg.dataset.name}; choose one "
+                f"of: {', '.join(names)}"
+            )
+        chosen[role] = names[0] if view is None else str(view)
+    if chosen["teacher"] == chosen["student"] or not method.needs_teacher:
+        return
+    pair = f"teacher.view={chosen['teacher']} and student.view={chosen['student']} differ"
+    if not method.accepts_views(cfg):
+        raise ConfigError(
+            f"method={cfg.method.name} needs the teacher's forward pass on the student's own "
+            f"inputs (features, or models trained on them), but {pair}; give both the same "
+            f"view, or use a method on logits alone (kd, dkd, dist, nkd, ctkd)"
+        )
+    augment = cfg.student.train.get("augment")
+    if augment or (augment is None and cfg.dataset.augment):
+        raise ConfigError(
+            f"the student's batches are augmented, which the teacher's outputs on its own view "
+            f"cannot follow, and {pair}; set dataset.augment=false student.train.augment=false"
+        )
+    for what, on in (
+        ("dataset.omit_classes", bool(cfg.dataset.omit_classes)),
+        ("analysis.dark_knowledge", bool(cfg.analysis.dark_knowledge)),
+    ):
+        if on:
+            raise ConfigError(
+                f"{what} analyses the teacher on the student's inputs, but {pair}; "
+                f"give both the same view or drop {what}"
+            )

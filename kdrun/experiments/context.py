@@ -18,15 +18,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+import kdrun.data.views as views
 from kdrun.data import DATASETS, DataBundle
 from kdrun.engine import FitResult, fit, place_data, planned_steps
 from kdrun.engine import distributed as dist_
 from kdrun.engine.perf import Perf
 from kdrun.engine.threads import ThreadBudget
+from kdrun.errors import ConfigError
 from kdrun.experiments.hydra_job import current_hydra_config
 from kdrun.experiments.keys import baseline_key, model_key, store_notice, teacher_samples_key
 from kdrun.experiments.reports import META_FIELDS, StageReport
-from kdrun.experiments.specs import check_state, load_hints, model_label
+from kdrun.experiments.specs import check_state, first_reason, load_hints, model_label
 from kdrun.experiments.teachers import make_teacher
 from kdrun.methods.base import Distiller
 from kdrun.models import count_params
@@ -67,7 +69,12 @@ class JobContext:
         loaded = self.task.load_data(cfg.dataset, load_hints(cfg))
         # the content of every file the loader read: once per job, in every store key
         self.data_fp: str = data_fingerprint(loaded)
-        self.data: DataBundle = place_data(loaded, cfg.runtime.data_on_device, device)
+        self._loaded, self._views = loaded, {}
+        # the student's view: what the baseline and the student train and are tested on
+        self.data: DataBundle = self.view_data(cfg.student)
+        if self.teacher_data is not self.data:
+            for role in ("teacher", "student"):
+                self._check_takes_view(cfg[role])
         self.history: list[dict[str, Any]] = []
         self.reports: dict[str, StageReport] = {}
         self.teacher_keys: list[str] = []
@@ -98,10 +105,45 @@ class JobContext:
     def governors(self) -> dict[str, Any]:
         return self.threads.governors
 
+    # ---- views -------------------------------------------------------------------------
+    def view_data(self, model_cfg: DictConfig) -> DataBundle:
+        """The job's data as the model of ``model_cfg`` sees it (its ``view``, kdrun.data.views;
+        the same rows in every view), placed once per view."""
+        role = str(model_cfg._key() or "model") if isinstance(model_cfg, DictConfig) else "model"
+        name = views.resolve(self._loaded, model_cfg.get("view"), role, self.cfg.dataset.name)
+        if name not in self._views:
+            bundle = self._loaded
+            if isinstance(bundle, DataBundle):
+                bundle = views.select(bundle, name, self.cfg.dataset)
+            self._views[name] = place_data(bundle, self.cfg.runtime.data_on_device, self.device)
+        return self._views[name]
+
+    def _check_takes_view(self, model_cfg: DictConfig) -> None:
+        """A model that cannot read its view (a 5x5 convolution on 2x2 images) fails in one
+        line now, not after the teacher has trained: one forward pass of two rows on the CPU,
+        the random state left as it was."""
+        d = self.view_data(model_cfg)
+        with torch.random.fork_rng(devices=[]):
+            try:
+                model = self.task.build_model(model_cfg, d).eval()
+                with torch.no_grad():
+                    model(d.x_train[:2].cpu())
+            except Exception as e:  # any failure to build or run is the model's misfit
+                role, shape = model_cfg._key(), "x".join(map(str, d.in_shape))
+                raise ConfigError(
+                    f"{role}={model_cfg.name} cannot read the view {d.view} ({shape} inputs): "
+                    f"{first_reason(e)}; choose another {role} (e.g. {role}=mlp) or view"
+                ) from None
+
+    @property
+    def teacher_data(self) -> DataBundle:
+        """The data on the teacher's view: what it trains, is tested and is cached on."""
+        return self.view_data(self.cfg.teacher)
+
     # ---- training one stage ------------------------------------------------------------
     def build(self, model_cfg: DictConfig) -> nn.Module:
-        """A model of the task on this job's data, on its device, prepared for speed."""
-        model = self.task.build_model(model_cfg, self.data).to(self.device)
+        """A model of the task on the data of its view, on its device, prepared for speed."""
+        model = self.task.build_model(model_cfg, self.view_data(model_cfg)).to(self.device)
         return self.perf.prepare_model(model)
 
     def train(
@@ -119,7 +161,7 @@ class JobContext:
         d = self.data if data is None else data
         rt = self.cfg.runtime
         steps = planned_steps(recipe, len(d.student_idx if student else d.teacher_idx))
-        first = self.data.x_train
+        first = d.x_train
         self.threads.choose(stage, distiller.student, lambda: first[: recipe.batch_size])
         with self.reporter.stage(stage, steps) as hooks:
             hooks = self._govern(stage, hooks)
@@ -151,11 +193,15 @@ class JobContext:
         rt = self.cfg.runtime
         return self.task.test_logits(model, self.data, rt.eval_batch_size, rt.amp)
 
-    def test_metrics(self, model: nn.Module) -> dict[str, Any]:
+    def test_metrics(self, model: nn.Module, data: DataBundle | None = None) -> dict[str, Any]:
+        """The model's test metrics, on ``data`` (its view; default: the student's)."""
         rt = self.cfg.runtime
-        return self.task.test_metrics(model, self.data, rt.eval_batch_size, rt.amp)
+        d = self.data if data is None else data
+        return self.task.test_metrics(model, d, rt.eval_batch_size, rt.amp)
 
-    def test_scores(self, model: nn.Module, res: FitResult) -> dict[str, Any]:
+    def test_scores(
+        self, model: nn.Module, res: FitResult, data: DataBundle | None = None
+    ) -> dict[str, Any]:
         """The task's test metrics of the selected weights (left loaded), the headline of the
         last epoch's, and the validation metric the selection used."""
         headline = self.task.headline
@@ -163,9 +209,9 @@ class JobContext:
         last = None
         if res.best_epoch != last_epoch:  # else the same weights: one test pass is enough
             model.load_state_dict(res.last_state)
-            last = self.test_metrics(model)[headline]
+            last = self.test_metrics(model, data)[headline]
         model.load_state_dict(res.best_state)
-        best = self.test_metrics(model)
+        best = self.test_metrics(model, data)
         return {
             **best,
             self.task.selection.name: res.best_val_acc,
@@ -197,7 +243,7 @@ class JobContext:
         return {
             "model": model_label(cfg_m),
             "params": count_params(model),
-            **self.test_scores(model, res),
+            **self.test_scores(model, res, self.view_data(cfg_m)),
             "best_epoch": res.best_epoch,
             "train_seconds": res.train_seconds,
             "history": res.history,
@@ -298,7 +344,14 @@ class JobContext:
             else:
                 d = distill(model, teacher)
             return self.train(
-                d, model_cfg.train, role, student=False, checkpoint=ckpt, fingerprint=fp, seed=seed
+                d,
+                model_cfg.train,
+                role,
+                student=False,
+                checkpoint=ckpt,
+                fingerprint=fp,
+                seed=seed,
+                data=self.view_data(model_cfg),
             )
 
         model, self.reports[role] = self.stored_model(

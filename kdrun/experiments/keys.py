@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.data.registry import DATASETS
+from kdrun.data.views import view_identity
 from kdrun.models.external import HF_DIRECTORY_MODELS, is_pretrained, weights_identity
 from kdrun.models.registry import MODELS
 from kdrun.store.atomic import atomic_write_text
@@ -69,6 +70,7 @@ NEVER: dict[str, str] = {
     "dataset.num_workers": "decoding threads: the same rows",
     "dataset.in_memory": "streamed rows are bit-identical to in-memory ones (kdrun.data.rows)",
     "dataset.on_bad_image": "error either loads the same rows as skip or stops the run",
+    "dataset.low_res_factor": "read by the low_res view only: a key of a model on it holds it",
     "runtime.num_threads": _ROUNDING,
     "runtime.compile": _ROUNDING,
     "runtime.compile_backend": _ROUNDING,
@@ -311,6 +313,7 @@ def model_section(model_cfg: Any, built: nn.Module | None = None) -> dict[str, A
     """A model section (its training recipe included) as a key reads it: pretrained weights
     by their content, user code by its source, a model used as built by its weights."""
     spec = _no_empty_options(_drop(_container(model_cfg), MODEL_NEVER))
+    spec.pop("view", None)  # the model's view is the key's own entry (_with_view)
     ident = weights_identity(model_cfg)
     if ident:
         spec["weights"] = ident
@@ -322,6 +325,15 @@ def model_section(model_cfg: Any, built: nn.Module | None = None) -> dict[str, A
     code = model_code(model_cfg)
     if code:
         spec["code"] = code
+    return spec
+
+
+def _with_view(spec: dict[str, Any], cfg: Any, model_cfg: Any) -> dict[str, Any]:
+    """``spec`` with the view its model reads (kdrun.data.views), what derives it included;
+    none for the data set's own view, so those keys are the ones stored before views."""
+    ident = view_identity(cfg.dataset, model_cfg.get("view"))
+    if ident is not None:
+        spec["view"] = ident
     return spec
 
 
@@ -360,7 +372,7 @@ def model_key(
     }
     if teacher_keys is not None:
         spec.update(teacher_keys=list(teacher_keys), **_top(cfg, kind, ("T", "alpha")))
-    return spec
+    return _with_view(spec, cfg, model_cfg)
 
 
 def baseline_key(cfg: Any, s_cfg: Any, data_fp: str, full_data: bool = False) -> dict[str, Any]:
@@ -370,7 +382,7 @@ def baseline_key(cfg: Any, s_cfg: Any, data_fp: str, full_data: bool = False) ->
     data = data_section(cfg, "baseline", data_fp)
     if full_data:
         data.update(train_fraction=1.0, omit_classes=[], keep_classes=[])
-    return {
+    spec = {
         "scheme": SCHEME,
         "role": "baseline",
         "model": model_section(s_cfg),
@@ -378,6 +390,7 @@ def baseline_key(cfg: Any, s_cfg: Any, data_fp: str, full_data: bool = False) ->
         "runtime": runtime_section(cfg),
         "seed": cfg.seed,
     }
+    return _with_view(spec, cfg, s_cfg)
 
 
 def teacher_logits_key(

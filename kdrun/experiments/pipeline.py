@@ -63,7 +63,10 @@ class Pipeline(JobContext):
     def teacher_cache(self, distiller: Distiller) -> RowCache | None:
         """Teacher outputs for the student's transfer set, computed once and stored."""
         cfg = self.cfg
-        if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
+        # across views the teacher's outputs come from the cache alone: the student's batch
+        # is not the teacher's input (kdrun.experiments.viewcheck refused what cannot cache)
+        wanted = cfg.runtime.cache_teacher_logits or self.teacher_data is not self.data
+        if not (distiller.cacheable and wanted) or self.data.augment:
             return None
         outputs_spec = distiller.teacher_output_spec()
         if outputs_spec is None:
@@ -72,7 +75,7 @@ class Pipeline(JobContext):
         # shape the student's loss (DKD's beta, ...) are not in the key.
         code = code_identity(type(distiller))  # a plugin's method computes the outputs
         spec = teacher_logits_key(cfg, self.teacher_keys, outputs_spec, self.data_fp, code)
-        x = self.data.x_train
+        x = self.teacher_data.x_train  # the teacher's view of the student's rows
         rows = self.data.student_idx.to(x.device)
 
         def outputs(r: torch.Tensor) -> Any:  # the frozen teacher, in eval mode
@@ -99,14 +102,15 @@ class Pipeline(JobContext):
 
     def teacher_reference(self, teacher: nn.Module) -> Any:
         """The teacher's test outputs students are compared with, once per teacher (store)."""
-        n = len(self.data.y_test)
+        d = self.teacher_data  # on its view: the same test rows as the student's
+        n = len(d.y_test)
         spec = teacher_reference_key(self.cfg, self.teacher_keys[0], self.data_fp)
         rt = self.cfg.runtime
         # checked row by row against the teacher now: a stale or shifted reference is rebuilt
-        check = reference_check(self.task, teacher, self.data, rt.amp, self._rtol())
+        check = reference_check(self.task, teacher, d, rt.amp, self._rtol())
 
         def build(_wd: Path):
-            ref = self.task.teacher_reference(teacher, self.data, rt.eval_batch_size, rt.amp)
+            ref = self.task.teacher_reference(teacher, d, rt.eval_batch_size, rt.amp)
             return _cpu_rows(ref), {"rows": n, "data": self.data_fp}
 
         # evaluation is sharded over ranks: every rank builds with rank 0
@@ -181,6 +185,11 @@ def _data_sizes(p: Pipeline) -> dict[str, Any]:
         "student_val_size": len(p.data.student_val_idx),  # what the student is selected on
         "test_size": len(p.data.y_test),
         "num_classes": p.data.num_classes,
+        # which view of each example each model read (kdrun.data.views)
+        "views": {
+            "teacher": getattr(p.teacher_data, "view", None),
+            "student": getattr(p.data, "view", None),
+        },
     }
     return {**sizes, **({"source": p.data.extra} if p.data.extra else {})}
 

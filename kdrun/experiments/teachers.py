@@ -37,7 +37,7 @@ def untrained_report(
     """The report of a teacher kdrun did not train: test numbers only."""
     headline = ctx.task.headline
     scores = {
-        **ctx.test_metrics(model),
+        **ctx.test_metrics(model, ctx.view_data(tcfg)),
         ctx.task.selection.name: float("nan"),
         f"last_{headline}": float("nan"),
     }

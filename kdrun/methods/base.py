@@ -144,6 +144,10 @@ class Distiller(nn.Module):
     # False for methods that learn without a pre-trained teacher (e.g. mutual learning): the
     # pipeline then trains no teacher and reports ``teacher: null``.
     needs_teacher: ClassVar[bool] = True
+    # False for methods that need the teacher's forward pass on the student's own batch
+    # (features, relations, models trained on the teacher's rows): they cannot work when the
+    # teacher and the student read different views of each example (kdrun.data.views).
+    cross_view: ClassVar[bool] = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -216,6 +220,12 @@ class Distiller(nn.Module):
             method_cfg,
             unknown=lambda key, known: unknown_option(cls.name, key, known),
         )
+
+    @classmethod
+    def accepts_views(cls, cfg: DictConfig) -> bool:
+        """Whether the teacher may read another view than the student: it is then seen only
+        through ``teacher_outputs`` on its own view, cached per row and replayed."""
+        return cls.cross_view and cls.cacheable
 
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:

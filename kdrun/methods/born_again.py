@@ -27,6 +27,9 @@ class BornAgainOptions(MethodOptions):
 
 @register_method("born_again")
 class BornAgain(KD):
+    # its generations are distilled from a live teacher on the teacher's rows
+    cross_view = False
+
     Options = BornAgainOptions
 
     def __init__(self, student, teacher, T, alpha, generations: int):

@@ -3,6 +3,10 @@
 ``method.logit_standardization=true`` z-scores student and teacher logits per sample before
 the temperature softmax (Sun et al., CVPR 2024), so the student matches the teacher's logit
 *relations* rather than their range.
+
+``method.student_at_T=false`` is generalized distillation's objective (Lopez-Paz et al., ICLR
+2016, eq. 4 and their code): the teacher's soft labels sigma(f_t(x*)/T) against the student's
+own untempered softmax sigma(f_s(x)), weighted T^2 lambda, beside (1 - lambda) CE.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from kdrun.methods.losses import kd_loss
 class KDOptions(MethodOptions):
     name: str = "kd"
     logit_standardization: bool = False
+    student_at_T: bool = True  # false: the student's softmax at 1 (generalized distillation)
 
 
 @register_method("kd")
@@ -29,22 +34,32 @@ class KD(Distiller):
 
     Options = KDOptions
 
-    def __init__(self, student, teacher, T: float, alpha: float, logit_standardization=False):
+    def __init__(
+        self,
+        student,
+        teacher,
+        T: float,
+        alpha: float,
+        logit_standardization=False,
+        student_at_T: bool = True,
+    ):
         super().__init__(student, teacher)
         self.T, self.alpha = T, alpha
         self.logit_standardization = logit_standardization
+        self.student_T = None if student_at_T else 1.0
 
     @classmethod
     def build(cls, cfg, ctx):
-        opts = cls.options(cfg.method)
-        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, opts.logit_standardization)
+        o = cls.options(cfg.method)
+        student, teacher = ctx.new_student(), ctx.teacher()
+        return cls(student, teacher, cfg.T, cfg.alpha, o.logit_standardization, o.student_at_T)
 
     def forward(self, x, y, idx, teacher_out):
         logits = self.student(x)
         if teacher_out is None:
             teacher_out = self.teacher_outputs(x)
         return logits, kd_loss(
-            logits, teacher_out, y, self.T, self.alpha, self.logit_standardization
+            logits, teacher_out, y, self.T, self.alpha, self.logit_standardization, self.student_T
         )
 
 

@@ -27,13 +27,20 @@ def log_softmax_rows(z: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(z, dim=-1)
 
 
-def kl_soft(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """KL(p_teacher^T || p_student^T), summed over classes, averaged over samples (batchmean).
+def kl_soft(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    T: float,
+    student_T: float | None = None,
+) -> torch.Tensor:
+    """KL(p_teacher^T || p_student^T), summed over classes, averaged over samples (batchmean);
+    ``student_T``: the student's softmax at that temperature instead (1: generalized
+    distillation's sigma(f_s(x)) against the teacher's sigma(f_t(x*)/T)).
 
     Computed in float32 from log-probabilities so that tiny teacher probabilities neither
     underflow nor produce 0 * log 0 NaNs.
     """
-    log_p_s = log_softmax_rows(student_logits.float() / T)
+    log_p_s = log_softmax_rows(student_logits.float() / (T if student_T is None else student_T))
     log_p_t = log_softmax_rows(teacher_logits.float() / T)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
@@ -55,15 +62,17 @@ def kd_loss(
     T: float,
     alpha: float,
     standardize: bool = False,
+    student_T: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Hinton et al. (2015) soft-target loss, split into its weighted named parts.
 
     ``standardize``: z-score both logit vectors before the temperature softmax of the soft
     term (logit standardization); the hard term always sees the raw student logits.
+    ``student_T``: the student's soft-term temperature when it is not T (kl_soft).
     """
     s, t = student_logits, teacher_logits
     if standardize:
         s, t = standardize_logits(s), standardize_logits(t)
-    soft = alpha * T * T * kl_soft(s, t, T)
+    soft = alpha * T * T * kl_soft(s, t, T, student_T)
     hard = (1.0 - alpha) * F.cross_entropy(student_logits.float(), targets)
     return {"soft": soft, "hard": hard}

@@ -171,6 +171,10 @@ class MLKD(Distiller):
         )
 
     @classmethod
+    def accepts_views(cls, cfg) -> bool:
+        return not cls.options(cfg.method).strong_aug  # the teacher must see the strong view
+
+    @classmethod
     def build(cls, cfg, ctx):
         opts = cls.options(cfg.method)
         return cls(ctx.new_student(), ctx.teacher(), opts, cfg.T, cfg.alpha, cfg.seed)

@@ -69,6 +69,9 @@ def member_configs(cfg) -> list:
 
 @register_method("multi_teacher")
 class MultiTeacher(KD):
+    # its members are trained and tested on the student's inputs
+    cross_view = False
+
     Options = MultiTeacherOptions
 
     def __init__(self, student, teachers: list[nn.Module], T: float, alpha: float, average: str):

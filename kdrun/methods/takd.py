@@ -34,6 +34,9 @@ def assistant_config(cfg):
 class TAKD(KD):
     """KD from a teacher assistant that was itself distilled from the teacher."""
 
+    # its assistant is distilled from a live teacher on the teacher's rows
+    cross_view = False
+
     Options = TAKDOptions
 
     @classmethod

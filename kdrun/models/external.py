@@ -55,6 +55,7 @@ KDRUN_KEYS = frozenset(
         "_target_",
         "kwargs",
         "pretrained",  # teacher.pretrained (used as built: is_pretrained)
+        "view",  # which view of each example it reads (kdrun.data.views)
         "n_layer",  # gpt
         "n_head",
         "n_embd",

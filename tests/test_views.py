@@ -1,0 +1,188 @@
+"""Named views of one example (kdrun.data.views): the teacher and the student read different
+forms of the same rows; the teacher's cached outputs pair with the student's inputs by row,
+the store keys hold each model's view, and what cannot work across views is refused."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from kdrun.config import DatasetConfig, config_dir, register_configs
+from kdrun.config.schema import KdrunConfig
+from kdrun.data import load_data
+from kdrun.data.views import resolve, select, view_identity, view_names
+from kdrun.errors import ConfigError
+from kdrun.experiments import validate
+from kdrun.experiments.pipeline import Pipeline
+from kdrun.methods.kd import KD
+from kdrun.report import Reporter
+from tests.conftest import read_json
+from tests.test_keys import all_keys, base_cfg
+
+torch.set_num_threads(1)
+register_configs()
+
+
+def digits(**over) -> DatasetConfig:
+    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"name": "digits", **over})
+    return cfg
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+# --------------------------------------------------------------------------- the views
+
+
+def test_low_res_is_the_area_mean_of_the_same_rows():
+    ds = digits(low_res_factor=2)
+    full = load_data(ds)
+    assert view_names(full) == ["full", "low_res"]
+    low = select(full, "low_res", ds)
+    assert full.in_shape == (1, 8, 8) and low.in_shape == (1, 4, 4) and low.view == "low_res"
+    for split in ("x_train", "x_val", "x_test"):
+        big, small = getattr(full, split), getattr(low, split)
+        assert len(big) == len(small)
+        # row 5's 2x2 block at (1, 2) is the mean of its four pixels
+        block = big[5, 0, 2:4, 4:6].mean()
+        assert small[5, 0, 1, 2] == pytest.approx(float(block), abs=1e-6)
+    # the same labels and index sets: the views differ in the inputs alone
+    assert low.y_train is full.y_train and low.student_idx is full.student_idx
+    assert select(full, "full", ds) is full
+
+
+def test_a_factor_that_does_not_divide_the_images_names_the_ones_that_do():
+    ds = digits(low_res_factor=3)
+    with pytest.raises(ConfigError, match=r"low_res_factor=3 .* 8x8 .* one of: 2, 4, 8"):
+        select(load_data(ds), "low_res", ds)
+
+
+def test_an_unknown_view_lists_the_views():
+    bundle = load_data(digits())
+    with pytest.raises(ConfigError, match="student.view=tiny .* choose one of: full, low_res"):
+        resolve(bundle, "tiny", "student", "digits")
+    assert resolve(bundle, None, "teacher", "digits") == "full"
+
+
+# --------------------------------------------------------------------------- store keys
+
+
+def _keys(**views) -> dict[str, str]:
+    c = base_cfg()
+    for path, value in views.items():
+        node = c
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return all_keys(c)
+
+
+def test_each_model_s_view_is_in_its_keys_and_the_own_view_changes_none():
+    plain = _keys()
+    assert _keys(teacher__view="full", student__view="full") == plain  # the own view: no entry
+    t_low = _keys(teacher__view="low_res")
+    for kind in ("teacher", "teacher_logits", "teacher_test_logits"):
+        assert t_low[kind] != plain[kind], kind  # a full teacher is never served to low_res
+    assert t_low["baseline"] == plain["baseline"]
+    s_low = _keys(student__view="low_res")
+    assert s_low["baseline"] != plain["baseline"]
+    for kind in ("teacher", "teacher_logits", "teacher_test_logits"):
+        assert s_low[kind] == plain[kind], kind
+    # the factor reaches the keys of the models on low_res only
+    assert _keys(dataset__low_res_factor=2) == plain
+    assert _keys(teacher__view="low_res", dataset__low_res_factor=2)["teacher"] != t_low["teacher"]
+    ident = view_identity(OmegaConf.create({"name": "digits", "low_res_factor": 2}), "low_res")
+    assert ident == {"name": "low_res", "factor": 2}
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+MIXED = ("dataset=digits", "teacher=mlp", "student=mlp", "student.view=low_res")
+
+
+@pytest.mark.parametrize("method", ["fitnet", "at", "crd", "rkd", "reviewkd", "takd"])
+def test_methods_that_need_the_teacher_on_the_student_s_inputs_are_refused(method):
+    cfg = compose_cfg(*MIXED, f"method={method}")
+    with pytest.raises(ConfigError, match=f"method={method} .* student.view=low_res differ"):
+        validate(cfg)
+    validate(compose_cfg(*MIXED[:3], f"method={method}", "teacher=cnn", "student=cnn"))
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "nkd", "ctkd"])
+def test_logit_methods_take_mixed_views(method):
+    validate(compose_cfg(*MIXED, f"method={method}"))
+
+
+def test_augmentation_and_teacher_analyses_are_refused_across_views():
+    with pytest.raises(ConfigError, match="augmented"):
+        validate(compose_cfg(*MIXED, "dataset.augment=true"))
+    with pytest.raises(ConfigError, match="dataset.omit_classes"):
+        validate(compose_cfg(*MIXED, "dataset.omit_classes=[3]"))
+    with pytest.raises(ConfigError, match="teacher.view=huge is not a view .* full, low_res"):
+        validate(compose_cfg(*MIXED, "teacher.view=huge"))
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def _pipeline(tmp_path, **over) -> Pipeline:
+    cfg = OmegaConf.structured(KdrunConfig)
+    cfg.dataset.name, cfg.dataset.low_res_factor, cfg.student.view = "digits", 2, "low_res"
+    for role, hidden in (("teacher", [32]), ("student", [16])):
+        cfg[role].name, cfg[role].hidden = "mlp", hidden
+        cfg[role].train.epochs, cfg[role].train.batch_size = 1, 128
+    cfg.store_dir, cfg.device = str(tmp_path / "store"), "cpu"
+    for k, v in over.items():
+        OmegaConf.update(cfg, k, v)
+    rep = Reporter(Console(file=io.StringIO()), progress=False)
+    return Pipeline(cfg, tmp_path / "run", torch.device("cpu"), rep)
+
+
+def test_the_teacher_s_cached_outputs_pair_with_the_student_s_rows(tmp_path):
+    p = _pipeline(tmp_path, **{"runtime.cache_teacher_logits": False})
+    assert p.teacher_data.in_shape == (1, 8, 8) and p.data.in_shape == (1, 4, 4)
+    teacher = p.teacher()
+    assert teacher.layer1[0].in_features == 64  # built for its own view
+    distiller = KD(p.new_student(), teacher, 4.0, 0.9)
+    assert distiller.student.layer1[0].in_features == 16
+    cache = p.teacher_cache(distiller)  # across views: cached even when caching is off
+    assert cache is not None
+    rows = p.data.student_idx[[0, 7, 100]]
+    want = teacher(p.teacher_data.x_train[rows])
+    assert torch.allclose(cache.fetch(rows, torch.device("cpu")), want, atol=1e-5)
+    # the student's row i is the teacher's row i, downsampled
+    assert torch.allclose(p.data.x_train[rows], F.avg_pool2d(p.teacher_data.x_train[rows], 2))
+    ref = p.teacher_reference(teacher)
+    assert torch.allclose(ref[:5], teacher(p.teacher_data.x_test[:5]), atol=1e-5)
+
+
+def test_a_model_that_cannot_read_its_view_fails_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"student=lenet5 cannot read the view low_res \(1x2x2"):
+        _pipeline(tmp_path, **{"student.name": "lenet5", "dataset.low_res_factor": 4})
+
+
+def test_digits_recipe_end_to_end(run_kdrun, tmp_path):
+    r = run_kdrun(
+        "experiment=xmodal_digits",
+        "teacher.train.epochs=2",
+        "student.train.epochs=2",
+        "runtime.num_threads=1",
+        run_dir=tmp_path / "run",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = read_json(tmp_path / "run" / "metrics.json")
+    assert m["data"]["views"] == {"teacher": "full", "student": "low_res"}
+    assert m["evidence"] is not None and m["student"]["test_acc"] > 0.1
+    bad = run_kdrun("experiment=xmodal_digits", "student.view=tiny", run_dir=tmp_path / "bad")
+    assert bad.returncode != 0
+    assert "student.view=tiny is not a view of dataset=digits" in bad.stderr
