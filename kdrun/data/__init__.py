@@ -3,7 +3,7 @@
 Importing this package registers every built-in data set.
 """
 
-from kdrun.data import builtin, external, kg, synthetic, text  # noqa: F401  (registration)
+from kdrun.data import builtin, external, kg, mfeat, synthetic, text  # noqa: F401  (registration)
 from kdrun.data.builtin import read_idx
 from kdrun.data.bundle import DataBundle, augment_batch, batch_indices, load_data
 from kdrun.data.external import LoadHints, parse_size
