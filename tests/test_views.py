@@ -173,9 +173,13 @@ def test_a_model_that_cannot_read_its_view_fails_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_recipe_end_to_end(run_kdrun, tmp_path):
+@pytest.mark.parametrize("method", ["gd", "kd", "dkd"])
+def test_digits_recipe_end_to_end(run_kdrun, tmp_path, method):
+    """The recipe's method (gd) and two other logit methods train across views: one shared
+    store, so the teacher and its logits on the full view are built once and reused."""
     r = run_kdrun(
         "experiment=xmodal_digits",
+        f"method={method}",
         "teacher.train.epochs=2",
         "student.train.epochs=2",
         "runtime.num_threads=1",
@@ -188,6 +192,26 @@ def test_digits_recipe_end_to_end(run_kdrun, tmp_path):
     bad = run_kdrun("experiment=xmodal_digits", "student.view=tiny", run_dir=tmp_path / "bad")
     assert bad.returncode != 0
     assert "student.view=tiny is not a view of dataset=digits" in bad.stderr
+
+
+def test_gd_is_the_papers_objective():
+    """alpha T^2 CE(p_t^T, softmax(s)) + (1 - alpha) CE(s, y), up to the teacher's entropy
+    (a constant): the KL of the untempered student softmax."""
+    from kdrun.methods.kd import GD
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10) * 3, torch.arange(6)
+    T, alpha = 5.0, 0.7
+    gd = GD(torch.nn.Identity(), torch.nn.Identity(), T, alpha, student_at_T=False)
+    _, losses = gd(s, y, torch.arange(6), t)
+    p_t = torch.softmax(t / T, 1)
+    ce_soft = -(p_t * torch.log_softmax(s, 1)).sum(1).mean()
+    entropy = -(p_t * p_t.log()).sum(1).mean()
+    want = alpha * T * T * float(ce_soft - entropy)
+    assert float(losses["soft"]) == pytest.approx(want, rel=1e-5)
+    assert float(losses["hard"]) == pytest.approx((1 - alpha) * float(F.cross_entropy(s, y)))
+    kd = GD(torch.nn.Identity(), torch.nn.Identity(), T, alpha)  # tempered: a different loss
+    assert float(kd(s, y, torch.arange(6), t)[1]["soft"]) != pytest.approx(float(losses["soft"]))
 
 
 # --------------------------------------------------------------------------- mfeat

@@ -95,7 +95,7 @@ def check_views(cfg: DictConfig, task, method) -> None:
         raise ConfigError(
             f"method={cfg.method.name} needs the teacher's forward pass on the student's own "
             f"inputs (features, or models trained on them), but {pair}; give both the same "
-            f"view, or use a method on logits alone (kd, dkd, dist, nkd, ctkd)"
+            f"view, or use a method on logits alone (kd, gd, dkd, dist, nkd, ctkd)"
         )
     augment = cfg.student.train.get("augment")
     if augment or (augment is None and cfg.dataset.augment):

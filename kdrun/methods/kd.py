@@ -4,9 +4,9 @@
 the temperature softmax (Sun et al., CVPR 2024), so the student matches the teacher's logit
 *relations* rather than their range.
 
-``method.student_at_T=false`` is generalized distillation's objective (Lopez-Paz et al., ICLR
-2016, eq. 4 and their code): the teacher's soft labels sigma(f_t(x*)/T) against the student's
-own untempered softmax sigma(f_s(x)), weighted T^2 lambda, beside (1 - lambda) CE.
+``method=gd`` is generalized distillation's objective (Lopez-Paz et al., ICLR 2016, eq. 4 and
+their code): the teacher's soft labels sigma(f_t(x*)/T) against the student's own untempered
+softmax sigma(f_s(x)), weighted T^2 lambda (kdrun's alpha), beside (1 - lambda) CE.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from kdrun.methods.losses import kd_loss
 class KDOptions(MethodOptions):
     name: str = "kd"
     logit_standardization: bool = False
-    student_at_T: bool = True  # false: the student's softmax at 1 (generalized distillation)
 
 
 @register_method("kd")
@@ -50,9 +49,8 @@ class KD(Distiller):
 
     @classmethod
     def build(cls, cfg, ctx):
-        o = cls.options(cfg.method)
-        student, teacher = ctx.new_student(), ctx.teacher()
-        return cls(student, teacher, cfg.T, cfg.alpha, o.logit_standardization, o.student_at_T)
+        opts = cls.options(cfg.method)
+        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, opts.logit_standardization)
 
     def forward(self, x, y, idx, teacher_out):
         logits = self.student(x)
@@ -61,6 +59,25 @@ class KD(Distiller):
         return logits, kd_loss(
             logits, teacher_out, y, self.T, self.alpha, self.logit_standardization, self.student_T
         )
+
+
+@dataclass
+class GDOptions(MethodOptions):
+    name: str = "gd"
+
+
+@register_method("gd")
+class GD(KD):
+    """Generalized distillation (Lopez-Paz et al. 2016, eq. 4): loss = alpha * T^2 *
+    CE(p_t^T, p_s^1) + (1 - alpha) * CE, the student's softmax untempered (computed as the KL,
+    which differs by the teacher's entropy, a constant); T and alpha (their lambda) top-level."""
+
+    Options = GDOptions
+
+    @classmethod
+    def build(cls, cfg, ctx):
+        cls.options(cfg.method)
+        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, student_at_T=False)
 
 
 def kd_at_run_settings(cfg: Any) -> Callable[[nn.Module, nn.Module], KD]:
