@@ -189,6 +189,8 @@ def test_digits_recipe_end_to_end(run_kdrun, tmp_path, method):
     m = read_json(tmp_path / "run" / "metrics.json")
     assert m["data"]["views"] == {"teacher": "full", "student": "low_res"}
     assert m["evidence"] is not None and m["student"]["test_acc"] > 0.1
+    rec = read_json(tmp_path / "run" / "checkpoints" / "preprocessing.json")
+    assert rec["input_shape"] == [1, 4, 4] and rec["view"] == {"name": "low_res", "factor": 2}
     bad = run_kdrun("experiment=xmodal_digits", "student.view=tiny", run_dir=tmp_path / "bad")
     assert bad.returncode != 0
     assert "student.view=tiny is not a view of dataset=digits" in bad.stderr

@@ -55,6 +55,12 @@ def preprocessing_record(data: Any, student_cfg: Any) -> dict[str, Any]:
         pixel_max=data.extra.get("pixel_max", 1.0),
         input="float32 NCHW: (pixel / pixel_max - mean[c]) / std[c]",
     )
+    view = data.extra.get("view")
+    if view:  # the student read a view of the data set's images (kdrun.data.views)
+        rec["view"] = view
+        if view.get("factor"):
+            f = view["factor"]
+            rec["input"] += f", then the mean of each {f}x{f} block (input_shape)"
     return rec
 
 

@@ -94,8 +94,12 @@ def select(bundle: Any, name: str, dataset_cfg: Any) -> Any:
     index sets, other inputs. The own view is ``bundle`` itself."""
     if name == bundle.view:
         return bundle
+    extra = dict(bundle.extra)
     if name == LOW_RES:
-        tensors: dict[str, torch.Tensor] = _low_res(bundle, int(dataset_cfg.low_res_factor))
+        factor = int(dataset_cfg.low_res_factor)
+        tensors: dict[str, torch.Tensor] = _low_res(bundle, factor)
+        extra["view"] = {"name": name, "factor": factor}  # what an exported model is fed
     else:
         tensors = dict(bundle.named_views[name])
-    return dataclasses.replace(bundle, view=name, named_views={}, **tensors)
+        extra["view"] = {"name": name}
+    return dataclasses.replace(bundle, view=name, named_views={}, extra=extra, **tensors)
