@@ -20,9 +20,11 @@ from kdrun.data.mfeat import VIEWS
 from kdrun.data.views import resolve, select, view_identity, view_names
 from kdrun.errors import ConfigError, DataError
 from kdrun.experiments import validate
+from kdrun.experiments.keys import teacher_logits_key, teacher_reference_key
 from kdrun.experiments.pipeline import Pipeline
 from kdrun.methods.kd import KD
 from kdrun.report import Reporter
+from kdrun.store import content_key
 from tests.conftest import read_json
 from tests.test_keys import all_keys, base_cfg
 
@@ -101,6 +103,15 @@ def test_each_model_s_view_is_in_its_keys_and_the_own_view_changes_none():
     # the factor reaches the keys of the models on low_res only
     assert _keys(dataset__low_res_factor=2) == plain
     assert _keys(teacher__view="low_res", dataset__low_res_factor=2)["teacher"] != t_low["teacher"]
+    # a checkpoint teacher's key is its file: its outputs' keys still hold its view
+    cfg = OmegaConf.create(base_cfg())
+    low = OmegaConf.create(base_cfg())
+    low.teacher.view = "low_res"
+    for key in (
+        lambda c: teacher_logits_key(c, ["file:abc"], {"outputs": "logits"}, "fp"),
+        lambda c: teacher_reference_key(c, "file:abc", "fp"),
+    ):
+        assert content_key(key(cfg)) != content_key(key(low))
     ident = view_identity(OmegaConf.create({"name": "digits", "low_res_factor": 2}), "low_res")
     assert ident == {"name": "low_res", "factor": 2}
 

@@ -412,17 +412,19 @@ def teacher_logits_key(
     }
     if method_code:
         spec["method_code"] = method_code
-    return spec
+    # the teacher's view, also when its key does not hold it (a checkpoint or pretrained one)
+    return _with_view(spec, cfg, cfg.teacher)
 
 
 def teacher_reference_key(cfg: Any, teacher_key: str, data_fp: str) -> dict[str, Any]:
     """The teacher's outputs on the test split. Replaces ``Pipeline.teacher_reference``'s."""
-    return {
+    spec = {
         "scheme": SCHEME,
         "teacher": teacher_key,
         "data": data_section(cfg, "teacher_test_logits", data_fp),
         "runtime": runtime_section(cfg),
     }
+    return _with_view(spec, cfg, cfg.teacher)  # as in teacher_logits_key
 
 
 def teacher_samples_key(cfg: Any, teacher_key: str, opts: Any, data_fp: str) -> dict[str, Any]:
