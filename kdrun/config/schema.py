@@ -82,6 +82,10 @@ class DatasetConfig:
     val_max: int = 0  # at most this many validation images from a fraction (0 = no cap)
     split_seed: int = 0  # fixed so every job of a sweep sees the same split
     train_fraction: float = 1.0  # students train on a fixed random subset of this size
+    # with train_fraction < 1: the distilled student also learns the teacher's soft targets on
+    # the rest of the transfer set, without its labels (Hinton et al. 2015, section 2); the
+    # baseline, which only learns from labels, keeps the labelled subset. A no-op at 1
+    unlabelled_transfer: bool = False
     omit_classes: list[int] = field(default_factory=list)  # absent from the student's transfer set
     keep_classes: list[int] = field(default_factory=list)  # transfer set restricted to these
     limit_train: int = 0  # keep only this many training images (0 = all): quick smoke runs

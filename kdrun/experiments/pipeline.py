@@ -60,10 +60,11 @@ class Pipeline(JobContext):
         self.threads.take_back(1, apply=False)
         return self.threads.governor("student", hooks)
 
-    def teacher_cache(self, distiller: Distiller) -> RowCache | None:
-        """Teacher outputs for the student's transfer set, computed once and stored."""
-        cfg = self.cfg
-        if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or self.data.augment:
+    def teacher_cache(self, distiller: Distiller, data: Any = None) -> RowCache | None:
+        """Teacher outputs for the student's transfer set (``data``'s rows: the distilled
+        student's view, unlabelled rows included), computed once and stored."""
+        cfg, data = self.cfg, self.data if data is None else data
+        if not (distiller.cacheable and cfg.runtime.cache_teacher_logits) or data.augment:
             return None
         outputs_spec = distiller.teacher_output_spec()
         if outputs_spec is None:
@@ -72,8 +73,8 @@ class Pipeline(JobContext):
         # shape the student's loss (DKD's beta, ...) are not in the key.
         code = code_identity(type(distiller))  # a plugin's method computes the outputs
         spec = teacher_logits_key(cfg, self.teacher_keys, outputs_spec, self.data_fp, code)
-        x = self.data.x_train
-        rows = self.data.student_idx.to(x.device)
+        x = data.x_train
+        rows = data.student_idx.to(x.device)
 
         def outputs(r: torch.Tensor) -> Any:  # the frozen teacher, in eval mode
             return _float_rows(distiller.teacher_outputs(x.index_select(0, r).to(self.device)))
@@ -117,7 +118,8 @@ class Pipeline(JobContext):
         cfg = self.cfg
         method = self.task.methods[cfg.method.name]
         distiller = method.build(cfg, self).to(self.device)
-        cache = self.teacher_cache(distiller)
+        data = distiller.transfer_set(self.data, cfg.student.train.batch_size)
+        cache = self.teacher_cache(distiller, data)
         ckpt_dir = self.run_dir / "checkpoints"
         fp = content_key(
             {"cfg": resumable_config(cfg), "teachers": self.teacher_keys, "init": "student"}
@@ -127,7 +129,7 @@ class Pipeline(JobContext):
             cfg.student.train,
             "student",
             student=True,
-            data=distiller.transfer_set(self.data, cfg.student.train.batch_size),
+            data=data,
             teacher_cache=cache,
             checkpoint=ckpt_dir / "student.partial.pt",
             fingerprint=fp,

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.config.options import typed_options
 from kdrun.engine.loop import planned_steps
+from kdrun.methods.losses import hard_ce
 
 METHODS: dict[str, type[Distiller]] = {}
 
@@ -144,6 +144,11 @@ class Distiller(nn.Module):
     # False for methods that learn without a pre-trained teacher (e.g. mutual learning): the
     # pipeline then trains no teacher and reports ``teacher: null``.
     needs_teacher: ClassVar[bool] = True
+    # True when the labels enter the method's loss only through hard_ce (which skips an
+    # unlabelled image): then it may learn from dataset.unlabelled_transfer's images. False
+    # for one that uses them elsewhere (a target-class mask, class-aware negatives, models it
+    # trains on labels): the job is refused before anything trains.
+    accepts_unlabelled: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -165,8 +170,10 @@ class Distiller(nn.Module):
 
     def transfer_set(self, data: Any, batch_size: int) -> Any:
         """The bundle the student's loop iterates over: the run's data (its ``student_idx``
-        rows); a method that brings its own images (data-free) returns a stand-in."""
-        return data
+        rows, and with dataset.unlabelled_transfer the unlabelled rest); a method that brings
+        its own images (data-free) returns a stand-in."""
+        view = getattr(data, "transfer_view", None)  # image bundles; text and triples: as is
+        return view() if view is not None else data
 
     def real_images_seen(self, data: Any) -> int:
         """Distinct real training images the student learned from (metrics.json)."""
@@ -233,4 +240,4 @@ class HardLabels(Distiller):
 
     def forward(self, x, y, idx, teacher_out):
         logits = self.student(x)
-        return logits, {"hard": F.cross_entropy(logits.float(), y)}
+        return logits, {"hard": hard_ce(logits, y)}

@@ -27,6 +27,7 @@ class BornAgainOptions(MethodOptions):
 
 @register_method("born_again")
 class BornAgain(KD):
+    accepts_unlabelled = False  # each generation's teacher is trained on labels
     Options = BornAgainOptions
 
     def __init__(self, student, teacher, T, alpha, generations: int):

@@ -69,6 +69,7 @@ def member_configs(cfg) -> list:
 
 @register_method("multi_teacher")
 class MultiTeacher(KD):
+    accepts_unlabelled = False  # trains its extra teachers on the student's labels
     Options = MultiTeacherOptions
 
     def __init__(self, student, teachers: list[nn.Module], T: float, alpha: float, average: str):

@@ -34,6 +34,8 @@ def assistant_config(cfg):
 class TAKD(KD):
     """KD from a teacher assistant that was itself distilled from the teacher."""
 
+    accepts_unlabelled = False  # the assistant trains on the student's labelled rows
+
     Options = TAKDOptions
 
     @classmethod
