@@ -30,7 +30,7 @@ from kdrun.experiments.keys import (
 )
 from kdrun.experiments.kinds import register_kind
 from kdrun.experiments.specs import model_label, resumable_config
-from kdrun.methods.base import Distiller
+from kdrun.methods.base import Distiller, transfer_rows
 from kdrun.models import count_params
 from kdrun.report.evidence import paired_evidence
 from kdrun.store import atomic_torch_save, atomic_write_json, content_key
@@ -179,6 +179,8 @@ def _data_sizes(p: Pipeline) -> dict[str, Any]:
     sizes = {
         "train_size": len(p.data.y_train),
         "student_train_size": len(p.data.student_idx),
+        # dataset.unlabelled_transfer: the distilled student's images without their labels
+        "student_unlabelled_size": transfer_rows(p.data) - len(p.data.student_idx),
         "val_size": len(p.data.y_val),
         "student_val_size": len(p.data.student_val_idx),  # what the student is selected on
         "test_size": len(p.data.y_test),

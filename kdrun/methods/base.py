@@ -124,8 +124,15 @@ def epoch_steps(cfg: DictConfig, ctx: BuildContext) -> int:
     (engine.planned_steps: batches of the student's rows, capped by
     ``student.train.steps_per_epoch`` when set), so per-epoch schedules keep their length."""
     recipe = cfg.student.train
-    per_run = planned_steps(recipe, len(ctx.data.student_idx))
+    per_run = planned_steps(recipe, transfer_rows(ctx.data))
     return max(1, per_run // max(1, recipe.epochs))
+
+
+def transfer_rows(data: Any) -> int:
+    """Rows of the distilled student's transfer set: the labelled ``student_idx`` and, with
+    dataset.unlabelled_transfer, the unlabelled rest."""
+    extra = getattr(data, "unlabelled_idx", None)
+    return len(data.student_idx) + (0 if extra is None else len(extra))
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -177,7 +184,7 @@ class Distiller(nn.Module):
 
     def real_images_seen(self, data: Any) -> int:
         """Distinct real training images the student learned from (metrics.json)."""
-        return len(data.student_idx)
+        return transfer_rows(data)
 
     def effective(self) -> dict[str, Any]:
         """The run-level knobs this method actually used (metrics.json ``effective``, the run
