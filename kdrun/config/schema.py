@@ -165,7 +165,9 @@ class AnalysisConfig:
     examples: int = 6  # test images shown with their soft targets
     bias: float | None = None  # added to never-seen classes' logits; null = chosen automatically
     bias_prior: str = "teacher"  # automatic bias target: teacher | uniform
-    full_data_epochs: int = 0  # the small-data comparison's full-data student; 0 = student's
+    # the small-data comparison's full-data student: epochs over every image (no
+    # steps_per_epoch cap); 0 = the student's recipe as it is
+    full_data_epochs: int = 0
 
 
 @dataclass
