@@ -134,5 +134,5 @@ def test_distilled_student_on_unlabelled_images_beats_the_baseline(run_kdrun, tm
     assert m["student"]["train_images_seen"] == 1294
     assert m["baseline"].get("train_images_seen", 39) == 39
     assert m["small_data"]["unlabelled_size"] == 1294 - 39
-    assert m["evidence"]["verdict"] == "helps" and m["evidence"]["p"] < 0.05
+    assert m["evidence"]["verdict"] == "KD helps" and m["evidence"]["kd_gain_p"] < 0.05
     assert m["student"]["test_acc"] > m["baseline"]["test_acc"]
