@@ -4,6 +4,7 @@ the baseline keeps the labelled rows; methods that use labels beyond the CE refu
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -142,3 +143,17 @@ def test_distilled_student_on_unlabelled_images_beats_the_baseline(run_kdrun, tm
     with open(tmp_path / "run" / "history.csv") as f:
         last = [r for r in csv.DictReader(f) if r["stage"] == "student"][-1]
     assert float(last["train_acc"]) > 0.5
+
+
+# ---- store keys ------------------------------------------------------------------------
+def test_the_option_retrains_no_teacher_or_baseline_but_recomputes_teacher_logits():
+    from tests.test_keys import all_keys, base_cfg
+
+    base = base_cfg()
+    base["dataset"]["train_fraction"] = 0.03
+    on = copy.deepcopy(base)
+    on["dataset"]["unlabelled_transfer"] = True
+    before, after = all_keys(base), all_keys(on)
+    assert after["teacher"] == before["teacher"]
+    assert after["baseline"] == before["baseline"]  # it learns from the labelled rows only
+    assert after["teacher_logits"] != before["teacher_logits"]  # rows for every image now
