@@ -87,7 +87,10 @@ def test_mean_distribution_lies_between_its_members():
 
 def test_member_configs_overlay_the_teacher_and_reject_typos():
     cfg = compose_cfg(
-        "method=multi_teacher", "teacher=cnn", "method.teachers=[{name: mlp, hidden: [32]},{}]"
+        "method=multi_teacher",
+        "teacher=cnn",
+        "method.teachers=[{name: mlp, hidden: [32]},{}]",
+        "dataset.unlabelled_transfer=false",  # its teachers learn the students' labels
     )
     validate(cfg)
     members = member_configs(cfg)
@@ -100,7 +103,7 @@ def test_member_configs_overlay_the_teacher_and_reject_typos():
         ("method.average=median", "method.average"),
     ]:
         with pytest.raises(ConfigError, match=msg):
-            validate(compose_cfg("method=multi_teacher", bad))
+            validate(compose_cfg("method=multi_teacher", "dataset.unlabelled_transfer=false", bad))
 
 
 # ---------------------------------------------------------------- dml

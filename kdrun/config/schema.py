@@ -85,6 +85,10 @@ class DatasetConfig:
     val_max: int = 0  # at most this many validation images from a fraction (0 = no cap)
     split_seed: int = 0  # fixed so every job of a sweep sees the same split
     train_fraction: float = 1.0  # students train on a fixed random subset of this size
+    # with train_fraction < 1: the distilled student also learns the teacher's soft targets on
+    # the rest of the transfer set, without its labels (Hinton et al. 2015, section 2); the
+    # baseline, which only learns from labels, keeps the labelled subset. A no-op at 1
+    unlabelled_transfer: bool = False
     omit_classes: list[int] = field(default_factory=list)  # absent from the student's transfer set
     keep_classes: list[int] = field(default_factory=list)  # transfer set restricted to these
     limit_train: int = 0  # keep only this many training images (0 = all): quick smoke runs
@@ -165,7 +169,9 @@ class AnalysisConfig:
     examples: int = 6  # test images shown with their soft targets
     bias: float | None = None  # added to never-seen classes' logits; null = chosen automatically
     bias_prior: str = "teacher"  # automatic bias target: teacher | uniform
-    full_data_epochs: int = 0  # the small-data comparison's full-data student; 0 = student's
+    # the small-data comparison's full-data student: epochs over every image (no
+    # steps_per_epoch cap); 0 = the student's recipe as it is
+    full_data_epochs: int = 0
 
 
 @dataclass

@@ -5,7 +5,7 @@ Importing this package registers every built-in data set.
 
 from kdrun.data import builtin, external, kg, mfeat, synthetic, text  # noqa: F401  (registration)
 from kdrun.data.builtin import read_idx
-from kdrun.data.bundle import DataBundle, augment_batch, batch_indices, load_data
+from kdrun.data.bundle import UNLABELLED, DataBundle, augment_batch, batch_indices, load_data
 from kdrun.data.external import LoadHints, parse_size
 from kdrun.data.registry import DATASETS, DatasetSpec, RawData, register_dataset
 from kdrun.data.text import TextData, bits_per_byte, load_text_data
@@ -17,6 +17,7 @@ __all__ = [
     "LoadHints",
     "RawData",
     "TextData",
+    "UNLABELLED",
     "augment_batch",
     "batch_indices",
     "bits_per_byte",

@@ -9,6 +9,7 @@ augmentation is a batched tensor op.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ import torch
 from kdrun.data.external import ExternalRaw, LoadHints, load_external, split_rows, take
 from kdrun.data.registry import DATASETS, DatasetSpec, RawData
 from kdrun.errors import DataError
+
+# The label of an unlabelled image of the transfer set: torch's cross_entropy ignore_index
+# (kdrun.methods.losses.hard_ce skips it)
+UNLABELLED = -100
 
 # --------------------------------------------------------------------------- the bundle
 
@@ -56,6 +61,9 @@ class DataBundle:
     # set's other named views (name -> x_train, x_val, x_test, mean, std: the same rows)
     view: str = "full"
     named_views: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # dataset.unlabelled_transfer: the transfer set's rows outside ``student_idx``, which the
+    # distilled student sees without labels (``transfer_view``); None: there are none
+    unlabelled_idx: torch.Tensor | None = None
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -68,6 +76,16 @@ class DataBundle:
     @property
     def teacher_val_idx(self) -> torch.Tensor:
         return torch.arange(len(self.y_val), device=self.y_val.device)
+
+    def transfer_view(self) -> DataBundle:
+        """The distilled student's transfer set: the labelled rows and the unlabelled ones,
+        whose labels read UNLABELLED (the teacher's and the baseline's bundle is untouched)."""
+        if self.unlabelled_idx is None or len(self.unlabelled_idx) == 0:
+            return self
+        y = self.y_train.clone()
+        y[self.unlabelled_idx] = UNLABELLED
+        rows = torch.cat([self.student_idx, self.unlabelled_idx]).sort().values
+        return dataclasses.replace(self, y_train=y, student_idx=rows, unlabelled_idx=None)
 
     def to(self, device: torch.device) -> DataBundle:
         for k, v in vars(self).items():
@@ -170,6 +188,14 @@ def _student_rows(y_tr: np.ndarray, y_va: np.ndarray, cfg) -> tuple[np.ndarray, 
     return s_idx, np.flatnonzero(_class_filter(y_va, cfg))
 
 
+def _unlabelled_rows(y_tr: np.ndarray, s_idx: np.ndarray, cfg) -> torch.Tensor | None:
+    """dataset.unlabelled_transfer: the transfer set's rows left out of the labelled subset."""
+    if not getattr(cfg, "unlabelled_transfer", False) or cfg.train_fraction >= 1:
+        return None
+    rest = np.setdiff1d(np.flatnonzero(_class_filter(y_tr, cfg)), s_idx)
+    return torch.from_numpy(rest)
+
+
 def _normaliser(mean: np.ndarray, std: np.ndarray):
     def norm(a: np.ndarray, own: bool = False) -> torch.Tensor:
         """(a - mean) / std; in place when ``a`` is this function's own copy."""
@@ -222,6 +248,7 @@ def _external_bundle(cfg, spec: DatasetSpec, hints: LoadHints) -> DataBundle:
         hflip=bool(cfg.hflip),
         extra={"content": content, "pixel_max": pixel_max, "load": raw.info},
         sources=raw.sources,
+        unlabelled_idx=_unlabelled_rows(y_tr, s_idx, cfg),
     )
 
 
@@ -274,6 +301,7 @@ def load_data(
         hflip=bool(cfg.hflip),
         extra={"pixel_max": spec.pixel_max},
         sources=raw.sources,
+        unlabelled_idx=_unlabelled_rows(y_tr, s_idx, cfg),
     )
     if raw.fingerprint:
         bundle.extra["content"] = {"fingerprint": raw.fingerprint}

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdrun.data import DataBundle, augment_batch, batch_indices
+from kdrun.data import UNLABELLED, DataBundle, augment_batch, batch_indices
 from kdrun.engine.checkpoint import (
     read_checkpoint,
     rng_state,
@@ -327,7 +327,7 @@ class _Trainer:
             "loss_soft": parts.get("soft"),
             "loss_hard": parts.get("hard"),
             **{f"loss_{k}": v for k, v in parts.items() if k not in ("soft", "hard")},
-            "train_acc": float(correct) / seen,
+            "train_acc": float(correct) / self._scored(ep, seen),
             self.selection.name: val,
             "lr": lr,
             "seconds": time.perf_counter() - ep.t0,
@@ -340,6 +340,16 @@ class _Trainer:
         p.history.append(row)
         self.save(epoch + 1, None)
         return row
+
+    def _scored(self, ep: _Epoch, seen: int) -> int:
+        """The epoch's rows that carry a label: an unlabelled image of the transfer set
+        (UNLABELLED, which no prediction matches) is not scored in train_acc. Counted from the
+        epoch's order (global, checkpointed), so resumed and DDP epochs count alike."""
+        y = self.data.y_train
+        if y.dim() != 1:  # token targets: every sequence is scored
+            return seen
+        unlabelled = int(y.index_select(0, ep.order.to(y.device)).eq(UNLABELLED).sum())
+        return max(1, seen - unlabelled)
 
     def _global(self, ep: _Epoch) -> tuple[dict[str, torch.Tensor], int, torch.Tensor]:
         """The epoch's running sums, rows seen and correct predictions over all ranks."""

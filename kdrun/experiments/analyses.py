@@ -31,6 +31,7 @@ from kdrun.commands.soft_targets import dark_knowledge
 from kdrun.engine import predict
 from kdrun.engine.distributed import current
 from kdrun.experiments.context import JobContext
+from kdrun.methods.base import transfer_rows
 from kdrun.report.evidence import wilson
 
 
@@ -440,6 +441,8 @@ def small_data(ctx: Context) -> dict[str, Any]:
         "train_fraction": float(cfg.dataset.train_fraction),
         "keep_classes": [int(c) for c in cfg.dataset.keep_classes],
         "train_size": len(p.data.student_idx),
+        # the distilled student's images without labels (dataset.unlabelled_transfer)
+        "unlabelled_size": transfer_rows(p.data) - len(p.data.student_idx),
         "full_train_size": len(p.data.y_train),
         "teacher_test_acc": m["teacher"]["test_acc"] if m.get("teacher") else None,
         "baseline_test_acc": scratch,
@@ -467,7 +470,7 @@ def small_data(ctx: Context) -> dict[str, Any]:
 
     t = Table(
         title=f"small data: students on {out['train_size']} of {out['full_train_size']} "
-        f"training images",
+        f"training images{_unlabelled_note(out)}",
         title_style="bold",
     )
     t.add_column("model")
@@ -480,10 +483,16 @@ def small_data(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _unlabelled_note(o: dict[str, Any]) -> str:
+    n = o.get("unlabelled_size") or 0
+    return f"; the distilled one also on {n} without labels" if n else ""
+
+
 def _bars(o: dict[str, Any]) -> list[tuple[str, float | None]]:
+    more = " + unlabelled" if o.get("unlabelled_size") else ""
     bars = [
         ("scratch, subset", o["baseline_test_acc"]),
-        ("distilled, subset", o["student_test_acc"]),
+        (f"distilled, subset{more}", o["student_test_acc"]),
     ]
     if "student_test_acc_adjusted" in o:
         bars.append(("distilled, subset, bias-adjusted", o["student_test_acc_adjusted"]))
@@ -513,7 +522,7 @@ def _plot_small(o: dict[str, Any], dataset: str, path: Path) -> None:
     frac = f"{100 * o['train_fraction']:g}% of the data" if o["train_fraction"] < 1 else ""
     ax.set_title(
         f"{dataset}: transfer set = {' & '.join(x for x in (frac, what) if x)} "
-        f"({o['train_size']} images)",
+        f"({o['train_size']} images{_unlabelled_note(o)})",
         fontsize=9,
     )
     ax.grid(axis="x", alpha=0.3)

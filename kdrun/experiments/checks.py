@@ -28,7 +28,21 @@ def validate(cfg: DictConfig) -> None:
     _check_model_inputs(cfg, task)
     check_views(cfg, task, methods[name])
     methods[name].check_config(cfg)
+    _check_unlabelled(cfg, methods[name])
     _check_search_objective(cfg, task)
+
+
+def _check_unlabelled(cfg: DictConfig, method) -> None:
+    """dataset.unlabelled_transfer gives images labelled -100: only a method whose labels go
+    through hard_ce alone can learn from them (Distiller.accepts_unlabelled)."""
+    ds = cfg.dataset
+    if not ds.get("unlabelled_transfer") or ds.train_fraction >= 1 or method.accepts_unlabelled:
+        return
+    raise ConfigError(
+        f"method={method.name} uses the labels beyond its cross-entropy and cannot learn from "
+        f"the unlabelled images of dataset.unlabelled_transfer; add "
+        f"dataset.unlabelled_transfer=false (or use method=kd)"
+    )
 
 
 _EXAMPLE = {"images": "cnn", "tokens": "gpt", "triples": "rotate"}

@@ -410,8 +410,8 @@ class JobContext:
     ) -> tuple[dict[str, Any], DictConfig]:
         """The baseline's store key spec and its model config (see ``baseline``)."""
         s_cfg = self.cfg.student
-        if epochs:
-            s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs}})
+        if epochs:  # full epochs: a cap on the student's epoch (steps_per_epoch) is not kept
+            s_cfg = OmegaConf.merge(s_cfg, {"train": {"epochs": epochs, "steps_per_epoch": 0}})
         spec = baseline_key(self.cfg, s_cfg, self.data_fp, full_data)
         return spec, s_cfg
 
@@ -421,8 +421,9 @@ class JobContext:
         """The student trained from scratch on its transfer set; with ``full_data``, on the
         whole training split instead (the reference of the small-data experiments; its store
         key is that of an unrestricted run's baseline, so the two are shared). ``epochs`` > 0
-        replaces the student recipe's epoch count. ``trained_aside``: this job trained it in
-        a second process (kdrun.experiments.aside), so loading it from the store is no reuse."""
+        replaces the student recipe's epoch count, in epochs over every row. ``trained_aside``:
+        this job trained it in a second process (kdrun.experiments.aside), so loading it from
+        the store is no reuse."""
         model = self.new_student()
         spec, s_cfg = self.baseline_spec(full_data, epochs)
         stage = "full_baseline" if full_data else "baseline"

@@ -90,7 +90,12 @@ NEVER: dict[str, str] = {
 MODEL_NEVER: dict[str, str] = {
     "checkpoint": "a checkpoint teacher is loaded, not trained: checkpoint_key names its content",
 }
-_STUDENT_ROWS = ("dataset.train_fraction", "dataset.omit_classes", "dataset.keep_classes")
+_STUDENT_ROWS = (
+    "dataset.train_fraction",
+    "dataset.omit_classes",
+    "dataset.keep_classes",
+    "dataset.unlabelled_transfer",
+)
 _WHOLE_SPLIT = "the teacher trains on the whole training split, not the student's rows"
 _NOT_CONDENSED = "kind=condense's settings: the synthetic set's key (condensed_key)"
 _NOT_TEACHER = {
@@ -117,6 +122,7 @@ KIND_NEVER: dict[str, dict[str, str]] = {
         "teacher": "the baseline never sees the teacher",
         "teacher_seed": "the baseline never sees the teacher",
         "method": "the baseline learns from labels",
+        "dataset.unlabelled_transfer": "the baseline learns from the labelled rows only",
         "T": "the baseline learns from labels",
         "alpha": "the baseline learns from labels",
     },

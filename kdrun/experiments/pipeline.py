@@ -30,7 +30,7 @@ from kdrun.experiments.keys import (
 )
 from kdrun.experiments.kinds import register_kind
 from kdrun.experiments.specs import model_label, resumable_config
-from kdrun.methods.base import Distiller
+from kdrun.methods.base import Distiller, transfer_rows
 from kdrun.models import count_params
 from kdrun.report.evidence import paired_evidence
 from kdrun.store import atomic_torch_save, atomic_write_json, content_key
@@ -60,13 +60,14 @@ class Pipeline(JobContext):
         self.threads.take_back(1, apply=False)
         return self.threads.governor("student", hooks)
 
-    def teacher_cache(self, distiller: Distiller) -> RowCache | None:
-        """Teacher outputs for the student's transfer set, computed once and stored."""
-        cfg = self.cfg
+    def teacher_cache(self, distiller: Distiller, data: Any = None) -> RowCache | None:
+        """Teacher outputs for the student's transfer set (``data``'s rows: the distilled
+        student's rows, unlabelled ones included), computed once and stored."""
+        cfg, data = self.cfg, self.data if data is None else data
         # across views the teacher's outputs come from the cache alone: the student's batch
         # is not the teacher's input (kdrun.experiments.viewcheck refused what cannot cache)
         wanted = cfg.runtime.cache_teacher_logits or self.teacher_data is not self.data
-        if not (distiller.cacheable and wanted) or self.data.augment:
+        if not (distiller.cacheable and wanted) or data.augment:
             return None
         outputs_spec = distiller.teacher_output_spec()
         if outputs_spec is None:
@@ -76,7 +77,7 @@ class Pipeline(JobContext):
         code = code_identity(type(distiller))  # a plugin's method computes the outputs
         spec = teacher_logits_key(cfg, self.teacher_keys, outputs_spec, self.data_fp, code)
         x = self.teacher_data.x_train  # the teacher's view of the student's rows
-        rows = self.data.student_idx.to(x.device)
+        rows = data.student_idx.to(x.device)
 
         def outputs(r: torch.Tensor) -> Any:  # the frozen teacher, in eval mode
             return _float_rows(distiller.teacher_outputs(x.index_select(0, r).to(self.device)))
@@ -121,7 +122,8 @@ class Pipeline(JobContext):
         cfg = self.cfg
         method = self.task.methods[cfg.method.name]
         distiller = method.build(cfg, self).to(self.device)
-        cache = self.teacher_cache(distiller)
+        data = distiller.transfer_set(self.data, cfg.student.train.batch_size)
+        cache = self.teacher_cache(distiller, data)
         ckpt_dir = self.run_dir / "checkpoints"
         fp = content_key(
             {"cfg": resumable_config(cfg), "teachers": self.teacher_keys, "init": "student"}
@@ -131,7 +133,7 @@ class Pipeline(JobContext):
             cfg.student.train,
             "student",
             student=True,
-            data=distiller.transfer_set(self.data, cfg.student.train.batch_size),
+            data=data,
             teacher_cache=cache,
             checkpoint=ckpt_dir / "student.partial.pt",
             fingerprint=fp,
@@ -181,6 +183,8 @@ def _data_sizes(p: Pipeline) -> dict[str, Any]:
     sizes = {
         "train_size": len(p.data.y_train),
         "student_train_size": len(p.data.student_idx),
+        # dataset.unlabelled_transfer: the distilled student's images without their labels
+        "student_unlabelled_size": transfer_rows(p.data) - len(p.data.student_idx),
         "val_size": len(p.data.y_val),
         "student_val_size": len(p.data.student_val_idx),  # what the student is selected on
         "test_size": len(p.data.y_test),

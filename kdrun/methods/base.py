@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.config.options import typed_options
 from kdrun.engine.loop import planned_steps
+from kdrun.methods.losses import hard_ce
 
 METHODS: dict[str, type[Distiller]] = {}
 
@@ -124,8 +124,15 @@ def epoch_steps(cfg: DictConfig, ctx: BuildContext) -> int:
     (engine.planned_steps: batches of the student's rows, capped by
     ``student.train.steps_per_epoch`` when set), so per-epoch schedules keep their length."""
     recipe = cfg.student.train
-    per_run = planned_steps(recipe, len(ctx.data.student_idx))
+    per_run = planned_steps(recipe, transfer_rows(ctx.data))
     return max(1, per_run // max(1, recipe.epochs))
+
+
+def transfer_rows(data: Any) -> int:
+    """Rows of the distilled student's transfer set: the labelled ``student_idx`` and, with
+    dataset.unlabelled_transfer, the unlabelled rest."""
+    extra = getattr(data, "unlabelled_idx", None)
+    return len(data.student_idx) + (0 if extra is None else len(extra))
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -148,6 +155,11 @@ class Distiller(nn.Module):
     # (features, relations, models trained on the teacher's rows): they cannot work when the
     # teacher and the student read different views of each example (kdrun.data.views).
     cross_view: ClassVar[bool] = True
+    # True when the labels enter the method's loss only through hard_ce (which skips an
+    # unlabelled image): then it may learn from dataset.unlabelled_transfer's images. False
+    # for one that uses them elsewhere (a target-class mask, class-aware negatives, models it
+    # trains on labels): the job is refused before anything trains.
+    accepts_unlabelled: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -169,12 +181,14 @@ class Distiller(nn.Module):
 
     def transfer_set(self, data: Any, batch_size: int) -> Any:
         """The bundle the student's loop iterates over: the run's data (its ``student_idx``
-        rows); a method that brings its own images (data-free) returns a stand-in."""
-        return data
+        rows, and with dataset.unlabelled_transfer the unlabelled rest); a method that brings
+        its own images (data-free) returns a stand-in."""
+        view = getattr(data, "transfer_view", None)  # image bundles; text and triples: as is
+        return view() if view is not None else data
 
     def real_images_seen(self, data: Any) -> int:
         """Distinct real training images the student learned from (metrics.json)."""
-        return len(data.student_idx)
+        return transfer_rows(data)
 
     def effective(self) -> dict[str, Any]:
         """The run-level knobs this method actually used (metrics.json ``effective``, the run
@@ -243,4 +257,4 @@ class HardLabels(Distiller):
 
     def forward(self, x, y, idx, teacher_out):
         logits = self.student(x)
-        return logits, {"hard": F.cross_entropy(logits.float(), y)}
+        return logits, {"hard": hard_ce(logits, y)}

@@ -29,6 +29,7 @@ class BornAgainOptions(MethodOptions):
 class BornAgain(KD):
     # its generations are distilled from a live teacher on the teacher's rows
     cross_view = False
+    accepts_unlabelled = False  # each generation's teacher is trained on labels
 
     Options = BornAgainOptions
 

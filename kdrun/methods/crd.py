@@ -91,6 +91,7 @@ def _outside_compiled_graph(cls: type, names: tuple[str, ...]) -> None:
 
 @register_method("crd")
 class CRD(FeatureDistiller):
+    accepts_unlabelled = False  # other-class negatives need every row's label
     Options = CRDOptions
 
     def __init__(

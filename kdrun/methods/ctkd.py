@@ -29,6 +29,7 @@ from torch import nn
 from kdrun.methods.base import Distiller, MethodOptions, epoch_steps, register_method
 from kdrun.methods.dkd import dkd_per_sample
 from kdrun.methods.feature_base import check
+from kdrun.methods.losses import hard_ce
 
 BASES = ("kd", "dkd")
 MODES = ("global", "instance")
@@ -198,7 +199,7 @@ class CTKD(Distiller):
 
     def losses(self, s, t, y, T: torch.Tensor) -> dict[str, torch.Tensor]:
         o = self.opts
-        ce = F.cross_entropy(s.float(), y)
+        ce = hard_ce(s, y)
         if o.base == "kd":
             soft = kd_per_sample(s, t, T).mean()
             return {"soft": self.alpha * soft, "hard": (1.0 - self.alpha) * ce}

@@ -83,6 +83,7 @@ class _Features:
 class DataFree(Distiller):
     Options = DataFreeOptions
     cacheable = False  # every batch is new: nothing to cache
+    accepts_unlabelled = True  # it never reads the real transfer set (transfer_set: its own)
     stage_labels = {"baseline": "baseline (real data)", "student": "distilled (data-free)"}
 
     def __init__(

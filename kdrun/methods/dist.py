@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.feature_base import check
+from kdrun.methods.losses import hard_ce
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -68,6 +69,8 @@ class DISTOptions(MethodOptions):
 class DIST(Distiller):
     """Cacheable: it needs only the teacher's logits."""
 
+    accepts_unlabelled = True  # labels enter through hard_ce only
+
     Options = DISTOptions
 
     def __init__(self, student, teacher, opts: DISTOptions, T: float):
@@ -90,6 +93,6 @@ class DIST(Distiller):
             teacher_out = self.teacher_outputs(x)
         o = self.opts
         parts = dist_loss(logits, teacher_out, self.T, o.beta, o.gamma)
-        losses = {"hard": o.ce_weight * F.cross_entropy(logits.float(), y)}
+        losses = {"hard": o.ce_weight * hard_ce(logits, y)}
         losses.update({k: o.weight * v for k, v in parts.items()})
         return logits, losses

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from kdrun.methods.base import Distiller, MethodOptions, epoch_steps, register_method
 from kdrun.methods.feature_base import check
+from kdrun.methods.losses import hard_ce
 
 
 def dkd_per_sample(
@@ -125,6 +126,6 @@ class DKD(Distiller):
         if self.training:
             self.step += 1
         parts = dkd_loss(logits, teacher_out, y, self.T, o.alpha, o.beta)
-        losses = {"hard": o.ce_weight * F.cross_entropy(logits.float(), y)}
+        losses = {"hard": o.ce_weight * hard_ce(logits, y)}
         losses.update({k: w * v for k, v in parts.items()})
         return logits, losses

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdrun.engine import accuracy
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Distiller, MethodOptions, register_method
-from kdrun.methods.losses import kl_soft
+from kdrun.methods.losses import hard_ce, kl_soft
 from kdrun.models import count_params
 
 SEED_STRIDE = 1000  # peer k starts from seed + 1 + 1000 k: never another run's student init
@@ -42,7 +41,7 @@ def mutual_losses(
     k_peers = len(logits)
     out: dict[str, torch.Tensor] = {}
     for k, z in enumerate(logits):
-        out[f"hard_p{k}"] = F.cross_entropy(z.float(), y)
+        out[f"hard_p{k}"] = hard_ce(z, y)
         if k_peers > 1:
             kl = sum(kl_soft(z, other.detach(), T) for j, other in enumerate(logits) if j != k)
             out[f"kl_p{k}"] = weight * T * T * kl / (k_peers - 1)
@@ -51,6 +50,7 @@ def mutual_losses(
 
 @register_method("dml")
 class DML(Distiller):
+    accepts_unlabelled = True  # labels enter through hard_ce only
     Options = DMLOptions
     needs_teacher = False
     cacheable = False

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data import DATASETS
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Distiller, MethodOptions
-from kdrun.methods.losses import kl_soft
+from kdrun.methods.losses import hard_ce, kl_soft
 from kdrun.models import build_model, is_pretrained, preprocessing
 from kdrun.models.features import Taps, capture, probe, resolve_stage
 
@@ -77,6 +76,7 @@ def check_layer_options(opts: Any, cfg: DictConfig) -> None:
 
 
 class FeatureDistiller(Distiller):
+    accepts_unlabelled = True  # labels enter through hard_ce only (CRD's negatives: not)
     cacheable: ClassVar[bool] = False  # needs the teacher's intermediate features every step
 
     def __init__(self, student, teacher, opts: Any):
@@ -126,7 +126,7 @@ class FeatureDistiller(Distiller):
         with torch.no_grad(), capture(self.teacher, self.teacher_stages, self.use_embedding) as t:
             t_logits = self.teacher(x)
         o = self.opts
-        losses = {"hard": o.ce_weight * F.cross_entropy(logits.float(), y)}
+        losses = {"hard": o.ce_weight * hard_ce(logits, y)}
         if o.kd_weight > 0:
             losses["soft"] = o.kd_weight * self.T * self.T * kl_soft(logits, t_logits, self.T)
         # Feature losses in float32 even under autocast: normalisations and exp(s / 0.07).

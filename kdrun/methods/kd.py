@@ -31,6 +31,8 @@ class KDOptions(MethodOptions):
 class KD(Distiller):
     """loss = alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE; T and alpha are top-level."""
 
+    accepts_unlabelled = True  # labels enter through hard_ce only
+
     Options = KDOptions
 
     def __init__(

@@ -33,6 +33,8 @@ class KGKD(KD):
     """alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * hard, over all candidate entities.
     KD's options and build; only the loss differs (PyKEEN's hard term)."""
 
+    accepts_unlabelled = False  # a knowledge graph's answers are its labels
+
     def forward(self, x, y, idx, teacher_out):
         scores = self.student(x)
         if teacher_out is None:

@@ -12,6 +12,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdrun.methods.lm_losses import IGNORE
+
+
+def hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the labels, averaged over the labelled rows: a row labelled
+    ``IGNORE`` (-100, an unlabelled image of the transfer set, dataset.unlabelled_transfer)
+    adds nothing. A batch with no labelled row gives 0 with zero gradients, where the plain
+    mean would be 0/0 = NaN. Equal to ``F.cross_entropy`` when every row is labelled; no host
+    sync (the choice is a tensor op)."""
+    ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
+    return torch.where(y.ne(IGNORE).any(), ce, torch.zeros_like(ce))
+
 
 def soft_targets(logits: torch.Tensor, T: float) -> torch.Tensor:
     """Softmax at temperature T: q_i = exp(z_i / T) / sum_j exp(z_j / T)."""
@@ -74,5 +86,5 @@ def kd_loss(
     if standardize:
         s, t = standardize_logits(s), standardize_logits(t)
     soft = alpha * T * T * kl_soft(s, t, T, student_T)
-    hard = (1.0 - alpha) * F.cross_entropy(student_logits.float(), targets)
+    hard = (1.0 - alpha) * hard_ce(student_logits, targets)
     return {"soft": soft, "hard": hard}

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.feature_base import check
+from kdrun.methods.losses import hard_ce
 
 
 def instance_loss(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
@@ -139,6 +140,8 @@ def strong_instance_loss(
 class MLKD(Distiller):
     """Cacheable unless ``strong_aug`` (then the teacher must see the strong view)."""
 
+    accepts_unlabelled = True  # labels enter through hard_ce only
+
     Options = MLKDOptions
 
     def __init__(self, student, teacher, opts: MLKDOptions, T: float, alpha: float, seed: int):
@@ -185,14 +188,14 @@ class MLKD(Distiller):
             teacher_out = self.teacher_outputs(x)
         a = self.alpha
         parts = mlkd_loss(logits, teacher_out, self.temperatures, self.opts.confidence_mask)
-        losses = {"hard": (1 - a) * F.cross_entropy(logits.float(), y)}
+        losses = {"hard": (1 - a) * hard_ce(logits, y)}
         losses.update({k: a * v for k, v in parts.items()})
         if self.opts.strong_aug and self.training:
             self._gen.manual_seed(self.seed * 1_000_003 + self._step)
             self._step += 1
             xs = strong_view(x, self._gen)
             s_logits, t_logits = self.student(xs), self.teacher_outputs(xs)
-            losses["hard"] = losses["hard"] + (1 - a) * F.cross_entropy(s_logits.float(), y)
+            losses["hard"] = losses["hard"] + (1 - a) * hard_ce(s_logits, y)
             losses["instance_strong"] = a * strong_instance_loss(
                 (logits, teacher_out),
                 (s_logits, t_logits),

@@ -71,6 +71,7 @@ def member_configs(cfg) -> list:
 class MultiTeacher(KD):
     # its members are trained and tested on the student's inputs
     cross_view = False
+    accepts_unlabelled = False  # trains its extra teachers on the student's labels
 
     Options = MultiTeacherOptions
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from kdrun.methods.base import Distiller, MethodOptions, register_method
 from kdrun.methods.feature_base import check
+from kdrun.methods.losses import hard_ce
 
 
 def non_target_logits(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,6 +84,6 @@ class NKD(Distiller):
         logits = self.student(x)
         if teacher_out is None:
             teacher_out = self.teacher_outputs(x)
-        losses = {"hard": self.opts.ce_weight * F.cross_entropy(logits.float(), y)}
+        losses = {"hard": self.opts.ce_weight * hard_ce(logits, y)}
         losses.update(nkd_loss(logits, teacher_out, y, self.T, self.opts.gamma))
         return logits, losses

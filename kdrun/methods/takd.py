@@ -36,6 +36,7 @@ class TAKD(KD):
 
     # its assistant is distilled from a live teacher on the teacher's rows
     cross_view = False
+    accepts_unlabelled = False  # the assistant trains on the student's labelled rows
 
     Options = TAKDOptions
 
