@@ -51,7 +51,7 @@ def test_the_default_job_is_the_quickstart_recipe():
     cfg = compose_cfg()
     assert cfg.experiment == "quickstart" and cfg.teacher.name == "mlp"
     assert cfg.dataset.train_fraction == 0.03 and cfg.student.train.epochs == 300
-    assert cfg.dataset.unlabelled_transfer is True and cfg.student.train.steps_per_epoch == 5
+    assert cfg.dataset.unlabelled_transfer == "auto" and cfg.student.train.steps_per_epoch == 5
     card = compose_cfg("teacher=resnet18", "student=mlp", "T=4")
     assert card.teacher.name == "resnet18" and card.dataset.train_fraction == 0.03
     assert compose_cfg("dataset=fashion_mnist").dataset.train_fraction == 1.0
@@ -78,7 +78,7 @@ def test_every_scale_file_names_an_experiment_and_a_data_set():
 @pytest.mark.parametrize("scale,experiment,dataset", _scale_pairs(), ids=lambda x: str(x))
 def test_every_scale_file_composes_over_its_experiment(scale, experiment, dataset):
     cfg = compose_cfg(f"experiment={experiment}", f"dataset={dataset}")
-    validate(cfg)
+    validate(compose_cfg(f"experiment={experiment}", f"dataset={dataset}"))  # resolves autos
     sizes = OmegaConf.to_container(OmegaConf.load(CONF / "scale" / f"{scale}.yaml"))
 
     def leaves(d: dict, prefix: str = ""):
@@ -102,9 +102,6 @@ def test_every_yaml_composes_and_validates(group, option):
         extra += [f"{r}=gpt" for r in ("teacher", "student") if r != group]
     elif group == "method":  # feature methods need a conv teacher; the default job's is an MLP
         extra += ["teacher=cnn"]
-        if option in METHODS and not METHODS[option].accepts_unlabelled:
-            # the default recipe's unlabelled images: refused (tests/test_unlabelled_transfer.py)
-            extra += ["dataset.unlabelled_transfer=false"]
     # knowledge graphs (task kg): their methods and models with a graph, their graphs with
     # their models
     kg_only = group == "method" and option in KG_METHODS and option not in METHODS

@@ -100,21 +100,39 @@ def test_unlabelled_rows_respect_the_class_filter_and_full_data_is_a_no_op():
 # ---- config ----------------------------------------------------------------------------
 def test_the_default_recipe_keeps_the_rest_of_the_transfer_set_unlabelled():
     cfg = compose_cfg()
-    assert cfg.dataset.unlabelled_transfer is True and cfg.dataset.train_fraction == 0.03
+    assert cfg.dataset.unlabelled_transfer == "auto" and cfg.dataset.train_fraction == 0.03
     validate(cfg)
+    assert cfg.dataset.unlabelled_transfer == "on"  # kd learns from unlabelled images
     validate(compose_cfg("dataset.train_fraction=1"))  # a documented no-op: every row labelled
+
+
+@pytest.mark.parametrize("typed", ["true", "on", "True"])
+def test_true_reads_as_on(typed):
+    cfg = compose_cfg(f"dataset.unlabelled_transfer={typed}")
+    validate(cfg)
+    assert cfg.dataset.unlabelled_transfer == "on"
+
+
+def test_an_unknown_value_is_refused():
+    with pytest.raises(ConfigError, match="choose one of: auto, on, off"):
+        validate(compose_cfg("dataset.unlabelled_transfer=maybe"))
 
 
 @pytest.mark.parametrize("method", ["dkd", "crd", "nkd", "ctkd", "takd", "multi_teacher"])
 def test_a_method_that_needs_every_label_refuses_it(method):
-    with pytest.raises(ConfigError, match="dataset.unlabelled_transfer=false"):
-        validate(compose_cfg(f"method={method}"))
+    """Asked for explicitly, refused in one line; the default recipe's ``auto`` turns it off
+    for such a method, so ``kdrun method=dkd`` runs on the 39 labelled images."""
+    with pytest.raises(ConfigError, match="dataset.unlabelled_transfer=auto or off"):
+        validate(compose_cfg(f"method={method}", "dataset.unlabelled_transfer=on"))
     validate(compose_cfg(f"method={method}", "dataset.unlabelled_transfer=false"))
+    cfg = compose_cfg(f"method={method}")
+    validate(cfg)
+    assert cfg.dataset.unlabelled_transfer == "off"
 
 
 def test_only_reviewed_methods_accept_unlabelled_images():
     accepting = {n for n, m in METHODS.items() if m.accepts_unlabelled}
-    logit = {"kd", "dist", "mlkd", "dml", "data_free"}
+    logit = {"kd", "gd", "dist", "mlkd", "dml", "data_free"}
     assert accepting == logit | {"at", "fitnet", "rkd", "sp", "reviewkd"}
 
 
@@ -133,6 +151,7 @@ def test_distilled_student_on_unlabelled_images_beats_the_baseline(run_kdrun, tm
     m = read_json(tmp_path / "run" / "metrics.json")
     assert m["data"]["student_train_size"] == 39
     assert m["data"]["student_unlabelled_size"] == 1294 - 39
+    assert m["data"]["unlabelled_transfer"] == "on"  # the recipe's auto, resolved for kd
     assert m["student"]["train_images_seen"] == 1294
     assert m["baseline"].get("train_images_seen", 39) == 39
     assert m["small_data"]["unlabelled_size"] == 1294 - 39

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.config.options import check_options
 from kdrun.config.schema import KdrunConfig
 from kdrun.data import DATASETS, parse_size
+from kdrun.data.bundle import unlabelled_mode
 from kdrun.errors import ConfigError
 from kdrun.models import MODELS
 
@@ -161,6 +162,11 @@ def _check_dataset(ds: DictConfig) -> None:
     _check(
         0 < ds.train_fraction <= 1,
         f"dataset.train_fraction must be in (0, 1] (got {ds.train_fraction})",
+    )
+    _check(
+        unlabelled_mode(ds.get("unlabelled_transfer", "off")) in ("on", "off", "auto"),
+        f"unknown dataset.unlabelled_transfer '{ds.unlabelled_transfer}'; choose one of: "
+        f"auto, on, off",
     )
     _check(
         ds.on_bad_image in ("skip", "error"),

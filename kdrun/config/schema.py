@@ -87,8 +87,11 @@ class DatasetConfig:
     train_fraction: float = 1.0  # students train on a fixed random subset of this size
     # with train_fraction < 1: the distilled student also learns the teacher's soft targets on
     # the rest of the transfer set, without its labels (Hinton et al. 2015, section 2); the
-    # baseline, which only learns from labels, keeps the labelled subset. A no-op at 1
-    unlabelled_transfer: bool = False
+    # baseline, which only learns from labels, keeps the labelled subset. A no-op at 1.
+    # off | on | auto: on where the method learns from unlabelled images (kd, dist, the
+    # feature methods, ...), off for those that need every label (dkd, crd, ...); the job
+    # records the value it used (metrics.json data.unlabelled_transfer). true/false read as on/off
+    unlabelled_transfer: str = "off"
     omit_classes: list[int] = field(default_factory=list)  # absent from the student's transfer set
     keep_classes: list[int] = field(default_factory=list)  # transfer set restricted to these
     limit_train: int = 0  # keep only this many training images (0 = all): quick smoke runs

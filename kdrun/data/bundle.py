@@ -188,9 +188,19 @@ def _student_rows(y_tr: np.ndarray, y_va: np.ndarray, cfg) -> tuple[np.ndarray, 
     return s_idx, np.flatnonzero(_class_filter(y_va, cfg))
 
 
+def unlabelled_mode(value) -> str:
+    """dataset.unlabelled_transfer as on, off or auto (a bool, or true/false typed on the
+    command line into the string field, reads as on/off)."""
+    mode = str(value).lower()
+    return {"true": "on", "false": "off"}.get(mode, mode)
+
+
 def _unlabelled_rows(y_tr: np.ndarray, s_idx: np.ndarray, cfg) -> torch.Tensor | None:
     """dataset.unlabelled_transfer: the transfer set's rows left out of the labelled subset."""
-    if not getattr(cfg, "unlabelled_transfer", False) or cfg.train_fraction >= 1:
+    # "auto" is resolved by the job's checks (it depends on the method); read here as off
+    if unlabelled_mode(getattr(cfg, "unlabelled_transfer", "off")) != "on":
+        return None
+    if cfg.train_fraction >= 1:
         return None
     rest = np.setdiff1d(np.flatnonzero(_class_filter(y_tr, cfg)), s_idx)
     return torch.from_numpy(rest)

@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from kdrun.config import validate_config
 from kdrun.data import DATASETS
+from kdrun.data.bundle import unlabelled_mode
 from kdrun.data.views import LOW_RES, OWN
 from kdrun.errors import ConfigError
 from kdrun.experiments.hydra_job import current_hydra_config
@@ -26,23 +27,28 @@ def validate(cfg: DictConfig) -> None:
             f"methods of task {task.name}, which dataset={cfg.dataset.name} belongs to)"
         )
     _check_model_inputs(cfg, task)
+    _resolve_unlabelled(cfg, methods[name])
     check_views(cfg, task, methods[name])
     methods[name].check_config(cfg)
-    _check_unlabelled(cfg, methods[name])
     _check_search_objective(cfg, task)
 
 
-def _check_unlabelled(cfg: DictConfig, method) -> None:
+def _resolve_unlabelled(cfg: DictConfig, method) -> None:
     """dataset.unlabelled_transfer gives images labelled -100: only a method whose labels go
-    through hard_ce alone can learn from them (Distiller.accepts_unlabelled)."""
+    through hard_ce alone can learn from them (Distiller.accepts_unlabelled). ``auto`` becomes
+    on or off for this method, ``on`` with a method that cannot is refused; the value used is
+    written back, so the store keys and metrics.json hold it."""
     ds = cfg.dataset
-    if not ds.get("unlabelled_transfer") or ds.train_fraction >= 1 or method.accepts_unlabelled:
-        return
-    raise ConfigError(
-        f"method={method.name} uses the labels beyond its cross-entropy and cannot learn from "
-        f"the unlabelled images of dataset.unlabelled_transfer; add "
-        f"dataset.unlabelled_transfer=false (or use method=kd)"
-    )
+    mode = unlabelled_mode(ds.get("unlabelled_transfer", "off"))
+    if mode == "auto":
+        mode = "on" if method.accepts_unlabelled else "off"
+    elif mode == "on" and ds.train_fraction < 1 and not method.accepts_unlabelled:
+        raise ConfigError(
+            f"method={method.name} uses the labels beyond its cross-entropy and cannot learn "
+            f"from the unlabelled images of dataset.unlabelled_transfer; use "
+            f"dataset.unlabelled_transfer=auto or off (or method=kd)"
+        )
+    ds.unlabelled_transfer = mode
 
 
 _EXAMPLE = {"images": "cnn", "tokens": "gpt", "triples": "rotate"}

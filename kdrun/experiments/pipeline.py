@@ -185,6 +185,8 @@ def _data_sizes(p: Pipeline) -> dict[str, Any]:
         "student_train_size": len(p.data.student_idx),
         # dataset.unlabelled_transfer: the distilled student's images without their labels
         "student_unlabelled_size": transfer_rows(p.data) - len(p.data.student_idx),
+        # the value used: the checks resolved the recipe's auto for this method
+        "unlabelled_transfer": str(p.cfg.dataset.get("unlabelled_transfer", "off")),
         "val_size": len(p.data.y_val),
         "student_val_size": len(p.data.student_val_idx),  # what the student is selected on
         "test_size": len(p.data.y_test),
