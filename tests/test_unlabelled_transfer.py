@@ -106,6 +106,22 @@ def test_the_default_recipe_keeps_the_rest_of_the_transfer_set_unlabelled():
     validate(compose_cfg("dataset.train_fraction=1"))  # a documented no-op: every row labelled
 
 
+def test_a_condensation_job_refuses_it_and_auto_turns_it_off():
+    with pytest.raises(ConfigError, match="kind=condense does not read"):
+        validate(
+            compose_cfg(
+                "experiment=condense",
+                "dataset.unlabelled_transfer=on",
+                "dataset.train_fraction=0.1",
+            )
+        )
+    cfg = compose_cfg(
+        "experiment=condense", "dataset.unlabelled_transfer=auto", "dataset.train_fraction=0.1"
+    )
+    validate(cfg)
+    assert cfg.dataset.unlabelled_transfer == "off"
+
+
 @pytest.mark.parametrize("typed", ["true", "on", "True"])
 def test_true_reads_as_on(typed):
     cfg = compose_cfg(f"dataset.unlabelled_transfer={typed}")

@@ -40,8 +40,14 @@ def _resolve_unlabelled(cfg: DictConfig, method) -> None:
     written back, so the store keys and metrics.json hold it."""
     ds = cfg.dataset
     mode = unlabelled_mode(ds.get("unlabelled_transfer", "off"))
+    kind = cfg.get("kind", "distill")
+    if kind != "distill" and mode == "on" and ds.train_fraction < 1:
+        raise ConfigError(
+            f"dataset.unlabelled_transfer=on is for distillation jobs; kind={kind} does not "
+            f"read the transfer set's unlabelled images: remove it (or set it to off)"
+        )
     if mode == "auto":
-        mode = "on" if method.accepts_unlabelled else "off"
+        mode = "on" if method.accepts_unlabelled and kind == "distill" else "off"
     elif mode == "on" and ds.train_fraction < 1 and not method.accepts_unlabelled:
         raise ConfigError(
             f"method={method.name} uses the labels beyond its cross-entropy and cannot learn "
