@@ -69,26 +69,6 @@ class EvalSpec:
         )
 
 
-def small_bundle(x: torch.Tensor, y: torch.Tensor, data: DataBundle) -> DataBundle:
-    """A bundle whose training split is (x, y), with no validation rows, the run's test split."""
-    none = torch.zeros(0, dtype=torch.long, device=y.device)
-    return DataBundle(
-        name=f"{data.name}:small",
-        x_train=x,
-        y_train=y,
-        x_val=x[:0],
-        y_val=y[:0],
-        x_test=data.x_test,
-        y_test=data.y_test,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
-        mean=data.mean,
-        std=data.std,
-        student_idx=torch.arange(len(y), device=y.device),
-        student_val_idx=none,
-    )
-
-
 def train_and_test(
     model: nn.Module,
     x: torch.Tensor,
@@ -99,7 +79,7 @@ def train_and_test(
     soft_logits: torch.Tensor | None = None,
 ) -> float:
     """Train ``model`` (fresh) on (x, y) [with soft labels]; its test accuracy at the end."""
-    bundle = small_bundle(x.detach(), y, data)
+    bundle = data.training_split("small", x.detach(), y)
     learner = SmallSetLearner(model, spec.ops, seed, spec.T, spec.alpha)
     res = fit(
         learner,

@@ -87,6 +87,29 @@ class DataBundle:
         rows = torch.cat([self.student_idx, self.unlabelled_idx]).sort().values
         return dataclasses.replace(self, y_train=y, student_idx=rows, unlabelled_idx=None)
 
+    def training_split(
+        self, tag: str, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor | None = None
+    ) -> DataBundle:
+        """A bundle that trains on (x, y), every row the student's, with no validation rows
+        (``x_val``: an empty tensor of the shape to report) and this bundle's test split: a
+        condensed set, a data-free generator's placeholder rows."""
+        none = torch.zeros(0, dtype=torch.long, device=y.device)
+        return DataBundle(
+            name=f"{self.name}:{tag}",
+            x_train=x,
+            y_train=y,
+            x_val=x[:0] if x_val is None else x_val,
+            y_val=none,
+            x_test=self.x_test,
+            y_test=self.y_test,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            mean=self.mean,
+            std=self.std,
+            student_idx=torch.arange(len(y), device=y.device),
+            student_val_idx=none,
+        )
+
     def to(self, device: torch.device) -> DataBundle:
         for k, v in vars(self).items():
             if isinstance(v, torch.Tensor):

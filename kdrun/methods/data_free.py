@@ -250,21 +250,11 @@ class DataFree(Distiller):
         only counts through it while ``forward`` generates the images."""
         n = self.opts.steps_per_epoch * batch_size
         dev = data.y_test.device
-        none = torch.zeros(0, dtype=torch.long, device=dev)
-        return DataBundle(
-            name=f"{data.name}:generated",
-            x_train=torch.zeros(n, 0, device=dev),
-            y_train=torch.zeros(n, dtype=torch.long, device=dev),
+        return data.training_split(
+            "generated",
+            torch.zeros(n, 0, device=dev),
+            torch.zeros(n, dtype=torch.long, device=dev),
             x_val=torch.zeros(0, *data.in_shape, device=dev),
-            y_val=none,
-            x_test=data.x_test,
-            y_test=data.y_test,
-            num_classes=data.num_classes,
-            class_names=data.class_names,
-            mean=data.mean,
-            std=data.std,
-            student_idx=torch.arange(n, device=dev),
-            student_val_idx=none,
         )
 
     def real_images_seen(self, data: DataBundle) -> int:
