@@ -41,16 +41,21 @@ def view_names(bundle: Any) -> list[str]:
     return names + ([LOW_RES] if _is_image(bundle) else [])
 
 
-def resolve(bundle: Any, name: str | None, role: str, dataset: str) -> str:
-    """The view ``name`` (None: the data set's own) of ``role``'s model, checked."""
-    names = view_names(bundle)
-    if name is None:
-        return names[0] if names else OWN
+def check_view(name: str, names: list[str], role: str, dataset: str) -> None:
+    """``role``.view=``name`` is one of ``names``, or a one-line error listing them."""
     if name not in names:
         offer = ", ".join(names) if names else f"none: dataset={dataset} has no views"
         raise ConfigError(
             f"{role}.view={name} is not a view of dataset={dataset}; choose one of: {offer}"
         )
+
+
+def resolve(bundle: Any, name: str | None, role: str, dataset: str) -> str:
+    """The view ``name`` (None: the data set's own) of ``role``'s model, checked."""
+    names = view_names(bundle)
+    if name is None:
+        return names[0] if names else OWN
+    check_view(name, names, role, dataset)
     return name
 
 

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from kdrun.config import validate_config
 from kdrun.data import DATASETS
 from kdrun.data.bundle import unlabelled_mode
-from kdrun.data.views import LOW_RES, OWN
+from kdrun.data.views import LOW_RES, OWN, check_view
 from kdrun.errors import ConfigError
 from kdrun.experiments.hydra_job import current_hydra_config
 from kdrun.experiments.kinds import check_kind
@@ -108,11 +108,8 @@ def check_views(cfg: DictConfig, task, method) -> None:
     chosen = {}
     for role in ("teacher", "student"):
         view = cfg[role].get("view")
-        if view is not None and view not in names:
-            raise ConfigError(
-                f"{role}.view={view} is not a view of dataset={cfg.dataset.name}; choose one "
-                f"of: {', '.join(names)}"
-            )
+        if view is not None:
+            check_view(str(view), names, role, cfg.dataset.name)
         chosen[role] = names[0] if view is None else str(view)
     if chosen["teacher"] == chosen["student"] or not method.needs_teacher:
         return
