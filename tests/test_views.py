@@ -210,12 +210,12 @@ def test_digits_recipe_end_to_end(run_kdrun, tmp_path, method):
 def test_gd_is_the_papers_objective():
     """alpha T^2 CE(p_t^T, softmax(s)) + (1 - alpha) CE(s, y), up to the teacher's entropy
     (a constant): the KL of the untempered student softmax."""
-    from kdrun.methods.kd import GD
+    from kdrun.methods.kd import GD, KD
 
     torch.manual_seed(0)
     s, t, y = torch.randn(6, 10), torch.randn(6, 10) * 3, torch.arange(6)
     T, alpha = 5.0, 0.7
-    gd = GD(torch.nn.Identity(), torch.nn.Identity(), T, alpha, student_at_T=False)
+    gd = GD(torch.nn.Identity(), torch.nn.Identity(), T, alpha)
     _, losses = gd(s, y, torch.arange(6), t)
     p_t = torch.softmax(t / T, 1)
     ce_soft = -(p_t * torch.log_softmax(s, 1)).sum(1).mean()
@@ -223,7 +223,7 @@ def test_gd_is_the_papers_objective():
     want = alpha * T * T * float(ce_soft - entropy)
     assert float(losses["soft"]) == pytest.approx(want, rel=1e-5)
     assert float(losses["hard"]) == pytest.approx((1 - alpha) * float(F.cross_entropy(s, y)))
-    kd = GD(torch.nn.Identity(), torch.nn.Identity(), T, alpha)  # tempered: a different loss
+    kd = KD(torch.nn.Identity(), torch.nn.Identity(), T, alpha)  # tempered: a different loss
     assert float(kd(s, y, torch.arange(6), t)[1]["soft"]) != pytest.approx(float(losses["soft"]))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -32,22 +32,15 @@ class KD(Distiller):
     """loss = alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE; T and alpha are top-level."""
 
     accepts_unlabelled = True  # labels enter through hard_ce only
+    # the student's softmax temperature in the soft term: None = T (Hinton et al.)
+    student_T: ClassVar[float | None] = None
 
     Options = KDOptions
 
-    def __init__(
-        self,
-        student,
-        teacher,
-        T: float,
-        alpha: float,
-        logit_standardization=False,
-        student_at_T: bool = True,
-    ):
+    def __init__(self, student, teacher, T: float, alpha: float, logit_standardization=False):
         super().__init__(student, teacher)
         self.T, self.alpha = T, alpha
         self.logit_standardization = logit_standardization
-        self.student_T = None if student_at_T else 1.0
 
     @classmethod
     def build(cls, cfg, ctx):
@@ -75,11 +68,12 @@ class GD(KD):
     which differs by the teacher's entropy, a constant); T and alpha (their lambda) top-level."""
 
     Options = GDOptions
+    student_T = 1.0  # the student's own softmax, untempered
 
     @classmethod
     def build(cls, cfg, ctx):
         cls.options(cfg.method)
-        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha, student_at_T=False)
+        return cls(ctx.new_student(), ctx.teacher(), cfg.T, cfg.alpha)
 
 
 def kd_at_run_settings(cfg: Any) -> Callable[[nn.Module, nn.Module], KD]:
