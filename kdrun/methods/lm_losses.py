@@ -34,7 +34,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # target id of tokens that carry no loss (as torch's cross_entropy ignore_index)
+from kdrun.data import UNLABELLED
+
+# target id of tokens that carry no loss: torch's cross_entropy ignore_index, the value the
+# data layer gives an unlabelled image too (one convention, one constant)
+IGNORE = UNLABELLED
 # log-probabilities are floored here so 0 * log 0 stays 0 (and its gradient finite) in fp32
 _LOG_FLOOR = -1e4
 
