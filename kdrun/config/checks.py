@@ -97,6 +97,15 @@ def _check_models(cfg: DictConfig) -> None:
             f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
         )
         _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
+        _check(
+            0 <= m.input_dropout < 1,
+            f"{role}.input_dropout must be in [0, 1) (got {m.input_dropout})",
+        )
+        _check(
+            not m.input_dropout or m.name == "mlp",
+            f"{role}.input_dropout applies to the mlp model only (got {role}={m.name}); "
+            f"drop it or set {role}=mlp",
+        )
         _check(m.finetune_epochs >= 0, f"{role}.finetune_epochs must be >= 0")
         _check_train(f"{role}.train", m.train)
     _check_checkpoints(cfg)

@@ -48,6 +48,9 @@ class ModelConfig:
     depth: int = 0  # cifar resnet/wrn/vgg depth; 0 = the architecture's own default
     widen_factor: int = 1  # wrn widening / resnet "x4" multiplier
     dropout: float = 0.0
+    # mlp: dropout on the input pixels, as Hinton et al. (2012) regularised their MNIST nets
+    # (0.2; hidden layers 0.5). 0 leaves the model and its store keys as they were.
+    input_dropout: float = 0.0
     checkpoint: str | None = None  # load weights instead of training (teacher only)
     # Models from outside kdrun (torchvision, timm, hf, custom: kdrun.models.external).
     arch: str | None = None  # torchvision/timm architecture name

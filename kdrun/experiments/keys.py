@@ -320,6 +320,8 @@ def model_section(model_cfg: Any, built: nn.Module | None = None) -> dict[str, A
     by their content, user code by its source, a model used as built by its weights."""
     spec = _no_empty_options(_drop(_container(model_cfg), MODEL_NEVER))
     spec.pop("view", None)  # the model's view is the key's own entry (_with_view)
+    if not spec.get("input_dropout"):  # off: the keys of models stored before the field
+        spec.pop("input_dropout", None)
     ident = weights_identity(model_cfg)
     if ident:
         spec["weights"] = ident

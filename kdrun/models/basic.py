@@ -9,8 +9,17 @@ from kdrun.models.registry import register_model
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        num_classes: int,
+        dropout: float,
+        input_dropout: float = 0.0,
+    ):
         super().__init__()
+        # parameter-free, so the state dict is the same with or without it
+        self.input_drop = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         layers: list[nn.Module] = []
         width = in_features
         for i, h in enumerate(hidden):
@@ -25,7 +34,7 @@ class MLP(nn.Module):
         self.kd_head = "fc"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
+        x = self.input_drop(x.flatten(1))
         for name in self.kd_stages:
             x = getattr(self, name)(x)
         return self.fc(x)
@@ -34,7 +43,7 @@ class MLP(nn.Module):
 @register_model("mlp", inputs="images")
 def mlp(cfg, in_shape, num_classes):
     c, h, w = in_shape
-    return MLP(c * h * w, list(cfg.hidden), num_classes, cfg.dropout)
+    return MLP(c * h * w, list(cfg.hidden), num_classes, cfg.dropout, cfg.input_dropout)
 
 
 class SmallCNN(nn.Module):

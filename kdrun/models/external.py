@@ -44,6 +44,7 @@ KDRUN_KEYS = frozenset(
         "depth",
         "widen_factor",
         "dropout",
+        "input_dropout",
         "checkpoint",
         "train",
         "arch",
