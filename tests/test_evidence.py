@@ -157,6 +157,41 @@ def test_lm_outcomes_average_to_the_test_bpb_and_pair_windows():
     assert e["kd_gain"] == pytest.approx(gain, rel=1e-5) and e["n"] == 40  # float32 sums
 
 
+def test_lm_split_loss_and_agreement_count_only_scored_tokens():
+    """Windows with IGNOREd targets (a prompt): the loss is the mean over the scored tokens
+    and the batch size does not change it; agreement compares scored positions only."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdrun.methods.lm_losses import IGNORE
+    from kdrun.tasks.lm import LM, split_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (12, 7), generator=g)
+    y = torch.randint(0, 11, (12, 7), generator=g)
+    y[:5, :4] = IGNORE  # uneven across batches: a per-batch mean weighted by all tokens differs
+    model = _Bigram(11, 0)
+    logits = model(x)
+    keep = y != IGNORE
+    expected = float(F.cross_entropy(logits[keep], y[keep]))  # the formula, over scored tokens
+    for bs in (2, 5, 12):
+        assert split_loss(model, x, y, bs, "off") == pytest.approx(expected, rel=1e-5)
+    ref = LM.teacher_reference(model, _lm_data(x, y), 4, "off")
+    got = LM.compare(model, _lm_data(x, y), ref, 5, "off")
+    assert got["agreement"] == pytest.approx(1.0) and got["kl_to_teacher"] == pytest.approx(0.0, abs=1e-4)
+    other = _Bigram(11, 1)
+    hits = (other(x).argmax(-1) == logits.argmax(-1))[keep].float().mean()
+    assert LM.compare(other, _lm_data(x, y), ref, 5, "off")["agreement"] == pytest.approx(
+        float(hits)
+    )
+
+
+def _lm_data(x, y):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(x_test=x, y_test=y, num_classes=11, bytes_per_token={"test": 1.0})
+
+
 def test_classification_outcomes_give_the_accuracy_difference():
     from types import SimpleNamespace
 

@@ -55,11 +55,13 @@ def _vocab(model: nn.Module) -> int:
 
 
 def split_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, amp: str) -> float:
-    """Mean next-token cross-entropy (nats per token) over the windows (x, y)."""
+    """Mean next-token cross-entropy (nats per token) over the windows (x, y), over the
+    tokens that carry a loss (not IGNORE), as ``test_outcomes`` weights them."""
     total, count = 0.0, 0
     for logits, t, _ in _batches(model, x, y, bs, amp):
-        total += float(token_ce(logits, t)) * t.numel()
-        count += t.numel()
+        n = int((t != IGNORE).sum())  # token_ce is the mean over these
+        total += float(token_ce(logits, t)) * n
+        count += n
     return total / max(count, 1)
 
 
@@ -125,10 +127,11 @@ class LanguageModelling:
         hits, kl_sum, count = 0.0, 0.0, 0
         for logits, t, sl in _batches(model, data.x_test, data.y_test, batch_size, amp):
             ref = TopK.unpack({k: v[sl].to(logits.device) for k, v in reference.items()})
-            hits += float((logits.argmax(-1) == ref.idx[..., 0]).sum())
+            scored = t != IGNORE  # positions without a target are not compared
+            hits += float(((logits.argmax(-1) == ref.idx[..., 0]) & scored).sum())
             student = coarse_student(logits.log_softmax(-1), ref.idx)
-            kl_sum += float(kl(ref.coarse(), student).sum())
-            count += t.numel()
+            kl_sum += float((kl(ref.coarse(), student) * scored).sum())
+            count += int(scored.sum())
         return {"agreement": hits / max(count, 1), "kl_to_teacher": kl_sum / max(count, 1)}
 
     def test_outcomes(self, model: nn.Module, data: TextData, batch_size: int, amp: str):
