@@ -38,6 +38,13 @@ def test_an_option_instead_of_an_override_is_one_line(capsys):
     assert "did you mean student.train.epochs=5 or teacher.train.epochs=5?" in err[0]
 
 
+def test_entries_added_to_an_existing_section_name_the_plus_form():
+    err = precheck(["teacher=custom", "teacher.kwargs={a: 1}"])
+    assert err is not None and "\n" not in err
+    assert "did you mean" not in err  # the key exists: suggesting it back says nothing
+    assert "+teacher.kwargs.NAME=VALUE" in err
+
+
 def test_a_decimal_comma_suggests_the_point():
     assert "did you mean alpha=0.9?" in refused("alpha=0,9")
     assert "kdrun -m T=1,4" in precheck(["T=1,4"])  # a sweep that forgot -m

@@ -90,7 +90,13 @@ def explain(e: BaseException) -> str:
                 f"{key} is not set by the config files; add it with +{key}=VALUE "
                 f"(checked against the plugin's registered options)"
             )
-        hint = " or ".join(f"'{k}'" for k in suggest_keys(key))
+        near = suggest_keys(key)
+        if key in near:  # the key exists: the override adds entries its YAML does not list
+            return (
+                f"{key} takes entries the config files do not list only with +: write "
+                f"+{key}.NAME=VALUE (or '+{key}={{NAME: VALUE}}')"
+            )
+        hint = " or ".join(f"'{k}'" for k in near)
         hint = f"did you mean {hint}? " if hint else ""
         return f"unknown config key '{key}'; {hint}`kdrun --cfg job` lists every key"
     m = _NOT_A_LIST.search(text)
