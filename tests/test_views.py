@@ -183,21 +183,25 @@ def test_a_model_that_cannot_read_its_view_fails_in_one_line(tmp_path):
         _pipeline(tmp_path, **{"student.name": "lenet5", "dataset.low_res_factor": 4})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["gd", "kd", "dkd"])
-def test_digits_recipe_end_to_end(run_kdrun, tmp_path, method):
-    """The recipe's method (gd) and two other logit methods train across views: one shared
-    store, so the teacher and its logits on the full view are built once and reused."""
+def _short_recipe(run_kdrun, tmp_path, *overrides: str) -> dict:
+    """A cross-view recipe run for two epochs per stage into tmp_path/run: its metrics."""
     r = run_kdrun(
-        "experiment=xmodal_digits",
-        f"method={method}",
+        *overrides,
         "teacher.train.epochs=2",
         "student.train.epochs=2",
         "runtime.num_threads=1",
         run_dir=tmp_path / "run",
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    m = read_json(tmp_path / "run" / "metrics.json")
+    return read_json(tmp_path / "run" / "metrics.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gd", "kd", "dkd"])
+def test_digits_recipe_end_to_end(run_kdrun, tmp_path, method):
+    """The recipe's method (gd) and two other logit methods train across views: one shared
+    store, so the teacher and its logits on the full view are built once and reused."""
+    m = _short_recipe(run_kdrun, tmp_path, "experiment=xmodal_digits", f"method={method}")
     assert m["data"]["views"] == {"teacher": "full", "student": "low_res"}
     assert m["evidence"] is not None and m["student"]["test_acc"] > 0.1
     rec = read_json(tmp_path / "run" / "checkpoints" / "preprocessing.json")
@@ -276,14 +280,5 @@ def test_mfeat_without_its_files_says_where_to_get_them(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_mfeat_recipe_end_to_end(run_kdrun, tmp_path):
     root = tiny_mfeat(tmp_path / "mf", per_class=20)
-    r = run_kdrun(
-        "experiment=xmodal_mfeat",
-        f"dataset.root={root}",
-        "teacher.train.epochs=2",
-        "student.train.epochs=2",
-        "runtime.num_threads=1",
-        run_dir=tmp_path / "run",
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    m = read_json(tmp_path / "run" / "metrics.json")
+    m = _short_recipe(run_kdrun, tmp_path, "experiment=xmodal_mfeat", f"dataset.root={root}")
     assert m["data"]["views"] == {"teacher": "fac", "student": "zer"}
