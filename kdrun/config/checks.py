@@ -96,11 +96,8 @@ def _check_models(cfg: DictConfig) -> None:
             m.name in MODELS,
             f"unknown {role} model '{m.name}'; choose one of: {', '.join(sorted(MODELS))}",
         )
-        _check(0 <= m.dropout < 1, f"{role}.dropout must be in [0, 1) (got {m.dropout})")
-        _check(
-            0 <= m.input_dropout < 1,
-            f"{role}.input_dropout must be in [0, 1) (got {m.input_dropout})",
-        )
+        for rate in ("dropout", "input_dropout"):
+            _check(0 <= m[rate] < 1, f"{role}.{rate} must be in [0, 1) (got {m[rate]})")
         _check(
             not m.input_dropout or m.name == "mlp",
             f"{role}.input_dropout applies to the mlp model only (got {role}={m.name}); "
